@@ -1,0 +1,50 @@
+"""raftlib: Raft consensus for asyncio, with a compiled hot path.
+
+``raftlib.COMPILED`` tells whether the Cython hot path is in use (set
+``RAFTLIB_PURE=1`` to force the pure-Python reference implementation).
+"""
+
+from raftlib._accel import COMPILED
+from raftlib.core import (
+    Config,
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    PersistentState,
+    RawNode,
+    Ready,
+    Role,
+    SoftState,
+)
+from raftlib.errors import (
+    ConfigError,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+    StorageCorrupted,
+    UncommittedLimitExceeded,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COMPILED",
+    "Config",
+    "ConfigError",
+    "Entry",
+    "HardState",
+    "Message",
+    "MessageType",
+    "NotLeader",
+    "PersistentState",
+    "ProposalDropped",
+    "RaftError",
+    "RawNode",
+    "Ready",
+    "Role",
+    "SoftState",
+    "StorageCorrupted",
+    "UncommittedLimitExceeded",
+    "__version__",
+]
