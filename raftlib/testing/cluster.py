@@ -1,0 +1,712 @@
+"""A deterministic in-process Raft cluster on a virtual clock.
+
+:class:`SimCluster` runs N :class:`raftlib.core.RawNode` cores, each driven
+exactly as a real driver drives one (the Ready contract):
+
+1. send ``rd.messages`` at once;
+2. persist ``rd.hard_state`` and ``rd.entries`` to the node's simulated durable
+   storage — immediately, or, with ``persist_delay``, after a simulated write
+   latency during which the node keeps stepping messages and ticking;
+3. once durable, send ``rd.persisted_messages`` and apply
+   ``rd.committed_entries`` to the node's state machine;
+4. ``advance(rd)``; only then is the next Ready taken.
+
+``crash(id)`` throws away everything not durable (the core, the pending write,
+the messages the node had sent but that were not yet delivered);
+``restart(id)`` builds a new core from the durable :class:`PersistentState` and
+a fresh state machine, which the committed log is re-applied to through normal
+Readies.
+
+Everything random comes from one ``random.Random(seed)``: the same seed and
+the same calls give the same run, event for event. A failure raises
+:class:`~raftlib.testing.invariants.SimulationError` (or its subclasses
+``InvariantViolation`` and ``SimTimeout``) carrying the seed, a constructor
+call that replays the run, and the last events.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, deque
+from typing import Any, Callable, Iterable, Sequence
+
+from raftlib.core import Config, HardState, PersistentState, RawNode, Role
+from raftlib.errors import NotLeader, ProposalDropped
+from raftlib.testing.events import CALL, DELIVER, KIND_NAMES, PERSIST, TICK, EventQueue
+from raftlib.testing.invariants import InvariantChecker, SimTimeout, SimulationError
+from raftlib.testing.network import SimNetwork
+from raftlib.testing.statemachine import RecordingStateMachine
+
+__all__ = ["SimCluster", "SimNode", "SimStorage"]
+
+_Delay = int | tuple[int, int]
+
+
+class SimStorage:
+    """Simulated durable storage of one node: hard state and a log starting at index 1.
+
+    ``append`` follows the Ready rule: entries starting at or below the last
+    stored index first truncate everything from their first index on.
+    """
+
+    __slots__ = ("hard_state", "entries", "writes")
+
+    def __init__(self) -> None:
+        self.hard_state = HardState()
+        self.entries: list[Any] = []
+        self.writes = 0
+
+    def last_index(self) -> int:
+        return len(self.entries)
+
+    def append(self, entries: Sequence[Any]) -> None:
+        if not entries:
+            return
+        first = entries[0].index
+        if first < 1 or first > len(self.entries) + 1:
+            raise SimulationError(
+                f"storage append starting at {first} would leave a gap after {len(self.entries)}"
+            )
+        del self.entries[first - 1:]
+        self.entries.extend(entries)
+
+    def state(self) -> PersistentState:
+        """What a restarting core is given (a copy: the core may keep it)."""
+        return PersistentState(hard_state=self.hard_state, entries=list(self.entries))
+
+    def log(self) -> list[tuple[int, int, bytes]]:
+        return [(e.index, e.term, bytes(e.data)) for e in self.entries]
+
+
+class SimNode:
+    """One simulated server: its core (None while down), durable storage and state machine."""
+
+    __slots__ = ("id", "raw", "storage", "sm", "up", "incarnation", "pending", "results", "restarts")
+
+    def __init__(self, node_id: str) -> None:
+        self.id = node_id
+        self.raw: RawNode | None = None
+        self.storage = SimStorage()
+        self.sm: Any = None
+        self.up = False
+        self.incarnation = 0
+        self.pending: Any = None
+        """The Ready whose write is in progress (persist_delay > 0)."""
+        self.results: dict[int, Any] = {}
+        """index -> what the state machine's ``apply`` returned (this incarnation)."""
+        self.restarts = 0
+
+    def __repr__(self) -> str:
+        if not self.up:
+            return f"SimNode({self.id} down)"
+        r = self.raw
+        return f"SimNode({self.id} {r.role.name} t{r.term} commit={r.commit_index} last={r.last_index()})"
+
+
+def _fmt_delay(d: _Delay) -> tuple[int, int]:
+    if isinstance(d, int):
+        return (d, d)
+    lo, hi = d
+    if lo < 0 or hi < lo:
+        raise ValueError(f"persist_delay must be >= 0 or (lo, hi), got {d!r}")
+    return (int(lo), int(hi))
+
+
+class SimCluster:
+    """N Raft cores, a simulated network, simulated disks, one virtual clock.
+
+    Parameters (all keyword except ``n``):
+
+    ``n`` / ``ids``
+        number of nodes (named ``n1``..``nN``), or their ids.
+    ``seed``
+        the only source of randomness.
+    ``config``
+        overrides of :class:`raftlib.core.Config` fields for every node,
+        e.g. ``{"pre_vote": False, "election_tick": 20}``.
+    ``state_machine_factory``
+        called with no argument (or with the node id, if it accepts one) to
+        build a node's state machine at start and after every restart; the
+        object needs ``apply(data: bytes, index: int) -> Any``. Default:
+        :class:`RecordingStateMachine`. Empty no-op entries (a new leader's)
+        and configuration entries are not passed to it.
+    ``persist_delay``
+        sub-steps a write takes (an int or a ``(lo, hi)`` range); 0 makes
+        writes synchronous.
+    ``steps_per_tick``
+        sub-steps per Raft tick (network delays are in sub-steps).
+    ``drop``, ``duplicate``, ``delay``, ``long_delay_prob``, ``long_delay``, ``fifo``
+        network faults, see :class:`SimNetwork`.
+    ``auto_tick``
+        tick every node every ``steps_per_tick`` (each node at its own random
+        phase). With False nothing ticks unless you call :meth:`tick`; handy
+        for scripted scenarios.
+    ``check_invariants``, ``full_check_every``
+        check the safety rules after every event (and sweep all logs every
+        ``full_check_every`` events).
+    ``trace_size``, ``record_trace``
+        how many recent events a failure shows; keep every event in
+        :attr:`trace` (for comparing runs).
+    """
+
+    def __init__(
+        self,
+        n: int | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        seed: int = 0,
+        config: dict[str, Any] | None = None,
+        state_machine_factory: Callable[..., Any] = RecordingStateMachine,
+        persist_delay: _Delay = 0,
+        steps_per_tick: int = 10,
+        drop: float = 0.0,
+        duplicate: float = 0.0,
+        delay: tuple[int, int] = (1, 3),
+        long_delay_prob: float = 0.0,
+        long_delay: tuple[int, int] = (20, 60),
+        fifo: bool = False,
+        auto_tick: bool = True,
+        check_invariants: bool = True,
+        full_check_every: int = 500,
+        trace_size: int = 30,
+        record_trace: bool = False,
+    ) -> None:
+        if ids is None:
+            ids = [f"n{i}" for i in range(1, (3 if n is None else n) + 1)]
+        elif n is not None and n != len(ids):
+            raise ValueError("give n or ids, not both")
+        if len(set(ids)) != len(ids) or not ids:
+            raise ValueError(f"ids must be distinct and non-empty, got {ids!r}")
+        self.ids: list[str] = list(ids)
+        self.seed = seed
+        self._replay = self._replay_call(n, ids, seed, config, state_machine_factory, persist_delay,
+                                         steps_per_tick, drop, duplicate, delay, long_delay_prob, long_delay,
+                                         fifo, auto_tick)
+        self.rng = random.Random(seed)
+        self.config_overrides = dict(config or {})
+        self.state_machine_factory = state_machine_factory
+        self.persist_delay = _fmt_delay(persist_delay)
+        if steps_per_tick < 1:
+            raise ValueError("steps_per_tick must be >= 1")
+        self.steps_per_tick = steps_per_tick
+        self.auto_tick = auto_tick
+        self.now = 0
+        """Virtual time in sub-steps."""
+        self.queue = EventQueue()
+        self.network = SimNetwork(
+            self.rng, ids=self.ids, queue=self.queue, drop=drop, duplicate=duplicate, delay=delay,
+            long_delay_prob=long_delay_prob, long_delay=long_delay, fifo=fifo,
+        )
+        self.checker: InvariantChecker | None = (
+            InvariantChecker(self.ids, full_check_every=full_check_every) if check_invariants else None
+        )
+        self.nodes: dict[str, SimNode] = {i: SimNode(i) for i in self.ids}
+        if self.checker is not None:
+            for i, node in self.nodes.items():
+                self.checker.storages[i] = node.storage
+        self.recent: deque = deque(maxlen=trace_size)
+        self.trace: list[tuple] | None = [] if record_trace else None
+        self.events = 0
+        """Events processed so far."""
+        self.proposals: list[tuple[str, int, int, bytes]] = []
+        """Every accepted proposal: (node, index, term, data)."""
+        self._sm_takes_id = _accepts_argument(state_machine_factory)
+        for i in self.ids:
+            self._start(self.nodes[i], fresh=True)
+            if auto_tick:
+                self.queue.push(self.rng.randrange(self.steps_per_tick), TICK, i)
+        self._after([*self.ids])
+
+    # ================================================================ building
+    @staticmethod
+    def _replay_call(n, ids, seed, config, factory, persist_delay, spt, drop, duplicate, delay,
+                     long_delay_prob, long_delay, fifo, auto_tick) -> str:
+        args = [repr(n)] if n is not None else [f"ids={list(ids)!r}"]
+        args.append(f"seed={seed!r}")
+        defaults = dict(config=None, state_machine_factory=RecordingStateMachine, persist_delay=0,
+                        steps_per_tick=10, drop=0.0, duplicate=0.0, delay=(1, 3), long_delay_prob=0.0,
+                        long_delay=(20, 60), fifo=False, auto_tick=True)
+        given = dict(config=config, state_machine_factory=factory, persist_delay=persist_delay,
+                     steps_per_tick=spt, drop=drop, duplicate=duplicate, delay=delay,
+                     long_delay_prob=long_delay_prob, long_delay=long_delay, fifo=fifo, auto_tick=auto_tick)
+        for k, v in given.items():
+            if v != defaults[k] and not (k == "config" and not v):
+                shown = getattr(v, "__qualname__", None) if callable(v) else None
+                args.append(f"{k}={shown or repr(v)}")
+        return "SimCluster(" + ", ".join(args) + ") with the same calls"
+
+    def _config(self, node_id: str) -> Config:
+        cfg = Config(node_id, voters=list(self.ids))
+        for k, v in self.config_overrides.items():
+            if not hasattr(cfg, k):
+                raise TypeError(f"Config has no field {k!r}")
+            setattr(cfg, k, v)
+        return cfg
+
+    def _start(self, node: SimNode, *, fresh: bool) -> None:
+        state = None if fresh else node.storage.state()
+        rng = random.Random(self.rng.getrandbits(64))
+        node.raw = RawNode(self._config(node.id), state, rng=rng, applied=0)
+        node.sm = self.state_machine_factory(node.id) if self._sm_takes_id else self.state_machine_factory()
+        node.up = True
+        node.pending = None
+        node.results = {}
+        if self.checker is not None:
+            self.checker.on_start(node.id, node.raw)
+
+    # ================================================================ driving
+    def _drive(self, node: SimNode) -> None:
+        """Take and handle Readies until the node has none (or a write is in progress)."""
+        raw = node.raw
+        while node.up and node.pending is None and raw.has_ready():
+            rd = raw.ready()
+            if self.checker is not None:
+                self.checker.on_ready(node.id, raw, rd)
+            for m in rd.messages:
+                self._send(node, m)
+            lo, hi = self.persist_delay
+            if hi == 0 or (rd.hard_state is None and not rd.entries):
+                self._complete(node, rd)
+            else:
+                node.pending = rd
+                d = lo if lo == hi else self.rng.randint(lo, hi)
+                self.queue.push(self.now + max(d, 1), PERSIST, (node.id, node.incarnation, rd))
+
+    def _complete(self, node: SimNode, rd: Any) -> None:
+        """The Ready's write is durable: finish handling it and advance."""
+        st = node.storage
+        if rd.hard_state is not None or rd.entries:
+            if rd.hard_state is not None:
+                st.hard_state = rd.hard_state
+            st.append(rd.entries)
+            st.writes += 1
+            if self.checker is not None:
+                self.checker.on_persist(node.id, st)
+        for m in rd.persisted_messages:
+            self._send(node, m)
+        raw = node.raw
+        for e in rd.committed_entries:
+            if self.checker is not None:
+                self.checker.on_apply(node.id, raw, e)
+            if e.data and e.type == 0:
+                node.results[e.index] = node.sm.apply(bytes(e.data), e.index)
+        raw.advance(rd)
+        node.pending = None
+
+    def _send(self, node: SimNode, m: Any) -> None:
+        if m.frm != node.id:
+            raise SimulationError(f"{node.id} sends a message from {m.frm!r}: {m!r}")
+        if m.to not in self.nodes:
+            raise SimulationError(f"{node.id} sends to unknown node {m.to!r}: {m!r}")
+        self.network.send(m, self.now, node.incarnation)
+
+    def _note(self, kind: str, node: str, what: Any) -> None:
+        ev = (self.now, kind, node, what)
+        self.recent.append(ev)
+        if self.trace is not None:
+            self.trace.append((self.now, kind, node, repr(what)))
+
+    def _after(self, touched: Iterable[str]) -> None:
+        if self.checker is not None:
+            self.checker.after_event(touched)
+
+    def _fail(self, err: SimulationError) -> SimulationError:
+        err.seed = self.seed
+        err.replay = self._replay
+        err.trace = self.format_recent()
+        return err
+
+    def format_recent(self) -> list[str]:
+        """The last events, one readable line each."""
+        out = []
+        for now, kind, node, what in self.recent:
+            out.append(f"t={now / self.steps_per_tick:8.1f} {kind:8} {node:>4} {what!r}" if not isinstance(what, str)
+                       else f"t={now / self.steps_per_tick:8.1f} {kind:8} {node:>4} {what}")
+        return out
+
+    def step(self) -> bool:
+        """Process the next event; False when there is none."""
+        if not self.queue:
+            return False
+        time, kind, payload = self.queue.pop()
+        if time > self.now:
+            self.now = time
+        try:
+            self._dispatch(kind, payload)
+        except SimulationError as err:
+            raise self._fail(err) from None
+        except Exception as exc:  # a bug in the core (or in a user's state machine)
+            err = SimulationError(f"{type(exc).__name__}: {exc}")
+            raise self._fail(err) from exc
+        return True
+
+    def _dispatch(self, kind: int, payload: Any) -> None:
+        self.events += 1
+        if kind == DELIVER:
+            msg, sender_incarnation = payload
+            sender = self.nodes[msg.frm]
+            dest = self.nodes[msg.to]
+            if sender.incarnation != sender_incarnation:
+                self.network.dropped[msg.type] += 1  # the sender crashed before this left its buffers
+                return
+            if not self.network.arrives(msg):
+                return
+            if not dest.up:
+                self.network.dropped[msg.type] += 1
+                return
+            self.network.delivered[msg.type] += 1
+            self._note("deliver", msg.to, msg)
+            dest.raw.step(msg)
+            self._drive(dest)
+            self._after((msg.to,))
+        elif kind == TICK:
+            node = self.nodes[payload]
+            if self.auto_tick:
+                self.queue.push(self.now + self.steps_per_tick, TICK, payload)
+            if node.up:
+                node.raw.tick()
+                self._drive(node)
+                self._after((payload,))
+        elif kind == PERSIST:
+            node_id, incarnation, rd = payload
+            node = self.nodes[node_id]
+            if node.incarnation != incarnation or not node.up:
+                return  # the node crashed while writing: the write is lost
+            self._note("persist", node_id, _describe_ready(rd))
+            self._complete(node, rd)
+            self._drive(node)
+            self._after((node_id,))
+        elif kind == CALL:
+            payload()
+
+    # ============================================================== running
+    @property
+    def ticks(self) -> float:
+        """Virtual time in ticks."""
+        return self.now / self.steps_per_tick
+
+    def run(self, ticks: float) -> None:
+        """Let ``ticks`` ticks of virtual time pass."""
+        until = self.now + int(ticks * self.steps_per_tick)
+        while self.queue and self.queue.peek_time() <= until:
+            self.step()
+        self.now = max(self.now, until)
+
+    def run_until(self, predicate: Callable[[], Any], max_ticks: float = 1000, what: str = "") -> Any:
+        """Process events until ``predicate()`` is truthy (checked after every event); return its value.
+
+        Raises :class:`SimTimeout` after ``max_ticks`` ticks, or when no event is left.
+        """
+        v = predicate()
+        if v:
+            return v
+        deadline = self.now + int(max_ticks * self.steps_per_tick)
+        while True:
+            t = self.queue.peek_time()
+            if t is None or t > deadline:
+                if t is not None:
+                    self.now = deadline
+                why = "no event left" if t is None else f"{max_ticks} ticks passed"
+                raise self._fail(SimTimeout(
+                    f"run_until: {why} without {what or getattr(predicate, '__name__', 'the condition')}; "
+                    f"nodes: {list(self.nodes.values())}"
+                ))
+            self.step()
+            v = predicate()
+            if v:
+                return v
+
+    def settle(self, max_events: int = 100_000) -> int:
+        """Process every queued event (for ``auto_tick=False`` scripts); return how many ran."""
+        n = 0
+        while self.queue:
+            if n >= max_events:
+                raise self._fail(SimTimeout(f"settle: still busy after {max_events} events"))
+            self.step()
+            n += 1
+        return n
+
+    def at(self, ticks: float, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` when virtual time reaches ``ticks`` ticks from now (fault schedules)."""
+        self.queue.push(self.now + int(ticks * self.steps_per_tick), CALL, fn)
+
+    def tick(self, *node_ids: str) -> None:
+        """Tick the given nodes (all running nodes if none) once, right now."""
+        for i in node_ids or self.ids:
+            node = self.nodes[i]
+            if node.up:
+                self._guard(lambda: (node.raw.tick(), self._drive(node), self._after((i,))))
+
+    def tick_all(self) -> None:
+        """Tick every running node once, right now."""
+        self.tick()
+
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except SimulationError as err:
+            raise self._fail(err) from None
+        except (NotLeader, ProposalDropped):
+            raise
+        except Exception as exc:
+            raise self._fail(SimulationError(f"{type(exc).__name__}: {exc}")) from exc
+
+    # ================================================================ faults
+    def crash(self, node_id: str) -> None:
+        """Stop a node: its core, its pending write and its undelivered messages are lost."""
+        node = self.nodes[node_id]
+        if not node.up:
+            return
+        self._note("crash", node_id, f"durable: term {node.storage.hard_state.term}, "
+                                     f"commit {node.storage.hard_state.commit}, last {node.storage.last_index()}")
+        node.up = False
+        node.raw = None
+        node.sm = None
+        node.pending = None
+        node.incarnation += 1
+        if self.checker is not None:
+            self.checker.on_crash(node_id)
+
+    def restart(self, node_id: str) -> None:
+        """Start a crashed node again from its durable state, with a fresh state machine."""
+        node = self.nodes[node_id]
+        if node.up:
+            raise ValueError(f"{node_id} is running; crash it first")
+        node.restarts += 1
+        self._note("restart", node_id, f"from term {node.storage.hard_state.term}, "
+                                       f"commit {node.storage.hard_state.commit}, last {node.storage.last_index()}")
+        self._guard(lambda: (self._start(node, fresh=False), self._drive(node), self._after((node_id,))))
+
+    def is_up(self, node_id: str) -> bool:
+        return self.nodes[node_id].up
+
+    def up_ids(self) -> list[str]:
+        return [i for i in self.ids if self.nodes[i].up]
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """See :meth:`SimNetwork.partition`."""
+        self.network.partition(*groups)
+        self._note("net", "-", f"partition {[list(g) for g in groups]}")
+
+    def isolate(self, node_id: str) -> None:
+        self.network.isolate(node_id)
+        self._note("net", node_id, "isolated")
+
+    def cut(self, a: str, b: str, *, both: bool = True) -> None:
+        self.network.cut(a, b, both=both)
+        self._note("net", "-", f"cut {a}{'<' if both else ''}->{b}")
+
+    def connect(self, a: str, b: str, *, both: bool = True) -> None:
+        self.network.connect(a, b, both=both)
+        self._note("net", "-", f"connect {a}{'<' if both else ''}->{b}")
+
+    def heal(self) -> None:
+        self.network.heal()
+        self._note("net", "-", "healed")
+
+    # ================================================================ clients
+    def raw(self, node_id: str) -> RawNode:
+        """The running core of a node (raises if it is down)."""
+        node = self.nodes[node_id]
+        if not node.up:
+            raise ValueError(f"{node_id} is down")
+        return node.raw
+
+    def leader(self) -> str | None:
+        """The running leader with the highest term, or None."""
+        best = None
+        for i in self.ids:
+            node = self.nodes[i]
+            if node.up and node.raw.role is Role.LEADER:
+                if best is None or node.raw.term > self.nodes[best].raw.term:
+                    best = i
+        return best
+
+    def leaders(self) -> list[str]:
+        """Every running node that believes it leads (stale leaders included)."""
+        return [i for i in self.ids if self.nodes[i].up and self.nodes[i].raw.role is Role.LEADER]
+
+    def wait_leader(self, max_ticks: float = 200) -> str:
+        """Run until some node leads and every running node it can reach knows it; return its id."""
+        return self.run_until(self.leader, max_ticks, "a leader")
+
+    def campaign(self, node_id: str) -> None:
+        """Make a node start an election now."""
+        node = self.nodes[node_id]
+        self._note("campaign", node_id, "")
+        self._guard(lambda: (node.raw.campaign(), self._drive(node), self._after((node_id,))))
+
+    def propose(self, data: bytes, node_id: str | None = None) -> tuple[int, int]:
+        """Propose ``data`` on ``node_id`` (default: the leader); return its ``(index, term)``.
+
+        Raises :class:`NotLeader` when the node does not lead (or no leader is known).
+        """
+        if node_id is None:
+            node_id = self.leader()
+            if node_id is None:
+                raise NotLeader(None)
+        node = self.nodes[node_id]
+        if not node.up:
+            raise NotLeader(None)
+        index, term = node.raw.propose(data)
+        self.proposals.append((node_id, index, term, bytes(data)))
+        self._note("propose", node_id, f"{data!r} -> index {index} term {term}")
+        self._guard(lambda: (self._drive(node), self._after((node_id,))))
+        return index, term
+
+    def committed(self, index: int, term: int | None = None, node_ids: Iterable[str] | None = None) -> bool:
+        """Whether every given running node (default: a quorum of all) has committed ``index`` (with ``term``)."""
+        if node_ids is None:
+            n = sum(1 for i in self.ids if self._has_committed(i, index, term))
+            return n >= len(self.ids) // 2 + 1
+        return all(self._has_committed(i, index, term) for i in node_ids)
+
+    def _has_committed(self, node_id: str, index: int, term: int | None) -> bool:
+        node = self.nodes[node_id]
+        if not node.up or node.raw.commit_index < index:
+            return False
+        return term is None or node.raw.term_at(index) == term
+
+    def wait_committed(self, index: int, term: int | None = None, node_ids: Iterable[str] | None = None,
+                       max_ticks: float = 200) -> None:
+        """Run until ``index`` is committed (by a quorum, or by every node in ``node_ids``).
+
+        With ``term``, raises :class:`ProposalDropped` if a different entry got committed there.
+        """
+        ids = None if node_ids is None else list(node_ids)
+
+        def done() -> bool:
+            if term is not None and self.checker is not None and len(self.checker.committed) > index:
+                if self.checker.committed[index][0] != term:
+                    raise ProposalDropped("leadership_lost", f"index {index} committed with another term")
+            return self.committed(index, term, ids)
+
+        self.run_until(done, max_ticks, f"index {index} committed" + (f" on {ids}" if ids else ""))
+
+    def wait_applied(self, index: int, node_ids: Iterable[str] | None = None, max_ticks: float = 200) -> None:
+        """Run until every given running node (default: all running) has applied ``index``."""
+        ids = list(node_ids) if node_ids is not None else None
+
+        def done() -> bool:
+            targets = ids if ids is not None else self.up_ids()
+            return all(self.nodes[i].up and self.nodes[i].raw.applied_index >= index for i in targets)
+
+        self.run_until(done, max_ticks, f"index {index} applied")
+
+    def replicate(self, data: bytes, max_ticks: float = 300) -> tuple[int, int]:
+        """Propose ``data`` and wait until a quorum commits it, retrying on leader changes.
+
+        Returns the ``(index, term)`` it was committed at. A retried proposal may
+        commit twice (the first attempt may still commit): fine for tests.
+        """
+        deadline = self.now + int(max_ticks * self.steps_per_tick)
+        while True:
+            left = (deadline - self.now) / self.steps_per_tick
+            if left <= 0:
+                raise self._fail(SimTimeout(f"replicate({data!r}): not committed within {max_ticks} ticks"))
+            try:
+                lead = self.run_until(self.leader, left, "a leader")
+                index, term = self.propose(data, lead)
+                left = (deadline - self.now) / self.steps_per_tick
+                self.run_until(lambda: self._settled(index, term), left, f"{data!r} committed at {index}")
+                if self.checker is None or self.checker.committed[index][0] == term:
+                    return index, term
+            except (NotLeader, ProposalDropped):
+                self.run(1)
+
+    def _settled(self, index: int, term: int) -> bool:
+        if self.checker is not None and len(self.checker.committed) > index:
+            return True
+        return self.committed(index, term)
+
+    def results(self, node_id: str) -> dict[int, Any]:
+        """index -> the return value of the state machine's ``apply`` on ``node_id``."""
+        return self.nodes[node_id].results
+
+    def state_machine(self, node_id: str) -> Any:
+        return self.nodes[node_id].sm
+
+    # ============================================================ inspection
+    def log(self, node_id: str, *, durable: bool = False) -> list[tuple[int, int, bytes]]:
+        """A node's log as ``(index, term, data)`` tuples (in memory, or what is on its disk)."""
+        node = self.nodes[node_id]
+        if durable or not node.up:
+            return node.storage.log()
+        raw = node.raw
+        if raw.last_index() < raw.first_index():
+            return []
+        return [(e.index, e.term, bytes(e.data)) for e in raw.entries(raw.first_index(), raw.last_index() + 1)]
+
+    def committed_log(self) -> list[tuple[int, int, bytes]]:
+        """The cluster's committed entries so far, as seen by the invariant checker."""
+        if self.checker is None:
+            raise ValueError("committed_log needs check_invariants=True")
+        return [(i, t, d) for i, (t, d) in enumerate(self.checker.committed) if i]
+
+    def committed_data(self) -> list[bytes]:
+        """The data of the committed non-empty entries, in log order."""
+        return [d for _, _, d in self.committed_log() if d]
+
+    def check_invariants(self) -> None:
+        """Full check of every log now (also runs every ``full_check_every`` events)."""
+        if self.checker is not None:
+            try:
+                self.checker.check_all()
+            except SimulationError as err:
+                raise self._fail(err) from None
+
+    def check_agreement(self, node_ids: Iterable[str] | None = None) -> None:
+        """Assert the given running nodes (default: all running) have identical committed prefixes and
+        state machines that applied the same entries; raise :class:`SimulationError` otherwise."""
+        ids = list(node_ids) if node_ids is not None else self.up_ids()
+        if not ids:
+            return
+        commit = min(self.nodes[i].raw.commit_index for i in ids)
+        ref = self.log(ids[0])[:commit]
+        for i in ids[1:]:
+            if self.log(i)[:commit] != ref:
+                raise self._fail(SimulationError(f"committed logs of {ids[0]} and {i} differ up to {commit}"))
+
+    def stats(self) -> Counter:
+        """Messages delivered since the last :meth:`reset_stats`, by type name."""
+        return Counter({t.name: c for t, c in self.network.delivered.items()})
+
+    def sent_stats(self) -> Counter:
+        """Messages sent since the last :meth:`reset_stats`, by type name."""
+        return Counter({t.name: c for t, c in self.network.sent.items()})
+
+    def reset_stats(self) -> None:
+        self.network.reset_stats()
+
+    def status(self) -> dict[str, Any]:
+        """id -> the core's status dict, or None while down."""
+        return {i: (self.nodes[i].raw.status() if self.nodes[i].up else None) for i in self.ids}
+
+    def __repr__(self) -> str:
+        return f"<SimCluster seed={self.seed} t={self.ticks:.1f} {list(self.nodes.values())}>"
+
+
+def _describe_ready(rd: Any) -> str:
+    parts = []
+    if rd.hard_state is not None:
+        parts.append(f"hs=(t{rd.hard_state.term} vote={rd.hard_state.vote} commit={rd.hard_state.commit})")
+    if rd.entries:
+        parts.append(f"ents={rd.entries[0].index}..{rd.entries[-1].index}")
+    if rd.persisted_messages:
+        parts.append(f"then send {len(rd.persisted_messages)}")
+    if rd.committed_entries:
+        parts.append(f"apply {rd.committed_entries[0].index}..{rd.committed_entries[-1].index}")
+    return " ".join(parts) or "empty"
+
+
+def _accepts_argument(factory: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return False
+    params = [p for p in sig.parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(params) >= 1
+
