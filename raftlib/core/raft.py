@@ -450,8 +450,10 @@ class Raft:
         """Send every follower what it is missing (or the commit index if nothing)."""
         self._broadcast_pending = False
         for peer in sorted(self.tracker.progress):
-            if peer != self.id:
-                self._maybe_send_append(peer, send_if_empty=True)
+            if peer != self.id and self._maybe_send_append(peer, send_if_empty=True):
+                # Pipeline the rest of the backlog up to the inflight window.
+                while self._maybe_send_append(peer, send_if_empty=False):
+                    pass
 
     def flush_broadcast(self) -> None:
         """Send the AppendEntries deferred so that many proposals share one message."""
