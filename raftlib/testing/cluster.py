@@ -208,6 +208,8 @@ class SimCluster:
         self.trace: list[tuple] | None = [] if record_trace else None
         self.events = 0
         """Events processed so far."""
+        self.observers: list[Callable[[Any], Any]] = []
+        """Callables given every message just before it is delivered (for counting, asserting)."""
         self.proposals: list[tuple[str, int, int, bytes]] = []
         """Every accepted proposal: (node, index, term, data)."""
         self._sm_takes_id = _accepts_argument(state_machine_factory)
@@ -356,6 +358,8 @@ class SimCluster:
                 return
             self.network.delivered[msg.type] += 1
             self._note("deliver", msg.to, msg)
+            for obs in self.observers:
+                obs(msg)
             dest.raw.step(msg)
             self._drive(dest)
             self._after((msg.to,))
