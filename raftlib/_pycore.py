@@ -433,9 +433,7 @@ class Log:
         snapshot_index = operator.index(snapshot_index)
         snapshot_term = operator.index(snapshot_term)
         if snapshot_index < 0 or snapshot_term < 0:
-            raise ValueError(
-                f"snapshot index and term must be >= 0, got ({snapshot_index}, {snapshot_term})"
-            )
+            raise ValueError(f"snapshot index and term must be >= 0, got ({snapshot_index}, {snapshot_term})")
         self._entries = []
         self._cum = [0]
         self._snapshot_index = snapshot_index

@@ -1,0 +1,76 @@
+# raftlib developer tasks.  Everything runs inside a project-local virtualenv (.venv) that the
+# targets create and populate themselves: a fresh machine needs only python3, pip, gcc and make.
+#
+#   make test        fast suite twice (compiled core, then RAFTLIB_PURE=1), mypy, ruff
+#   make test-slow   long sweeps marked @pytest.mark.slow (compiled core only)
+#   make demo        python -m raftlib.testing.demo
+#   make bench       core hot-path micro-benchmarks (compiled vs pure)
+#   make clean       build artefacts and caches;  make distclean also removes .venv
+#
+# Variables: PYTHON (interpreter used to create the venv), VENV, PYTEST_ARGS (extra pytest
+# arguments, e.g. make test PYTEST_ARGS="-k log -x"), BENCH_ARGS.
+
+PYTHON ?= python3
+VENV ?= .venv
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+EXT := raftlib/_core$(EXT_SUFFIX)
+
+.PHONY: all venv build test test-fast test-pure lint test-slow demo bench clean distclean
+
+all: test
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when the build configuration changes (editable: the in-place extension is used).
+$(STAMP): $(VPY) setup.py pyproject.toml
+	$(VPY) -m pip install --quiet --upgrade pip "setuptools>=68" wheel "Cython>=3.0"
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+# Rebuild the extension in place whenever the Cython source changes.
+$(EXT): raftlib/_core.pyx setup.py $(STAMP)
+	$(VPY) setup.py --quiet build_ext --inplace
+	touch $@
+
+build: $(EXT)
+
+test-fast: build
+	RAFTLIB_EXPECT_COMPILED=1 $(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-pure: build
+	RAFTLIB_PURE=1 $(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VPY) -m mypy raftlib
+	$(VPY) -m ruff check raftlib tests benchmarks
+
+test: test-fast test-pure lint
+
+# Exit status 5 means "no tests collected": the slow suite may legitimately be empty.
+test-slow: build
+	RAFTLIB_EXPECT_COMPILED=1 $(VPY) -m pytest -q -m slow $(PYTEST_ARGS); \
+	status=$$?; \
+	if [ $$status -eq 5 ]; then echo "test-slow: no slow tests collected"; exit 0; fi; \
+	exit $$status
+
+demo: build
+	$(VPY) -m raftlib.testing.demo
+
+bench: build
+	$(VPY) benchmarks/bench_core.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info raftlib/_core.c raftlib/_core.html raftlib/*.so \
+		.pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
