@@ -82,10 +82,17 @@ def test_log_matching_different_predecessor() -> None:
         ch.on_ready("b", core, SimpleNamespace(entries=core.log, hard_state=None))
 
 
-def test_full_sweep_finds_an_entry_that_bypassed_ready() -> None:
+def test_full_sweep_finds_a_durable_entry_that_bypassed_ready() -> None:
     ch = make({"a": [(1, b"")]})
-    ch.cores["a"].log.append(Entry(2, 1, b"sneaky"))
+    ch.storages["a"].entries.append(Entry(2, 1, b"sneaky"))
     with pytest.raises(InvariantViolation, match="no Ready ever handed out"):
+        ch.check_all()
+
+
+def test_full_sweep_checks_entries_not_yet_handed_out() -> None:
+    ch = make({"a": [(1, b""), (1, b"x")]})
+    ch.cores["b"].log = [Entry(1, 1, b""), Entry(2, 1, b"y")]  # same (index, term), other data
+    with pytest.raises(InvariantViolation, match="differs"):
         ch.check_all()
 
 

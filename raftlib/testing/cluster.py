@@ -612,16 +612,25 @@ class SimCluster:
                 lead = self.run_until(self.leader, left, "a leader")
                 index, term = self.propose(data, lead)
                 left = (deadline - self.now) / self.steps_per_tick
-                self.run_until(lambda: self._settled(index, term), left, f"{data!r} committed at {index}")
-                if self.checker is None or self.checker.committed[index][0] == term:
+                outcome = self.run_until(lambda: self._outcome(index, term), left,
+                                         f"{data!r} committed at {index}")
+                if outcome == "committed":
                     return index, term
             except (NotLeader, ProposalDropped):
                 self.run(1)
 
-    def _settled(self, index: int, term: int) -> bool:
+    def _outcome(self, index: int, term: int) -> str | None:
+        """"committed", "lost" (another entry took the index or will), or None (not known yet)."""
         if self.checker is not None and len(self.checker.committed) > index:
-            return True
-        return self.committed(index, term)
+            return "committed" if self.checker.committed[index][0] == term else "lost"
+        if self.committed(index, term):
+            return "committed"
+        lead = self.leader()
+        if lead is not None:
+            raw = self.nodes[lead].raw
+            if raw.term != term and (raw.last_index() < index or raw.term_at(index) != term):
+                return "lost"
+        return None
 
     def results(self, node_id: str) -> dict[int, Any]:
         """index -> the return value of the state machine's ``apply`` on ``node_id``."""

@@ -382,6 +382,10 @@ class InvariantChecker:
                     nodes=[node_id], indexes=[idx],
                 )
             known = self.seen.get((idx, term))
+            if known is None and where == "in memory":
+                # Not handed out yet: a proposal or an append waiting for the next Ready.
+                self._record(node_id, idx, term, data, prev_term if prev_term is not None else 0)
+                known = self.seen[(idx, term)]
             if known is None:
                 raise InvariantViolation(
                     "log-matching",
