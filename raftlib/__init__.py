@@ -18,7 +18,10 @@ from raftlib.core import (
     SoftState,
 )
 from raftlib.errors import (
+    ConfChangeError,
+    ConfChangeInProgress,
     ConfigError,
+    LeadershipTransferError,
     NotLeader,
     ProposalDropped,
     RaftError,
@@ -30,8 +33,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "COMPILED",
+    "ConfChangeError",
+    "ConfChangeInProgress",
     "Config",
     "ConfigError",
+    "LeadershipTransferError",
     "Entry",
     "HardState",
     "Message",

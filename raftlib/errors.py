@@ -66,6 +66,28 @@ class UncommittedLimitExceeded(ProposalDropped):
         )
 
 
+class ConfChangeError(RaftError, ValueError):
+    """A membership change is invalid (removing the last voter, an unknown member, ...)."""
+
+
+class ConfChangeInProgress(RaftError):
+    """Another membership change has not been applied yet; only one may be in flight.
+
+    ``pending_index`` is the log index of the change still in flight.
+    """
+
+    def __init__(self, pending_index: int) -> None:
+        self.pending_index = pending_index
+        super().__init__(
+            f"a configuration change (log index {pending_index}) is still in flight; "
+            "retry once it has been applied"
+        )
+
+
+class LeadershipTransferError(RaftError):
+    """A leadership transfer cannot be started (unknown target, target is a learner, ...)."""
+
+
 class ConfigError(RaftError, ValueError):
     """A configuration value is invalid (a bad tick count, an empty cluster, ...)."""
 

@@ -291,7 +291,7 @@ def test_append_batches_respect_the_entry_and_byte_bounds() -> None:
 
     big = Harness(ABC, max_msg_bytes=1000)
     a = big.elect("a")
-    for i in range(10):
+    for _ in range(10):
         a.propose(b"x" * 300)
     rd = a.ready()
     sizes = [sum(e.size for e in m.entries) for m in rd.messages if m.to == "b"]

@@ -41,6 +41,26 @@ class Config:
     """Thesis §9.6: ask whether an election could be won before raising the term."""
     check_quorum: bool = True
     """A leader steps down when it has not heard from a quorum within an election timeout."""
+    read_only: str = "safe"
+    """How ``read_index`` confirms leadership: "safe" (a heartbeat round with a quorum,
+    thesis §6.4) or "lease" (no round trip while the leader's lease holds; needs
+    ``check_quorum`` and clocks whose drift is small against the election timeout)."""
+    forward_proposals: bool = False
+    """Followers forward ``propose_with_context`` to the leader instead of refusing."""
+    snapshot_entries: int = 10_000
+    """``should_snapshot()`` is true once this many entries were applied since the last snapshot."""
+    snapshot_bytes: int = 64 << 20
+    """... or once the log holds this many bytes since the last snapshot."""
+    snapshot_trailing_entries: int = 5_000
+    """Entries kept behind a snapshot when compacting, so slightly slow followers
+    catch up from the log rather than by snapshot."""
+    snapshot_chunk_bytes: int = 1 << 20
+    """Size of the snapshot chunks a driver reads per SNAPSHOT message."""
+    snapshot_retry_ticks: int = 5
+    """Resend an unanswered snapshot chunk after this many ticks."""
+    promote_max_lag: int = 64
+    """A member added with ADD_MEMBER is promoted once its match is within this
+    many entries of the leader's commit index."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on an impossible setting."""
@@ -63,6 +83,16 @@ class Config:
             raise ConfigError("max_uncommitted_bytes must be >= 0 (0 means unlimited)")
         if self.max_apply_bytes < 1:
             raise ConfigError(f"max_apply_bytes must be >= 1, got {self.max_apply_bytes}")
+        if self.read_only not in ("safe", "lease"):
+            raise ConfigError(f"read_only must be 'safe' or 'lease', got {self.read_only!r}")
+        if self.read_only == "lease" and not self.check_quorum:
+            raise ConfigError("read_only='lease' needs check_quorum=True (the lease is its guarantee)")
+        for name in ("snapshot_entries", "snapshot_bytes", "snapshot_chunk_bytes", "snapshot_retry_ticks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("snapshot_trailing_entries", "promote_max_lag"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(set(self.voters)) != len(self.voters):
             raise ConfigError(f"duplicate ids in voters: {self.voters}")
         for v in self.voters:

@@ -20,7 +20,7 @@ from raftlib._accel import Entry, Log, LogIndexError
 class RaftLog:
     """Entries with commit/apply/persist progress and their invariants."""
 
-    __slots__ = ("log", "committed", "applied", "applying", "stable")
+    __slots__ = ("applied", "applying", "committed", "log", "stable")
 
     def __init__(
         self,
@@ -102,6 +102,31 @@ class RaftLog:
             raise ValueError(f"commit index {index} is beyond the last index {last}")
         self.committed = index
         return True
+
+    # -- snapshots ---------------------------------------------------------
+
+    def compact(self, index: int) -> None:
+        """Discard entries up to ``index`` (covered by a durable snapshot, already applied)."""
+        if index > self.applied:
+            raise ValueError(f"cannot compact to {index}: only {self.applied} is applied")
+        if index > self.log.snapshot_index:
+            self.log.compact(index)
+
+    def install_snapshot(self, index: int, term: int) -> None:
+        """The state machine is being restored to a snapshot ending at (index, term).
+
+        Entries after it that match are kept (the snapshot raced with entries we
+        already had); otherwise the whole log is replaced by the snapshot.
+        """
+        if self.log.match_term(index, term):
+            self.log.compact(index)
+        else:
+            self.log.restore(index, term)
+        self.committed = max(self.committed, index)
+        self.applied = self.applying = index
+        self.stable = max(self.stable, index)
+        if self.stable > self.log.last_index():
+            self.stable = self.log.last_index()
 
     # -- persistence and application --------------------------------------
 

@@ -23,6 +23,8 @@ class Membership:
     voters: frozenset[str]
     outgoing: frozenset[str] = field(default_factory=frozenset)
     learners: frozenset[str] = field(default_factory=frozenset)
+    promoting: frozenset[str] = field(default_factory=frozenset)
+    """Learners the leader promotes to voters once they have caught up."""
 
     def is_joint(self) -> bool:
         """True while in C_old,new (outgoing voters still count)."""
@@ -39,6 +41,24 @@ class Membership:
     def is_voter(self, node_id: str) -> bool:
         return node_id in self.voters or node_id in self.outgoing
 
+    def to_dict(self) -> dict[str, list[str]]:
+        """A JSON-friendly form (sorted lists), for storage and status output."""
+        return {
+            "voters": sorted(self.voters),
+            "outgoing": sorted(self.outgoing),
+            "learners": sorted(self.learners),
+            "promoting": sorted(self.promoting),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[str]]) -> Membership:
+        return cls(
+            frozenset(d.get("voters", ())),
+            frozenset(d.get("outgoing", ())),
+            frozenset(d.get("learners", ())),
+            frozenset(d.get("promoting", ())),
+        )
+
     def describe(self) -> str:
         """Short human-readable form, e.g. ``voters=[a,b,c] learners=[d]``."""
         parts = [f"voters=[{','.join(sorted(self.voters))}]"]
@@ -46,4 +66,6 @@ class Membership:
             parts.append(f"outgoing=[{','.join(sorted(self.outgoing))}]")
         if self.learners:
             parts.append(f"learners=[{','.join(sorted(self.learners))}]")
+        if self.promoting:
+            parts.append(f"promoting=[{','.join(sorted(self.promoting))}]")
         return " ".join(parts)

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from raftlib._accel import ENTRY_CONF_CHANGE, ENTRY_NORMAL, Entry
+from raftlib.core.membership import Membership
 
 __all__ = [
     "ENTRY_CONF_CHANGE",
@@ -18,7 +19,11 @@ __all__ = [
     "HardState",
     "Message",
     "MessageType",
+    "ProposalResult",
+    "ReadState",
     "Role",
+    "SnapshotChunk",
+    "SnapshotMeta",
     "SoftState",
 ]
 
@@ -43,7 +48,23 @@ class MessageType(enum.IntEnum):
     HEARTBEAT = 7
     """Leader liveness, carries ``commit`` (never beyond what the follower matches)."""
     HEARTBEAT_RESP = 8
-    """Answer to HEARTBEAT."""
+    """Answer to HEARTBEAT; echoes the heartbeat's ``index`` (the ReadIndex round)."""
+    SNAPSHOT = 9
+    """One chunk of a snapshot (``snapshot`` meta, ``offset``; the driver fills ``data``/``done``)."""
+    SNAPSHOT_RESP = 10
+    """Chunk answer: ``offset`` is the next offset expected; ``reject`` asks to resend from
+    there; ``done`` says the snapshot is installed and the log matches up to ``index``."""
+    TIMEOUT_NOW = 11
+    """Thesis §3.10: the leader asks its chosen successor to start an election now."""
+    READ_INDEX = 12
+    """Thesis §6.4: a follower asks the leader for a read index (``context`` identifies it)."""
+    READ_INDEX_RESP = 13
+    """The confirmed read index in ``index`` for the request ``context`` (``reject`` if refused)."""
+    PROPOSE = 14
+    """A follower forwards a proposal (``entries``, ``context``) to the leader."""
+    PROPOSE_RESP = 15
+    """(``index``, ``log_term``) of the forwarded proposal's entry,
+    or ``reject`` with a reason in ``data``."""
 
 
 class Role(enum.Enum):
@@ -73,6 +94,13 @@ class Message:
     commit: int = 0
     reject: bool = False
     reject_hint: int = 0
+    snapshot: SnapshotMeta | None = None
+    offset: int = 0
+    data: bytes = b""
+    done: bool = False
+    context: bytes = b""
+    force: bool = False
+    """VOTE only: the election comes from a leadership transfer; ignore the leader lease."""
 
     def __repr__(self) -> str:
         parts = [f"{self.type.name} {self.frm}->{self.to} t{self.term}"]
@@ -86,6 +114,12 @@ class Message:
             parts.append(f"idx={self.index}")
         if self.reject:
             parts.append(f"REJECT hint={self.reject_hint} lt={self.log_term}")
+        if self.snapshot is not None:
+            parts.append(f"snap={self.snapshot.index}@{self.snapshot.term} off={self.offset}")
+        if self.done:
+            parts.append("done")
+        if self.force:
+            parts.append("force")
         return "Message(" + " ".join(parts) + ")"
 
 
@@ -108,3 +142,54 @@ class SoftState:
 
     leader: str | None
     role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Identity of a snapshot: the last index and term it covers, and the configuration then."""
+
+    index: int
+    term: int
+    membership: Membership
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """A piece of an incoming snapshot for the driver to write at ``offset``.
+
+    ``offset == 0`` starts a new incoming snapshot (discard any partial one).
+    """
+
+    meta: SnapshotMeta
+    offset: int
+    data: bytes
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once the state machine has applied ``index``.
+
+    ``ok`` is False when the read could not be confirmed (leadership changed
+    or no leader): retry it.
+    """
+
+    index: int
+    context: bytes
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalResult:
+    """Where a proposal made with a context landed, or why it was refused.
+
+    The proposal succeeded if the entry applied at ``index`` has ``term``.
+    ``error`` is a short reason ("not_leader", "transfer_pending", ...) when
+    the proposal was refused; ``leader`` is the leader hint then.
+    """
+
+    context: bytes
+    index: int = 0
+    term: int = 0
+    error: str | None = None
+    leader: str | None = None

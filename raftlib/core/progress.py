@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from typing import Any
 
 
 class ProgressState(enum.Enum):
@@ -28,14 +29,17 @@ class Progress:
     """Replication state of one peer as tracked by the leader."""
 
     __slots__ = (
-        "match",
-        "next",
-        "state",
-        "probe_sent",
         "inflights",
+        "match",
         "max_inflight",
-        "recent_active",
+        "next",
         "pending_snapshot",
+        "probe_sent",
+        "recent_active",
+        "snapshot_meta",
+        "snapshot_offset",
+        "snapshot_wait",
+        "state",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
@@ -53,6 +57,12 @@ class Progress:
         """CheckQuorum: heard from this peer during the current election timeout."""
         self.pending_snapshot = 0
         """SNAPSHOT only: index of the snapshot being sent."""
+        self.snapshot_meta: Any = None
+        """SNAPSHOT only: the SnapshotMeta being sent."""
+        self.snapshot_offset = 0
+        """SNAPSHOT only: offset of the chunk last sent (the follower acked everything before it)."""
+        self.snapshot_wait = 0
+        """SNAPSHOT only: ticks since the last chunk went out (resent after snapshot_retry_ticks)."""
 
     def reset(self, next_index: int) -> None:
         """Start over in PROBE at ``next_index`` knowing nothing about the peer."""
@@ -73,6 +83,9 @@ class Progress:
         self.state = state
         self.probe_sent = False
         self.pending_snapshot = 0
+        self.snapshot_meta = None
+        self.snapshot_offset = 0
+        self.snapshot_wait = 0
         self.inflights.clear()
 
     def become_probe(self) -> None:

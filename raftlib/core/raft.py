@@ -14,24 +14,47 @@ Two outboxes keep durability honest:
   to ourselves in this outbox (our own vote, the leader's own append ack) are
   stepped back in by ``RawNode.advance`` once the driver has persisted: a
   leader counts itself toward a quorum only after its own write is durable.
+
+Snapshots, membership changes, leadership transfer, ReadIndex and proposal
+forwarding are handled by the helpers in ``snapshots.py``, ``read_only.py``
+and this class's ``*_conf_change`` / ``transfer_*`` methods.
 """
 
 from __future__ import annotations
 
 import random
 
-from raftlib._accel import VOTE_LOST, VOTE_WON, Entry
+from raftlib._accel import ENTRY_CONF_CHANGE, VOTE_LOST, VOTE_WON, Entry
+from raftlib.core.confchange import Change, ChangeKind, ConfChange, apply_change
 from raftlib.core.config import Config
 from raftlib.core.log import RaftLog
 from raftlib.core.membership import Membership
-from raftlib.core.messages import HardState, Message, MessageType, Role, SoftState
+from raftlib.core.messages import (
+    HardState,
+    Message,
+    MessageType,
+    ProposalResult,
+    ReadState,
+    Role,
+    SnapshotChunk,
+    SnapshotMeta,
+    SoftState,
+)
 from raftlib.core.progress import ProgressState
+from raftlib.core.read_only import ReadOnly
 from raftlib.core.storage_state import PersistentState
 from raftlib.core.tracker import ProgressTracker
-from raftlib.errors import NotLeader, UncommittedLimitExceeded
+from raftlib.errors import (
+    ConfChangeError,
+    ConfChangeInProgress,
+    LeadershipTransferError,
+    NotLeader,
+    ProposalDropped,
+    UncommittedLimitExceeded,
+)
 
 _VOTE_REQUESTS = (MessageType.VOTE, MessageType.PRE_VOTE)
-_FROM_LEADER = (MessageType.APPEND, MessageType.HEARTBEAT)
+_FROM_LEADER = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 
 
 class Raft:
@@ -52,26 +75,50 @@ class Raft:
         hs = state.hard_state
         self.term = hs.term
         self.vote = hs.vote
+        snap = state.snapshot
+        if snap is not None:
+            membership = snap.membership
+        elif config.voters:
+            membership = Membership(frozenset(config.voters))
+        else:
+            raise ValueError(
+                f"node {self.id!r} has no configuration: give Config.voters for a new "
+                "cluster, or restart it from a snapshot"
+            )
         self.log = RaftLog(
-            state.snapshot_index,
-            state.snapshot_term,
+            snap.index if snap else 0,
+            snap.term if snap else 0,
             state.entries,
             committed=hs.commit,
             applied=applied,
         )
-        voters = state.voters if state.voters is not None else config.voters
-        if not voters:
-            raise ValueError(
-                f"node {self.id!r} has no configuration: give Config.voters for a new cluster"
-            )
-        self.tracker = ProgressTracker(Membership(frozenset(voters)), config.max_inflight)
+        self.snapshot_meta: SnapshotMeta | None = snap
+        """The latest snapshot a driver has (ours, or the one installed from the leader)."""
+        # (applied index, configuration) pairs, oldest first, to know the
+        # configuration at any snapshot point.
+        self.conf_history: list[tuple[int, Membership]] = [(self.log.log.snapshot_index, membership)]
+        self.tracker = ProgressTracker(membership, config.max_inflight)
+        # A state machine that persists itself starts at `applied`: replay the
+        # configuration changes it already reflects.
+        for e in self._conf_entries(self.log.log.snapshot_index + 1, self.log.applied + 1):
+            self._apply_conf_entry(e)
         self.role = Role.FOLLOWER
         self.lead: str | None = None
         self.msgs: list[Message] = []
         self.msgs_after_persist: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self.proposal_results: list[ProposalResult] = []
+        self.snapshot_chunks: list[SnapshotChunk] = []
+        self.pending_install: SnapshotMeta | None = None
+        self.incoming: tuple[SnapshotMeta, int] | None = None
+        """Snapshot being received from the leader, and the next offset expected."""
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = config.election_tick
+        self.pending_conf_index = 0
+        self.lead_transferee: str | None = None
+        self.transfer_elapsed = 0
+        self.read_only = ReadOnly()
         self._broadcast_pending = False
         self.become_follower(self.term, None)
 
@@ -83,9 +130,13 @@ class Raft:
     def soft_state(self) -> SoftState:
         return SoftState(self.lead, self.role)
 
+    @property
+    def membership(self) -> Membership:
+        return self.tracker.membership
+
     def promotable(self) -> bool:
         """Only voters of the current configuration may campaign."""
-        return self.tracker.membership.is_voter(self.id)
+        return self.membership.is_voter(self.id)
 
     # -- role changes ----------------------------------------------------------
 
@@ -100,7 +151,12 @@ class Raft:
         et = self.config.election_tick
         self.randomized_election_timeout = self.rng.randrange(et, 2 * et)
         self.tracker.reset(self.log.last_index() + 1, self.id, self.log.stable)
+        self.lead_transferee = None
+        self.transfer_elapsed = 0
         self._broadcast_pending = False
+        # Reads waiting for this node's leadership can no longer be confirmed.
+        for ctx, requester in self.read_only.drop_all():
+            self._answer_read(requester, ReadState(0, ctx, ok=False))
 
     def become_follower(self, term: int, lead: str | None) -> None:
         self._reset(term)
@@ -136,10 +192,12 @@ class Raft:
             self.tracker.update_match(self.id, me.match)
         for pr in self.tracker.progress.values():
             pr.recent_active = True
+        # Uncommitted configuration changes may sit in our log; allow no new
+        # change until everything up to here has been applied.
+        self.pending_conf_index = self.log.last_index()
         # §5.4.2 / thesis §6.4: append a no-op of our own term, so that entries of
         # earlier terms get committed (only through an entry of the current term).
         self._append_entries([Entry(0, 0)])
-        self._broadcast_pending = True
 
     # -- time --------------------------------------------------------------------
 
@@ -159,6 +217,12 @@ class Raft:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.lead_transferee is not None:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.config.election_tick:
+                # Thesis §3.10: abandon a transfer that did not happen within an
+                # election timeout, and accept proposals again.
+                self.lead_transferee = None
         if self.election_elapsed >= self.config.election_tick:
             self.election_elapsed = 0
             if self.config.check_quorum:
@@ -170,33 +234,54 @@ class Raft:
                     return
                 for node_id, pr in self.tracker.progress.items():
                     pr.recent_active = node_id == self.id
+        if not self.promotable() and self.lead_transferee is None:
+            # Removed from the voters and the hand-over did not happen: step down.
+            self.become_follower(self.term, None)
+            return
+        self._maybe_leave_joint()
+        for peer, pr in self.tracker.progress.items():
+            if pr.state is ProgressState.SNAPSHOT and peer != self.id:
+                pr.snapshot_wait += 1
+                if pr.snapshot_wait >= self.config.snapshot_retry_ticks:
+                    # The chunk or its answer was lost: resend from the last acked offset.
+                    self._send_snapshot_chunk(peer, pr.snapshot_offset)
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
 
     # -- elections ------------------------------------------------------------------
 
-    def campaign(self) -> None:
-        """Start an election now (a pre-vote round first when PreVote is on)."""
+    def campaign(self, force: bool = False) -> None:
+        """Start an election now (a pre-vote round first when PreVote is on).
+
+        ``force`` (a leadership transfer) skips the pre-vote and asks voters to
+        ignore their leader lease.
+        """
         if self.role is Role.LEADER or not self.promotable():
             return
-        if self.config.pre_vote:
+        if self._conf_entries(self.log.applied + 1, self.log.committed + 1):
+            # A committed configuration change is not applied yet: our view of
+            # who votes may be stale, so do not start an election on it.
+            return
+        if self.config.pre_vote and not force:
             self.become_pre_candidate()
-            self._request_votes(MessageType.PRE_VOTE, self.term + 1)
+            self._request_votes(MessageType.PRE_VOTE, self.term + 1, False)
         else:
             self.become_candidate()
-            self._request_votes(MessageType.VOTE, self.term)
+            self._request_votes(MessageType.VOTE, self.term, force)
 
-    def _request_votes(self, kind: MessageType, term: int) -> None:
+    def _request_votes(self, kind: MessageType, term: int, force: bool) -> None:
         last_index, last_term = self.log.last_index(), self.log.last_term()
         resp = MessageType.PRE_VOTE_RESP if kind is MessageType.PRE_VOTE else MessageType.VOTE_RESP
-        for node_id in sorted(self.tracker.membership.all_voters()):
+        for node_id in sorted(self.membership.all_voters()):
             if node_id == self.id:
                 # Our own vote counts once our term and vote are durable.
                 self.msgs_after_persist.append(Message(resp, self.id, self.id, term))
             else:
                 self.msgs.append(
-                    Message(kind, self.id, node_id, term, log_term=last_term, index=last_index)
+                    Message(
+                        kind, self.id, node_id, term, log_term=last_term, index=last_index, force=force
+                    )
                 )
 
     def _handle_vote_request(self, m: Message) -> None:
@@ -225,7 +310,7 @@ class Raft:
         if result == VOTE_WON:
             if self.role is Role.PRE_CANDIDATE:
                 self.become_candidate()
-                self._request_votes(MessageType.VOTE, self.term)
+                self._request_votes(MessageType.VOTE, self.term, False)
             else:
                 self.become_leader()
         elif result == VOTE_LOST:
@@ -241,7 +326,7 @@ class Raft:
         if not isinstance(m.type, MessageType):
             raise ValueError(f"unknown message type {m.type!r}")
         if m.term > self.term:
-            if m.type in _VOTE_REQUESTS:
+            if m.type in _VOTE_REQUESTS and not m.force:
                 # Thesis §4.2.3: a node that heard from a live leader within the
                 # minimum election timeout ignores disruptive vote requests
                 # (sound because CheckQuorum makes a cut-off leader step down).
@@ -265,8 +350,11 @@ class Raft:
 
         if m.type in _VOTE_REQUESTS:
             self._handle_vote_request(m)
-            return
-        if self.role is Role.LEADER:
+        elif m.type is MessageType.PROPOSE:
+            self._handle_forwarded_proposal(m)
+        elif m.type is MessageType.READ_INDEX:
+            self._handle_read_index_request(m)
+        elif self.role is Role.LEADER:
             self._step_leader(m)
         elif self.role is Role.FOLLOWER:
             self._step_follower(m)
@@ -285,31 +373,53 @@ class Raft:
             self.msgs_after_persist.append(
                 Message(MessageType.PRE_VOTE_RESP, self.id, m.frm, self.term, reject=True)
             )
+        elif m.type is MessageType.PROPOSE:
+            self.msgs.append(self._proposal_refusal(m, "not_leader"))
+        elif m.type is MessageType.READ_INDEX:
+            self.msgs.append(
+                Message(
+                    MessageType.READ_INDEX_RESP, self.id, m.frm, self.term,
+                    context=m.context, reject=True,
+                )
+            )
         # Anything else from an older term is ignored (§5.1).
 
     def _step_follower(self, m: Message) -> None:
-        if m.type is MessageType.APPEND:
+        if m.type in _FROM_LEADER:
             self.election_elapsed = 0
             self.lead = m.frm
-            self._handle_append(m)
-        elif m.type is MessageType.HEARTBEAT:
-            self.election_elapsed = 0
-            self.lead = m.frm
-            self._handle_heartbeat(m)
+            self._handle_from_leader(m)
+        elif m.type is MessageType.TIMEOUT_NOW:
+            # Thesis §3.10: the leader chose us; start an election at once, skipping
+            # the pre-vote, and ask voters to ignore their lease.
+            self.campaign(force=True)
+        elif m.type is MessageType.READ_INDEX_RESP:
+            self.read_states.append(ReadState(m.index, m.context, ok=not m.reject))
+        elif m.type is MessageType.PROPOSE_RESP:
+            self.proposal_results.append(self._proposal_result_from(m))
         # Responses addressed to a former role are stale: ignore them.
 
     def _step_candidate(self, m: Message) -> None:
-        if m.type is MessageType.APPEND:
+        if m.type in _FROM_LEADER:
             # §5.2: a candidate that hears from the leader of its term steps down.
             self.become_follower(m.term, m.frm)
-            self._handle_append(m)
-        elif m.type is MessageType.HEARTBEAT:
-            self.become_follower(m.term, m.frm)
-            self._handle_heartbeat(m)
+            self._handle_from_leader(m)
         elif (m.type is MessageType.PRE_VOTE_RESP and self.role is Role.PRE_CANDIDATE) or (
             m.type is MessageType.VOTE_RESP and self.role is Role.CANDIDATE
         ):
             self._handle_vote_response(m)
+        elif m.type is MessageType.READ_INDEX_RESP:
+            self.read_states.append(ReadState(m.index, m.context, ok=not m.reject))
+        elif m.type is MessageType.PROPOSE_RESP:
+            self.proposal_results.append(self._proposal_result_from(m))
+
+    def _handle_from_leader(self, m: Message) -> None:
+        if m.type is MessageType.APPEND:
+            self._handle_append(m)
+        elif m.type is MessageType.HEARTBEAT:
+            self._handle_heartbeat(m)
+        else:
+            self._handle_snapshot_chunk(m)
 
     # -- follower side of replication ------------------------------------------------------
 
@@ -349,7 +459,63 @@ class Raft:
     def _handle_heartbeat(self, m: Message) -> None:
         # The leader never sends a commit index beyond what we match.
         self.log.commit_to(min(m.commit, self.log.last_index()))
-        self.msgs.append(Message(MessageType.HEARTBEAT_RESP, self.id, m.frm, self.term))
+        # Echo the ReadIndex round the heartbeat carries.
+        self.msgs.append(Message(MessageType.HEARTBEAT_RESP, self.id, m.frm, self.term, index=m.index))
+
+    def _handle_snapshot_chunk(self, m: Message) -> None:
+        meta = m.snapshot
+        if meta is None:
+            return  # malformed: a chunk without its snapshot's identity
+        if meta.index <= self.log.committed:
+            # We already have everything the snapshot covers (it raced with
+            # entries we received): tell the leader where we are.
+            self.incoming = None
+            self.msgs_after_persist.append(
+                Message(
+                    MessageType.SNAPSHOT_RESP, self.id, m.frm, self.term,
+                    index=self.log.committed, done=True, snapshot=meta,
+                )
+            )
+            return
+        incoming = self.incoming
+        if m.offset == 0:
+            incoming = (meta, 0)
+        elif incoming is None or incoming[0] != meta or incoming[1] != m.offset:
+            # Out of order, duplicated, or we restarted mid-transfer: ask for the
+            # offset we expect (0 = start over).
+            expect = incoming[1] if incoming is not None and incoming[0] == meta else 0
+            self.msgs.append(
+                Message(
+                    MessageType.SNAPSHOT_RESP, self.id, m.frm, self.term,
+                    index=meta.index, offset=expect, reject=True, snapshot=meta,
+                )
+            )
+            return
+        offset = incoming[1] + len(m.data)
+        self.snapshot_chunks.append(SnapshotChunk(meta, m.offset, m.data, m.done))
+        if not m.done:
+            self.incoming = (meta, offset)
+            self.msgs_after_persist.append(
+                Message(
+                    MessageType.SNAPSHOT_RESP, self.id, m.frm, self.term,
+                    index=meta.index, offset=offset, snapshot=meta,
+                )
+            )
+            return
+        # Last chunk: install. The log keeps a suffix that matches the snapshot's
+        # last entry; otherwise it is replaced by the snapshot.
+        self.incoming = None
+        self.log.install_snapshot(meta.index, meta.term)
+        self.snapshot_meta = meta
+        self.pending_install = meta
+        self.conf_history = [(meta.index, meta.membership)]
+        self.tracker.set_membership(meta.membership, self.log.last_index() + 1)
+        self.msgs_after_persist.append(
+            Message(
+                MessageType.SNAPSHOT_RESP, self.id, m.frm, self.term,
+                index=meta.index, offset=offset, done=True, snapshot=meta,
+            )
+        )
 
     # -- leader side of replication ------------------------------------------------------------
 
@@ -366,8 +532,20 @@ class Raft:
         elif m.type is MessageType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.is_paused():
+                # Let one message through a full window: if appends were lost,
+                # its rejection reveals it (like etcd's FreeFirstOne).
+                pr.inflights.popleft()
+            if m.index:
+                self._confirm_read_round(m.frm, m.index)
             if pr.match < self.log.last_index():
-                self._maybe_send_append(m.frm, send_if_empty=False)
+                # Possibly an empty append at next-1: if the entries sent
+                # optimistically were lost, the follower rejects it and the
+                # leader probes back to where the logs match.
+                self._maybe_send_append(m.frm, send_if_empty=True)
+        elif m.type is MessageType.SNAPSHOT_RESP:
+            pr.recent_active = True
+            self._handle_snapshot_response(m.frm, m)
         # Vote responses after winning, and appends from ourselves, need nothing.
 
     def _handle_append_reject(self, peer: str, m: Message) -> None:
@@ -375,7 +553,10 @@ class Raft:
         # Fast backtracking: find our last entry at or below the follower's hint
         # whose term is <= the hint's term; the logs may match there.
         hint = min(m.reject_hint, self.log.last_index())
-        next_probe, _ = self.log.log.conflict_hint(hint, m.log_term)
+        if hint < self.log.log.snapshot_index:
+            next_probe = hint  # below our compacted prefix: a snapshot will follow
+        else:
+            next_probe, _ = self.log.log.conflict_hint(hint, m.log_term)
         if pr.maybe_decrease_to(m.index, next_probe):
             if pr.state is ProgressState.REPLICATE:
                 pr.become_probe()
@@ -392,12 +573,19 @@ class Raft:
             return
         if pr.state is ProgressState.PROBE:
             pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_probe()
         committed = self.tracker.update_match(peer, pr.match)
         self._maybe_commit(committed)
-        if peer != self.id:
-            # Keep the pipe full while there is more to send.
-            while self._maybe_send_append(peer, send_if_empty=False):
-                pass
+        if peer == self.id:
+            return
+        if peer == self.lead_transferee and pr.match == self.log.last_index():
+            # Thesis §3.10: the successor has caught up; let it campaign now.
+            self.msgs.append(Message(MessageType.TIMEOUT_NOW, self.id, peer, self.term))
+        self._maybe_promote(peer)
+        # Keep the pipe full while there is more to send.
+        while self._maybe_send_append(peer, send_if_empty=False):
+            pass
 
     def _maybe_commit(self, quorum_index: int) -> None:
         log = self.log
@@ -407,9 +595,15 @@ class Raft:
         # counting replicas; earlier ones are committed indirectly with them.
         if log.term(quorum_index) != self.term:
             return
+        first_of_term = log.term(log.committed) != self.term
         log.commit_to(quorum_index)
         # Followers learn the new commit index with the next AppendEntries.
         self._broadcast_pending = True
+        if first_of_term:
+            # Thesis §6.4: reads wait until the leader has committed an entry of
+            # its own term, which proves its commit index is current.
+            for ctx, requester in self.read_only.release_waiting():
+                self._start_read(ctx, requester)
 
     def _maybe_send_append(self, peer: str, send_if_empty: bool) -> bool:
         """Send the next AppendEntries to ``peer`` if its progress allows. Returns True if sent."""
@@ -420,9 +614,8 @@ class Raft:
         last = log.last_index()
         prev = pr.next - 1
         if prev < log.log.snapshot_index:
-            # The entries this follower needs are compacted; a snapshot is required
-            # (installed by a later layer of the core).
-            return False
+            # The entries this follower needs are compacted: send a snapshot.
+            return self._start_snapshot(peer)
         prev_term = log.term(prev)
         if pr.next <= last:
             hi = min(last + 1, pr.next + self.config.max_msg_entries)
@@ -455,20 +648,282 @@ class Raft:
                 while self._maybe_send_append(peer, send_if_empty=False):
                     pass
 
-    def flush_broadcast(self) -> None:
-        """Send the AppendEntries deferred so that many proposals share one message."""
-        if self._broadcast_pending and self.role is Role.LEADER:
-            self.broadcast_append()
+    def flush(self) -> None:
+        """Send what was deferred so that many proposals or reads share one message."""
+        if self.role is Role.LEADER:
+            if self._broadcast_pending:
+                self.broadcast_append()
+            if self.read_only.has_unsent_round():
+                self._broadcast_heartbeat()
         self._broadcast_pending = False
 
     def _broadcast_heartbeat(self) -> None:
+        self.heartbeat_elapsed = 0
+        read_round = self.read_only.send_round()
         for peer in sorted(self.tracker.progress):
             if peer == self.id:
                 continue
             pr = self.tracker.progress[peer]
             # Never tell a follower to commit beyond what it is known to match.
             commit = min(pr.match, self.log.committed)
-            self.msgs.append(Message(MessageType.HEARTBEAT, self.id, peer, self.term, commit=commit))
+            self.msgs.append(
+                Message(MessageType.HEARTBEAT, self.id, peer, self.term, commit=commit, index=read_round)
+            )
+        if read_round:
+            # A single voter (us) confirms its own round.
+            self._confirm_read_round(self.id, read_round)
+
+    # -- snapshots (leader side) ----------------------------------------------------------------
+
+    def _start_snapshot(self, peer: str) -> bool:
+        snap = self.snapshot_meta
+        pr = self.tracker.progress[peer]
+        if snap is None or snap.index < self.log.log.snapshot_index:
+            raise RuntimeError(
+                "log compacted beyond the latest snapshot: compact() only after a snapshot exists"
+            )
+        pr.become_snapshot(snap.index)
+        pr.snapshot_meta = snap
+        self._send_snapshot_chunk(peer, 0)
+        return True
+
+    def _send_snapshot_chunk(self, peer: str, offset: int) -> None:
+        pr = self.tracker.progress[peer]
+        meta = pr.snapshot_meta
+        if meta is None:
+            return
+        pr.snapshot_offset = offset
+        pr.snapshot_wait = 0
+        # The driver fills `data` and `done` from its copy of this snapshot,
+        # reading at most Config.snapshot_chunk_bytes at `offset`.
+        self.msgs.append(
+            Message(
+                MessageType.SNAPSHOT, self.id, peer, self.term,
+                snapshot=meta, offset=offset, index=meta.index, log_term=meta.term,
+            )
+        )
+
+    def _handle_snapshot_response(self, peer: str, m: Message) -> None:
+        pr = self.tracker.progress[peer]
+        if pr.state is not ProgressState.SNAPSHOT:
+            if m.done:
+                self._handle_append_ack(peer, m.index)
+            return
+        if pr.snapshot_meta is None or m.snapshot != pr.snapshot_meta:
+            if m.done:
+                self._handle_append_ack(peer, m.index)
+            return
+        if m.done:
+            # Installed: the follower's log matches ours up to the snapshot.
+            pr.maybe_update(m.index)
+            pr.become_probe()
+            self.tracker.update_match(peer, pr.match)
+            self._maybe_commit(self.tracker.committed())
+            self._maybe_send_append(peer, send_if_empty=True)
+            return
+        # Next chunk, or a resend from the offset the follower expects.
+        self._send_snapshot_chunk(peer, m.offset)
+
+    def report_snapshot_failure(self, peer: str) -> None:
+        """The driver could not read the snapshot being sent to ``peer``: start over."""
+        pr = self.tracker.progress.get(peer)
+        if pr is not None and pr.state is ProgressState.SNAPSHOT:
+            pr.snapshot_meta = None
+            pr.pending_snapshot = 0
+            pr.become_probe()
+
+    def compact(self, index: int) -> None:
+        """The driver holds a durable snapshot of the state machine at ``index``.
+
+        Records it as the latest snapshot and discards log entries up to
+        ``index - snapshot_trailing_entries`` (kept for slightly slow followers).
+        """
+        log = self.log
+        if index > log.applied:
+            raise ValueError(f"snapshot index {index} is beyond the applied index {log.applied}")
+        if self.snapshot_meta is not None and index <= self.snapshot_meta.index:
+            return
+        if index < log.log.snapshot_index:
+            return
+        self.snapshot_meta = SnapshotMeta(index, log.term(index), self.membership_at(index))
+        keep_from = index - self.config.snapshot_trailing_entries
+        if keep_from > log.log.snapshot_index:
+            log.compact(keep_from)
+        self.conf_history = [
+            c for i, c in enumerate(self.conf_history)
+            if c[0] > index or i + 1 == len(self.conf_history) or self.conf_history[i + 1][0] > index
+        ]
+
+    def membership_at(self, index: int) -> Membership:
+        """The configuration in force once entries up to ``index`` are applied."""
+        found = self.conf_history[0][1]
+        for at, membership in self.conf_history:
+            if at <= index:
+                found = membership
+        return found
+
+    def should_snapshot(self) -> bool:
+        """Has enough been applied since the last snapshot to take a new one?"""
+        base = self.snapshot_meta.index if self.snapshot_meta is not None else 0
+        applied = self.log.applied
+        if applied - base >= self.config.snapshot_entries:
+            return True
+        lo = max(base, self.log.log.snapshot_index) + 1
+        return applied >= lo and self.log.log.bytes_between(lo, applied + 1) >= self.config.snapshot_bytes
+
+    # -- membership changes -----------------------------------------------------------------------
+
+    def _conf_entries(self, lo: int, hi: int) -> list[Entry]:
+        if lo >= hi:
+            return []
+        return [e for e in self.log.slice(lo, hi, 1 << 62) if e.type == ENTRY_CONF_CHANGE]
+
+    def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
+        """Propose a membership change on the leader; see ``confchange.py``."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        if self.lead_transferee is not None:
+            raise ProposalDropped("transfer_pending", f"leadership is moving to {self.lead_transferee}")
+        if self.pending_conf_index > self.log.applied:
+            raise ConfChangeInProgress(self.pending_conf_index)
+        apply_change(self.membership, cc)  # raises ConfChangeError when invalid
+        index, term = self._append_entries([Entry(0, 0, cc.encode(), ENTRY_CONF_CHANGE)])
+        self.pending_conf_index = index
+        return index, term
+
+    def apply_conf_entries(self, entries: list[Entry]) -> None:
+        """Apply the configuration changes among entries the driver has just applied."""
+        for e in entries:
+            # Skip changes already reflected (a snapshot installed meanwhile covers them).
+            if e.type == ENTRY_CONF_CHANGE and e.index > self.conf_history[-1][0]:
+                self._apply_conf_entry(e)
+
+    def _apply_conf_entry(self, e: Entry) -> None:
+        try:
+            membership = apply_change(self.membership, ConfChange.decode(e.data))
+        except ConfChangeError:
+            # A change that cannot apply (it was validated against an older
+            # configuration) is a no-op on every node alike.
+            return
+        was_voter = self.promotable()
+        self.conf_history.append((e.index, membership))
+        self.tracker.set_membership(membership, self.log.last_index() + 1)
+        if self.role is not Role.LEADER:
+            return
+        if membership.is_joint():
+            self._maybe_leave_joint()
+        elif was_voter and not membership.is_voter(self.id):
+            # A leader that removed itself led until the change committed; now it
+            # hands leadership to the most up-to-date voter, or steps down.
+            successor = self._most_up_to_date_voter()
+            if successor is not None:
+                self.transfer_leadership(successor)
+            else:
+                self.become_follower(self.term, None)
+        self._broadcast_pending = True
+
+    def _maybe_leave_joint(self) -> None:
+        """§6: leave C_old,new automatically once it is in force (retried every tick)."""
+        if (
+            self.membership.is_joint()
+            and self.pending_conf_index <= self.log.applied
+            and self.lead_transferee is None
+        ):
+            self.propose_conf_change(ConfChange())
+
+    def _most_up_to_date_voter(self) -> str | None:
+        best: tuple[int, str] | None = None
+        for node_id in sorted(self.membership.all_voters()):
+            if node_id == self.id:
+                continue
+            cand = (self.tracker.progress[node_id].match, node_id)
+            if best is None or cand[0] > best[0]:
+                best = cand
+        return best[1] if best else None
+
+    def _maybe_promote(self, peer: str) -> None:
+        """Promote a member added with ADD_MEMBER once it has caught up."""
+        if peer not in self.membership.promoting or self.membership.is_joint():
+            return
+        if self.pending_conf_index > self.log.applied or self.lead_transferee is not None:
+            return
+        if self.tracker.progress[peer].match + self.config.promote_max_lag < self.log.committed:
+            return
+        self.propose_conf_change(ConfChange((Change(ChangeKind.ADD_VOTER, peer),)))
+
+    # -- leadership transfer (thesis §3.10) ---------------------------------------------------------
+
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to ``target``: bring it up to date, then tell it to campaign."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        if target == self.id:
+            self.lead_transferee = None
+            return
+        if not self.membership.is_voter(target):
+            raise LeadershipTransferError(f"{target!r} is not a voter of {self.membership.describe()}")
+        self.lead_transferee = target
+        self.transfer_elapsed = 0
+        pr = self.tracker.progress[target]
+        if pr.match == self.log.last_index():
+            self.msgs.append(Message(MessageType.TIMEOUT_NOW, self.id, target, self.term))
+        else:
+            self._maybe_send_append(target, send_if_empty=True)
+
+    # -- linearizable reads (thesis §6.4) -------------------------------------------------------------
+
+    def read_index(self, ctx: bytes) -> None:
+        """Ask for a read index; the answer comes as a ReadState with ``ctx``."""
+        if self.role is Role.LEADER:
+            self._leader_read(ctx, self.id)
+        elif self.lead is not None:
+            self.msgs.append(Message(MessageType.READ_INDEX, self.id, self.lead, self.term, context=ctx))
+        else:
+            raise NotLeader(None)
+
+    def _handle_read_index_request(self, m: Message) -> None:
+        if self.role is Role.LEADER:
+            self._leader_read(m.context, m.frm)
+        else:
+            self.msgs.append(
+                Message(
+                    MessageType.READ_INDEX_RESP, self.id, m.frm, self.term,
+                    context=m.context, reject=True,
+                )
+            )
+
+    def _leader_read(self, ctx: bytes, requester: str) -> None:
+        if self.log.term(self.log.committed) != self.term:
+            self.read_only.wait_for_commit(ctx, requester)
+            return
+        self._start_read(ctx, requester)
+
+    def _start_read(self, ctx: bytes, requester: str) -> None:
+        index = self.log.committed
+        if self.config.read_only == "lease" or self.membership.all_voters() == {self.id}:
+            # Lease: CheckQuorum guarantees no other leader can exist yet.
+            self._answer_read(requester, ReadState(index, ctx))
+            return
+        self.read_only.add(ctx, requester, index)
+
+    def _confirm_read_round(self, peer: str, read_round: int) -> None:
+        self.read_only.ack(peer, read_round)
+        rounds = dict(self.read_only.acked_rounds())
+        rounds[self.id] = self.read_only.sent_round
+        confirmed = self.tracker.quorum_index(rounds)
+        for ctx, requester, index in self.read_only.release(confirmed):
+            self._answer_read(requester, ReadState(index, ctx))
+
+    def _answer_read(self, requester: str, rs: ReadState) -> None:
+        if requester == self.id:
+            self.read_states.append(rs)
+        else:
+            self.msgs.append(
+                Message(
+                    MessageType.READ_INDEX_RESP, self.id, requester, self.term,
+                    index=rs.index, context=rs.context, reject=not rs.ok,
+                )
+            )
 
     # -- proposals -------------------------------------------------------------------------------
 
@@ -485,7 +940,8 @@ class Raft:
         """Append a command to the leader's log. Returns (index, term) of its entry.
 
         Raises NotLeader on a non-leader, UncommittedLimitExceeded when the
-        leader already holds ``max_uncommitted_bytes`` of uncommitted entries.
+        leader already holds ``max_uncommitted_bytes`` of uncommitted entries,
+        ProposalDropped("transfer_pending") while leadership is being transferred.
         """
         return self.propose_batch([data], entry_type)[0]
 
@@ -493,6 +949,11 @@ class Raft:
         """Append several commands at once; they share AppendEntries and one persist."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.lead)
+        if self.lead_transferee is not None:
+            # Thesis §3.10: stop accepting proposals while a transfer is pending.
+            raise ProposalDropped("transfer_pending", f"leadership is moving to {self.lead_transferee}")
+        if entry_type == ENTRY_CONF_CHANGE:
+            raise ValueError("use propose_conf_change for configuration changes")
         if not datas:
             return []
         entries = [Entry(0, 0, d, entry_type) for d in datas]
@@ -506,3 +967,55 @@ class Raft:
         last, term = self._append_entries(entries)
         first = last - len(entries) + 1
         return [(i, term) for i in range(first, last + 1)]
+
+    def propose_with_context(self, data: bytes, ctx: bytes) -> None:
+        """Propose from any node; the outcome comes back as a ProposalResult with ``ctx``.
+
+        On the leader the result is immediate. On a follower with
+        ``forward_proposals`` the proposal travels to the leader; without it,
+        or with no leader known, NotLeader is raised.
+        """
+        if self.role is Role.LEADER:
+            index, term = self.propose(data)
+            self.proposal_results.append(ProposalResult(ctx, index, term))
+            return
+        if not self.config.forward_proposals or self.lead is None:
+            raise NotLeader(self.lead)
+        self.msgs.append(
+            Message(
+                MessageType.PROPOSE, self.id, self.lead, self.term,
+                entries=[Entry(0, 0, data)], context=ctx,
+            )
+        )
+
+    def _handle_forwarded_proposal(self, m: Message) -> None:
+        if self.role is not Role.LEADER:
+            self.msgs.append(self._proposal_refusal(m, "not_leader"))
+            return
+        try:
+            placed = self.propose_batch([e.data for e in m.entries])
+        except ProposalDropped as exc:
+            self.msgs.append(self._proposal_refusal(m, exc.reason))
+            return
+        except ValueError:
+            self.msgs.append(self._proposal_refusal(m, "invalid"))
+            return
+        index, term = placed[-1] if placed else (0, 0)
+        self.msgs.append(
+            Message(
+                MessageType.PROPOSE_RESP, self.id, m.frm, self.term,
+                index=index, log_term=term, context=m.context,
+            )
+        )
+
+    def _proposal_refusal(self, m: Message, reason: str) -> Message:
+        return Message(
+            MessageType.PROPOSE_RESP, self.id, m.frm, self.term,
+            context=m.context, reject=True, data=reason.encode(),
+        )
+
+    def _proposal_result_from(self, m: Message) -> ProposalResult:
+        if m.reject:
+            reason = m.data.decode(errors="replace") or "rejected"
+            return ProposalResult(m.context, error=reason, leader=self.lead)
+        return ProposalResult(m.context, m.index, m.log_term)

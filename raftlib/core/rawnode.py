@@ -26,8 +26,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftlib._accel import Entry
+from raftlib.core.confchange import ConfChange
 from raftlib.core.config import Config
-from raftlib.core.messages import HardState, Message, MessageType, Role, SoftState
+from raftlib.core.membership import Membership
+from raftlib.core.messages import (
+    HardState,
+    Message,
+    MessageType,
+    ProposalResult,
+    ReadState,
+    Role,
+    SnapshotChunk,
+    SnapshotMeta,
+    SoftState,
+)
 from raftlib.core.raft import Raft
 from raftlib.core.storage_state import PersistentState
 
@@ -49,10 +61,22 @@ class Ready:
     """Send only after ``hard_state`` and ``entries`` are durable (vote grants, append acks)."""
     committed_entries: list[Entry] = field(default_factory=list)
     """Apply to the state machine in order, after persisting this Ready."""
+    snapshot_chunks: list[SnapshotChunk] = field(default_factory=list)
+    """Pieces of a snapshot arriving from the leader: write each at its offset
+    into the incoming snapshot (offset 0 starts a new one)."""
+    snapshot: SnapshotMeta | None = None
+    """Install this snapshot (its last chunk is in ``snapshot_chunks`` or was
+    written before): make it durable, restore the state machine from it, and
+    drop stored entries up to its index (all of them unless the stored entry at
+    its index has its term). Do this before persisting ``entries``."""
+    read_states: list[ReadState] = field(default_factory=list)
+    """Confirmed read indexes: serve each read once ``index`` is applied (or retry if not ok)."""
+    proposal_results: list[ProposalResult] = field(default_factory=list)
+    """Where proposals made with ``propose_with_context`` landed, or why they were refused."""
 
     def must_sync(self) -> bool:
         """True when something must be made durable (fsync) before ``persisted_messages``."""
-        return self.hard_state is not None or bool(self.entries)
+        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None
 
 
 class RawNode:
@@ -67,7 +91,7 @@ class RawNode:
     ('leader', 1)
     """
 
-    __slots__ = ("raft", "_prev_hard", "_prev_soft", "_outstanding", "_self_msgs")
+    __slots__ = ("_outstanding", "_prev_hard", "_prev_soft", "_self_msgs", "raft")
 
     def __init__(
         self,
@@ -112,9 +136,56 @@ class RawNode:
         """Propose several commands at once (one AppendEntries, one persist)."""
         return self.raft.propose_batch(datas)
 
+    def propose_with_context(self, data: bytes, context: bytes) -> None:
+        """Propose from any node; the outcome arrives as a ProposalResult in a later Ready.
+
+        Followers forward to the leader when ``Config.forward_proposals`` is on.
+        """
+        self.raft.propose_with_context(data, context)
+
+    def propose_conf_change(self, cc: ConfChange) -> tuple[int, int]:
+        """Propose a membership change (leader only; one at a time).
+
+        Raises NotLeader, ConfChangeInProgress, or ConfChangeError for a change
+        that cannot apply to the current configuration.
+        """
+        return self.raft.propose_conf_change(cc)
+
+    def transfer_leadership(self, target: str) -> None:
+        """Thesis §3.10: make ``target`` the leader (abandoned after an election timeout)."""
+        self.raft.transfer_leadership(target)
+
+    def read_index(self, context: bytes) -> None:
+        """Request a linearizable read; a ReadState with ``context`` arrives in a later Ready."""
+        self.raft.read_index(context)
+
     def campaign(self) -> None:
         """Start an election now instead of waiting for the election timeout."""
         self.raft.campaign()
+
+    # -- snapshots -------------------------------------------------------------
+
+    def should_snapshot(self) -> bool:
+        """True once enough was applied since the last snapshot (Config.snapshot_entries/bytes)."""
+        return self.raft.should_snapshot()
+
+    def compact(self, index: int) -> None:
+        """The driver made a snapshot of the state machine at ``index`` durable.
+
+        The core records it (sending it to followers that need it) and drops log
+        entries older than ``index - Config.snapshot_trailing_entries``; the
+        driver may delete stored entries up to ``first_index() - 1``.
+        """
+        self.raft.compact(index)
+
+    def report_snapshot_failure(self, peer: str) -> None:
+        """The driver could not read the snapshot it was sending to ``peer``."""
+        self.raft.report_snapshot_failure(peer)
+
+    @property
+    def snapshot_meta(self) -> SnapshotMeta | None:
+        """The latest snapshot this node knows it holds."""
+        return self.raft.snapshot_meta
 
     # -- outputs ---------------------------------------------------------------
 
@@ -123,10 +194,14 @@ class RawNode:
         if self._outstanding is not None:
             return False
         r = self.raft
-        r.flush_broadcast()
+        r.flush()
         return bool(
             r.msgs
             or r.msgs_after_persist
+            or r.read_states
+            or r.proposal_results
+            or r.snapshot_chunks
+            or r.pending_install is not None
             or r.log.stable < r.log.last_index()
             or r.log.has_next_committed_entries()
             or r.hard_state() != self._prev_hard
@@ -138,7 +213,7 @@ class RawNode:
         if self._outstanding is not None:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
         r = self.raft
-        r.flush_broadcast()
+        r.flush()
         rd = Ready()
         soft = r.soft_state()
         if soft != self._prev_soft:
@@ -148,6 +223,10 @@ class RawNode:
         if hard != self._prev_hard:
             rd.hard_state = hard
             self._prev_hard = hard
+        rd.snapshot_chunks, r.snapshot_chunks = r.snapshot_chunks, []
+        rd.snapshot, r.pending_install = r.pending_install, None
+        rd.read_states, r.read_states = r.read_states, []
+        rd.proposal_results, r.proposal_results = r.proposal_results, []
         rd.entries = r.log.unstable_entries()
         rd.messages = r.msgs
         r.msgs = []
@@ -178,7 +257,8 @@ class RawNode:
             last = rd.entries[-1]
             r.log.stable_to(last.index, last.term)
         if rd.committed_entries:
-            r.log.applied_to(rd.committed_entries[-1].index)
+            r.log.applied_to(max(r.log.applied, rd.committed_entries[-1].index))
+            r.apply_conf_entries(rd.committed_entries)
         msgs, self._self_msgs = self._self_msgs, []
         for m in msgs:
             r.step(m)
@@ -208,6 +288,11 @@ class RawNode:
     @property
     def applied_index(self) -> int:
         return self.raft.log.applied
+
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force (as of the applied index)."""
+        return self.raft.membership
 
     def first_index(self) -> int:
         return self.raft.log.first_index()
@@ -239,7 +324,10 @@ class RawNode:
             "first_index": r.log.first_index(),
             "last_index": r.log.last_index(),
             "membership": r.tracker.membership.describe(),
+            "snapshot_index": r.snapshot_meta.index if r.snapshot_meta else 0,
         }
+        if r.lead_transferee is not None:
+            out["transferring_to"] = r.lead_transferee
         if r.role is Role.LEADER:
             out["progress"] = {
                 peer: {

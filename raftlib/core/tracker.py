@@ -7,7 +7,7 @@ committed index after each acknowledgement is computed there.
 
 from __future__ import annotations
 
-from raftlib._accel import VOTE_WON, QuorumTracker
+from raftlib._accel import VOTE_WON, QuorumTracker, joint_committed_index
 from raftlib.core.membership import Membership
 from raftlib.core.progress import Progress
 
@@ -15,7 +15,7 @@ from raftlib.core.progress import Progress
 class ProgressTracker:
     """Progress of every member, and the quorum computations over the voters."""
 
-    __slots__ = ("membership", "progress", "_slots", "_quorum", "max_inflight")
+    __slots__ = ("_quorum", "_slots", "max_inflight", "membership", "progress")
 
     def __init__(self, membership: Membership, max_inflight: int) -> None:
         self.max_inflight = max_inflight
@@ -73,6 +73,14 @@ class ProgressTracker:
 
     def reset_matches(self) -> None:
         self._quorum.reset_matches()
+
+    def quorum_index(self, values: dict[str, int]) -> int:
+        """The largest value a quorum of voters has reached (missing voters count as 0)."""
+        m = self.membership
+        return joint_committed_index(
+            [values.get(v, 0) for v in sorted(m.voters)],
+            [values.get(v, 0) for v in sorted(m.outgoing)],
+        )
 
     # -- elections -----------------------------------------------------------
 
