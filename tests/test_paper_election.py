@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from raftlib.core import Role
+from raftlib.errors import NotLeader
 from raftlib.testing import SimCluster
 
 SEEDS = range(50)
@@ -57,7 +58,7 @@ def test_reelection_after_the_leader_is_cut_off_5_2(seed: int) -> None:
     c.heal()
     c.run_until(lambda: agreed_leader(c) == new, max_ticks=4 * ELECTION_TICK, what="old leader following")
     assert c.raw(old).role is Role.FOLLOWER and c.raw(old).term == c.raw(new).term
-    index, term = c.replicate(b"after-reelection")
+    index, _ = c.replicate(b"after-reelection")
     c.wait_applied(index)
     assert all(c.state_machine(i).data == [b"after-reelection"] for i in c.ids)
 
@@ -74,10 +75,10 @@ def test_no_leader_without_a_quorum_5_2(seed: int) -> None:
     c.run(15 * ELECTION_TICK)
     assert c.leaders() == []
     assert max(c.checker.leaders) == old_term  # no leader for any later term, ever
-    with pytest.raises(Exception):
+    with pytest.raises(NotLeader):
         c.propose(b"nobody-leads")
     c.heal()
-    index, _ = c.replicate(b"healed")
+    c.replicate(b"healed")
     assert c.committed_data() == [b"healed"]
     assert max(c.checker.leaders) > old_term
 
@@ -93,8 +94,13 @@ def test_many_elections_under_churn_5_2(seed: int) -> None:
         lead_term = c.raw(lead).term
         c.isolate(lead)
         rest = [i for i in c.ids if i != lead]
-        c.run_until(lambda: any(c.raw(i).role is Role.LEADER and c.raw(i).term > lead_term for i in rest),
-                    10 * ELECTION_TICK, "a leader among the others")
+        c.run_until(
+            lambda lt=lead_term, rest=rest: any(
+                c.raw(i).role is Role.LEADER and c.raw(i).term > lt for i in rest
+            ),
+            10 * ELECTION_TICK,
+            "a leader among the others",
+        )
         c.heal()
         committed.append(c.replicate(b"r%d" % round_, max_ticks=20 * ELECTION_TICK))
     c.check_invariants()

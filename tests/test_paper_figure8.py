@@ -121,8 +121,17 @@ def test_figure8_unreliable_network_5_4_2(seed: int) -> None:
     duplicates, slow disks, leaders and followers crashing and restarting while commands are
     proposed. No safety rule is ever broken (checked after every event), and once the faults
     stop a leader is elected and a new command commits everywhere."""
-    c = SimCluster(5, seed=seed, drop=0.1, duplicate=0.02, delay=(1, 10), long_delay_prob=0.05,
-                   long_delay=(20, 80), persist_delay=(0, 5), full_check_every=300)
+    c = SimCluster(
+        5,
+        seed=seed,
+        drop=0.1,
+        duplicate=0.02,
+        delay=(1, 10),
+        long_delay_prob=0.05,
+        long_delay=(20, 80),
+        persist_delay=(0, 5),
+        full_check_every=300,
+    )
     rng = c.rng
     down: list[str] = []
     proposed = 0

@@ -5,6 +5,8 @@ Each randomized test runs over 50 seeds; a failure prints the seed and how to re
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from raftlib.errors import NotLeader, ProposalDropped
@@ -24,10 +26,8 @@ def test_whole_cluster_crash_and_restart_loses_nothing_committed(seed: int) -> N
     for k in range(8):
         c.replicate(b"before-%d" % k)
     for k in range(3):  # in flight when the lights go out
-        try:
+        with contextlib.suppress(NotLeader, ProposalDropped):
             c.propose(b"inflight-%d" % k)
-        except (NotLeader, ProposalDropped):
-            pass
     c.run(c.rng.random() * 2)
     committed_before = c.committed_log()
     assert [d for _, _, d in committed_before if d][:8] == [b"before-%d" % k for k in range(8)]

@@ -17,9 +17,12 @@ ELECTION_TICK = 10
 
 def settle_leader(c: SimCluster) -> str:
     """Wait for a leader and let it commit its no-op, so proposals land in a stable term."""
-    lead = c.wait_leader()
-    c.run_until(lambda: c.leader() and c.raw(c.leader()).commit_index >= c.raw(c.leader()).last_index(),
-                50, "the leader's no-op committed")
+    c.wait_leader()
+    c.run_until(
+        lambda: c.leader() and c.raw(c.leader()).commit_index >= c.raw(c.leader()).last_index(),
+        50,
+        "the leader's no-op committed",
+    )
     return c.leader()
 
 
@@ -138,10 +141,13 @@ def test_partitioned_old_leader_rejoins_and_its_entries_are_replaced_5_3(seed: i
     rest = [i for i in c.ids if i != old]
     c.run_until(lambda: any(c.raw(i).role is Role.LEADER for i in rest), 10 * ELECTION_TICK, "a new leader")
     fresh = [c.replicate(b"fresh-%d" % k) for k in range(3)]
-    assert [i for i, _ in fresh][0] <= stale[-1][0]  # the same indexes are taken by other entries
+    assert fresh[0][0] <= stale[-1][0]  # the same indexes are taken by other entries
     c.heal()
-    c.run_until(lambda: c.raw(old).role is Role.FOLLOWER and c.log(old) == c.log(c.leader()),
-                5 * ELECTION_TICK, "the old leader's log replaced")
+    c.run_until(
+        lambda: c.raw(old).role is Role.FOLLOWER and c.log(old) == c.log(c.leader()),
+        5 * ELECTION_TICK,
+        "the old leader's log replaced",
+    )
     committed = c.committed_data()
     assert all(b"stale" not in d for d in committed)
     assert committed == [b"fresh-0", b"fresh-1", b"fresh-2"]
@@ -166,19 +172,27 @@ def test_fast_backup_of_a_follower_with_many_conflicting_entries_5_3(seed: int) 
         c.propose(b"conflict-%d" % k, old)
     c.run(2)
     rest = [i for i in c.ids if i != old]
-    c.run_until(lambda: any(c.raw(i).role is Role.LEADER for i in rest), 10 * ELECTION_TICK, "a second leader")
+    c.run_until(
+        lambda: any(c.raw(i).role is Role.LEADER for i in rest), 10 * ELECTION_TICK, "a second leader"
+    )
     second = next(i for i in rest if c.raw(i).role is Role.LEADER)
     for k in range(60):
         c.propose(b"win-%d" % k, second)
     c.wait_applied(c.raw(second).last_index(), node_ids=rest)
     c.crash(second)
-    third = c.run_until(lambda: next((i for i in rest if c.is_up(i) and c.raw(i).role is Role.LEADER), None),
-                        10 * ELECTION_TICK, "a third leader")
+    third = c.run_until(
+        lambda: next((i for i in rest if c.is_up(i) and c.raw(i).role is Role.LEADER), None),
+        10 * ELECTION_TICK,
+        "a third leader",
+    )
     c.restart(second)
     assert sum(1 for _, _, d in c.log(old) if d.startswith(b"conflict")) == 60
     rejects = []
-    c.observers.append(lambda m: rejects.append(m) if m.type == MessageType.APPEND_RESP and m.reject
-                       and m.frm == old else None)
+    c.observers.append(
+        lambda m: (
+            rejects.append(m) if m.type == MessageType.APPEND_RESP and m.reject and m.frm == old else None
+        )
+    )
     c.heal()
     c.run_until(lambda: c.log(old) == c.log(third), 5 * ELECTION_TICK, "the follower's log repaired")
     assert 1 <= len(rejects) <= 5, rejects

@@ -19,8 +19,14 @@ RECOVERY_TICKS = 300  # after healing: election + commit on every node, well wit
 def run_one(seed: int) -> None:
     n = (3, 5, 5, 7)[seed % 4]
     c = SimCluster(
-        n, seed=seed, drop=0.05 * (seed % 3), duplicate=0.02, delay=(1, 12), long_delay_prob=0.02,
-        persist_delay=(0, 6) if seed % 2 else 0, full_check_every=1000,
+        n,
+        seed=seed,
+        drop=0.05 * (seed % 3),
+        duplicate=0.02,
+        delay=(1, 12),
+        long_delay_prob=0.02,
+        persist_delay=(0, 6) if seed % 2 else 0,
+        full_check_every=1000,
     )
     rep = chaos(c, rounds=20, recovery_ticks=RECOVERY_TICKS)
     # Progress: a command proposed after the faults commits on every node, and

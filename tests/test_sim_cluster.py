@@ -74,12 +74,12 @@ def test_crash_loses_what_was_not_yet_durable() -> None:
     # A write takes 5 sub-steps; the leader crashes right after proposing.
     c = SimCluster(3, seed=3, persist_delay=5)
     leader = c.wait_leader()
-    index, _ = c.replicate(b"kept")
+    c.replicate(b"kept")
     c.run(3)
     before = c.log(leader, durable=True)
     lost_index, _ = c.propose(b"lost", leader)
     assert c.log(leader)[-1] == (lost_index, c.raw(leader).term, b"lost")  # in memory...
-    c.crash(leader)                                                          # ...but never written
+    c.crash(leader)  # ...but never written
     assert c.log(leader, durable=True) == before
     c.restart(leader)
     assert all(d != b"lost" for _, _, d in c.log(leader))
@@ -169,7 +169,7 @@ def test_manual_mode_nothing_happens_without_ticks() -> None:
     c.campaign("n2")
     c.settle()
     assert c.leader() == "n2"
-    idx, term = c.propose(b"x")
+    _, term = c.propose(b"x")
     c.settle()
     assert all(c.log(i) == [(1, term, b""), (2, term, b"x")] for i in c.ids)
     with pytest.raises(SimTimeout, match="no event left"):

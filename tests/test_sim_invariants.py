@@ -15,8 +15,15 @@ IDS = ["a", "b", "c"]
 class FakeCore:
     """Just enough of RawNode's introspection for the checker."""
 
-    def __init__(self, log: list[tuple[int, bytes]], *, role: Role = Role.FOLLOWER, term: int = 1,
-                 commit: int = 0, applied: int = 0) -> None:
+    def __init__(
+        self,
+        log: list[tuple[int, bytes]],
+        *,
+        role: Role = Role.FOLLOWER,
+        term: int = 1,
+        commit: int = 0,
+        applied: int = 0,
+    ) -> None:
         self.log = [Entry(i + 1, t, d) for i, (t, d) in enumerate(log)]
         self.role, self.term, self.commit_index, self.applied_index = role, term, commit, applied
 
@@ -30,7 +37,7 @@ class FakeCore:
         return 0 if i == 0 else self.log[i - 1].term
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
-        return self.log[lo - 1:hi - 1]
+        return self.log[lo - 1 : hi - 1]
 
 
 def make(log_by_node: dict[str, list[tuple[int, bytes]]], durable: bool = True) -> InvariantChecker:
@@ -110,7 +117,7 @@ def test_leader_completeness() -> None:
 
 def test_commit_durability_needs_a_quorum_on_disk() -> None:
     ch = make({"a": [(1, b"x")], "b": [(1, b"x")]}, durable=False)
-    ch.storages["a"].append(ch.cores["a"].log)   # only one of three has it on disk
+    ch.storages["a"].append(ch.cores["a"].log)  # only one of three has it on disk
     ch.cores["a"].commit_index = 1
     with pytest.raises(InvariantViolation, match="commit-durability"):
         ch.after_event(["a"])

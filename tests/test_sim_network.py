@@ -117,16 +117,16 @@ def test_long_delays() -> None:
 
 def test_partition_drops_at_send_and_in_flight() -> None:
     net = SimNetwork(random.Random(0), ids=IDS, delay=(5, 5))
-    net.send(hb("a", "b", 1), now=0)       # in flight when the partition starts
+    net.send(hb("a", "b", 1), now=0)  # in flight when the partition starts
     net.cut("a", "b")
-    net.send(hb("a", "b", 2), now=1)       # sent across the partition: lost at once
-    net.send(hb("a", "c", 3), now=1)       # another link
+    net.send(hb("a", "b", 2), now=1)  # sent across the partition: lost at once
+    net.send(hb("a", "c", 3), now=1)  # another link
     assert drain(net) == [(6, hb("a", "c", 3))]  # 1 is lost on arrival, 2 never left
     assert net.dropped[MessageType.HEARTBEAT] == 2
     net.heal()
     net.send(hb("a", "b", 4), now=10)
     net.cut("a", "b")
-    net.heal()                              # cut and healed again before arrival: delivered
+    net.heal()  # cut and healed again before arrival: delivered
     assert [m.term for _, m in drain(net)] == [4]
 
 

@@ -26,13 +26,15 @@ call that replays the run, and the last events.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter, deque
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from raftlib.core import Config, HardState, PersistentState, RawNode, Role
 from raftlib.errors import NotLeader, ProposalDropped
-from raftlib.testing.events import CALL, DELIVER, KIND_NAMES, PERSIST, TICK, EventQueue
+from raftlib.testing.events import CALL, DELIVER, PERSIST, TICK, EventQueue
 from raftlib.testing.invariants import InvariantChecker, SimTimeout, SimulationError
 from raftlib.testing.network import SimNetwork
 from raftlib.testing.statemachine import RecordingStateMachine
@@ -49,7 +51,7 @@ class SimStorage:
     stored index first truncate everything from their first index on.
     """
 
-    __slots__ = ("hard_state", "entries", "writes")
+    __slots__ = ("entries", "hard_state", "writes")
 
     def __init__(self) -> None:
         self.hard_state = HardState()
@@ -67,7 +69,7 @@ class SimStorage:
             raise SimulationError(
                 f"storage append starting at {first} would leave a gap after {len(self.entries)}"
             )
-        del self.entries[first - 1:]
+        del self.entries[first - 1 :]
         self.entries.extend(entries)
 
     def state(self) -> PersistentState:
@@ -81,11 +83,11 @@ class SimStorage:
 class SimNode:
     """One simulated server: its core (None while down), durable storage and state machine."""
 
-    __slots__ = ("id", "raw", "storage", "sm", "up", "incarnation", "pending", "results", "restarts")
+    __slots__ = ("id", "incarnation", "pending", "raw", "restarts", "results", "sm", "storage", "up")
 
     def __init__(self, node_id: str) -> None:
         self.id = node_id
-        self.raw: RawNode | None = None
+        self.raw: RawNode = None  # type: ignore[assignment]  # None while the node is down
         self.storage = SimStorage()
         self.sm: Any = None
         self.up = False
@@ -179,9 +181,22 @@ class SimCluster:
             raise ValueError(f"ids must be distinct and non-empty, got {ids!r}")
         self.ids: list[str] = list(ids)
         self.seed = seed
-        self._replay = self._replay_call(n, ids, seed, config, state_machine_factory, persist_delay,
-                                         steps_per_tick, drop, duplicate, delay, long_delay_prob, long_delay,
-                                         fifo, auto_tick)
+        self._replay = self._replay_call(
+            n,
+            ids,
+            seed,
+            config,
+            state_machine_factory,
+            persist_delay,
+            steps_per_tick,
+            drop,
+            duplicate,
+            delay,
+            long_delay_prob,
+            long_delay,
+            fifo,
+            auto_tick,
+        )
         self.rng = random.Random(seed)
         self.config_overrides = dict(config or {})
         self.state_machine_factory = state_machine_factory
@@ -194,8 +209,15 @@ class SimCluster:
         """Virtual time in sub-steps."""
         self.queue = EventQueue()
         self.network = SimNetwork(
-            self.rng, ids=self.ids, queue=self.queue, drop=drop, duplicate=duplicate, delay=delay,
-            long_delay_prob=long_delay_prob, long_delay=long_delay, fifo=fifo,
+            self.rng,
+            ids=self.ids,
+            queue=self.queue,
+            drop=drop,
+            duplicate=duplicate,
+            delay=delay,
+            long_delay_prob=long_delay_prob,
+            long_delay=long_delay,
+            fifo=fifo,
         )
         self.checker: InvariantChecker | None = (
             InvariantChecker(self.ids, full_check_every=full_check_every) if check_invariants else None
@@ -204,8 +226,8 @@ class SimCluster:
         if self.checker is not None:
             for i, node in self.nodes.items():
                 self.checker.storages[i] = node.storage
-        self.recent: deque = deque(maxlen=trace_size)
-        self.trace: list[tuple] | None = [] if record_trace else None
+        self.recent: deque[tuple[int, str, str, Any]] = deque(maxlen=trace_size)
+        self.trace: list[tuple[int, str, str, str]] | None = [] if record_trace else None
         self.events = 0
         """Events processed so far."""
         self.observers: list[Callable[[Any], Any]] = []
@@ -221,16 +243,50 @@ class SimCluster:
 
     # ================================================================ building
     @staticmethod
-    def _replay_call(n, ids, seed, config, factory, persist_delay, spt, drop, duplicate, delay,
-                     long_delay_prob, long_delay, fifo, auto_tick) -> str:
+    def _replay_call(  # type: ignore[no-untyped-def]
+        n,
+        ids,
+        seed,
+        config,
+        factory,
+        persist_delay,
+        spt,
+        drop,
+        duplicate,
+        delay,
+        long_delay_prob,
+        long_delay,
+        fifo,
+        auto_tick,
+    ) -> str:
         args = [repr(n)] if n is not None else [f"ids={list(ids)!r}"]
         args.append(f"seed={seed!r}")
-        defaults = dict(config=None, state_machine_factory=RecordingStateMachine, persist_delay=0,
-                        steps_per_tick=10, drop=0.0, duplicate=0.0, delay=(1, 3), long_delay_prob=0.0,
-                        long_delay=(20, 60), fifo=False, auto_tick=True)
-        given = dict(config=config, state_machine_factory=factory, persist_delay=persist_delay,
-                     steps_per_tick=spt, drop=drop, duplicate=duplicate, delay=delay,
-                     long_delay_prob=long_delay_prob, long_delay=long_delay, fifo=fifo, auto_tick=auto_tick)
+        defaults = dict(
+            config=None,
+            state_machine_factory=RecordingStateMachine,
+            persist_delay=0,
+            steps_per_tick=10,
+            drop=0.0,
+            duplicate=0.0,
+            delay=(1, 3),
+            long_delay_prob=0.0,
+            long_delay=(20, 60),
+            fifo=False,
+            auto_tick=True,
+        )
+        given = dict(
+            config=config,
+            state_machine_factory=factory,
+            persist_delay=persist_delay,
+            steps_per_tick=spt,
+            drop=drop,
+            duplicate=duplicate,
+            delay=delay,
+            long_delay_prob=long_delay_prob,
+            long_delay=long_delay,
+            fifo=fifo,
+            auto_tick=auto_tick,
+        )
         for k, v in given.items():
             if v != defaults[k] and not (k == "config" and not v):
                 shown = getattr(v, "__qualname__", None) if callable(v) else None
@@ -245,7 +301,12 @@ class SimCluster:
             setattr(cfg, k, v)
         return cfg
 
-    def _start(self, node: SimNode, *, fresh: bool) -> None:
+    def _settle_node(self, node: SimNode) -> None:
+        """Handle a node's Readies after an outside input (a proposal, a campaign, a restart)."""
+        self._drive(node)
+        self._after((node.id,))
+
+    def _start(self, node: SimNode, fresh: bool) -> None:
         state = None if fresh else node.storage.state()
         rng = random.Random(self.rng.getrandbits(64))
         node.raw = RawNode(self._config(node.id), state, rng=rng, applied=0)
@@ -322,8 +383,11 @@ class SimCluster:
         """The last events, one readable line each."""
         out = []
         for now, kind, node, what in self.recent:
-            out.append(f"t={now / self.steps_per_tick:8.1f} {kind:8} {node:>4} {what!r}" if not isinstance(what, str)
-                       else f"t={now / self.steps_per_tick:8.1f} {kind:8} {node:>4} {what}")
+            out.append(
+                f"t={now / self.steps_per_tick:8.1f} {kind:8} {node:>4} {what!r}"
+                if not isinstance(what, str)
+                else f"t={now / self.steps_per_tick:8.1f} {kind:8} {node:>4} {what}"
+            )
         return out
 
     def step(self) -> bool:
@@ -338,8 +402,7 @@ class SimCluster:
         except SimulationError as err:
             raise self._fail(err) from None
         except Exception as exc:  # a bug in the core (or in a user's state machine)
-            err = SimulationError(f"{type(exc).__name__}: {exc}")
-            raise self._fail(err) from exc
+            raise self._fail(SimulationError(f"{type(exc).__name__}: {exc}")) from exc
         return True
 
     def _dispatch(self, kind: int, payload: Any) -> None:
@@ -392,7 +455,10 @@ class SimCluster:
     def run(self, ticks: float) -> None:
         """Let ``ticks`` ticks of virtual time pass."""
         until = self.now + int(ticks * self.steps_per_tick)
-        while self.queue and self.queue.peek_time() <= until:
+        while True:
+            t = self.queue.peek_time()
+            if t is None or t > until:
+                break
             self.step()
         self.now = max(self.now, until)
 
@@ -411,10 +477,13 @@ class SimCluster:
                 if t is not None:
                     self.now = deadline
                 why = "no event left" if t is None else f"{max_ticks} ticks passed"
-                raise self._fail(SimTimeout(
-                    f"run_until: {why} without {what or getattr(predicate, '__name__', 'the condition')}; "
-                    f"nodes: {list(self.nodes.values())}"
-                ))
+                raise self._fail(
+                    SimTimeout(
+                        f"run_until: {why} without "
+                        f"{what or getattr(predicate, '__name__', 'the condition')}; "
+                        f"nodes: {list(self.nodes.values())}"
+                    )
+                )
             self.step()
             v = predicate()
             if v:
@@ -437,17 +506,22 @@ class SimCluster:
     def tick(self, *node_ids: str) -> None:
         """Tick the given nodes (all running nodes if none) once, right now."""
         for i in node_ids or self.ids:
-            node = self.nodes[i]
-            if node.up:
-                self._guard(lambda: (node.raw.tick(), self._drive(node), self._after((i,))))
+            self._guard(self._tick_one, i)
+
+    def _tick_one(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.up:
+            node.raw.tick()
+            self._drive(node)
+            self._after((node_id,))
 
     def tick_all(self) -> None:
         """Tick every running node once, right now."""
         self.tick()
 
-    def _guard(self, fn: Callable[[], Any]) -> Any:
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return fn()
+            return fn(*args)
         except SimulationError as err:
             raise self._fail(err) from None
         except (NotLeader, ProposalDropped):
@@ -461,10 +535,14 @@ class SimCluster:
         node = self.nodes[node_id]
         if not node.up:
             return
-        self._note("crash", node_id, f"durable: term {node.storage.hard_state.term}, "
-                                     f"commit {node.storage.hard_state.commit}, last {node.storage.last_index()}")
+        self._note(
+            "crash",
+            node_id,
+            f"durable: term {node.storage.hard_state.term}, "
+            f"commit {node.storage.hard_state.commit}, last {node.storage.last_index()}",
+        )
         node.up = False
-        node.raw = None
+        node.raw = None  # type: ignore[assignment]
         node.sm = None
         node.pending = None
         node.incarnation += 1
@@ -477,9 +555,14 @@ class SimCluster:
         if node.up:
             raise ValueError(f"{node_id} is running; crash it first")
         node.restarts += 1
-        self._note("restart", node_id, f"from term {node.storage.hard_state.term}, "
-                                       f"commit {node.storage.hard_state.commit}, last {node.storage.last_index()}")
-        self._guard(lambda: (self._start(node, fresh=False), self._drive(node), self._after((node_id,))))
+        self._note(
+            "restart",
+            node_id,
+            f"from term {node.storage.hard_state.term}, "
+            f"commit {node.storage.hard_state.commit}, last {node.storage.last_index()}",
+        )
+        self._guard(self._start, node, False)
+        self._guard(self._settle_node, node)
 
     def is_up(self, node_id: str) -> bool:
         return self.nodes[node_id].up
@@ -521,9 +604,12 @@ class SimCluster:
         best = None
         for i in self.ids:
             node = self.nodes[i]
-            if node.up and node.raw.role is Role.LEADER:
-                if best is None or node.raw.term > self.nodes[best].raw.term:
-                    best = i
+            if (
+                node.up
+                and node.raw.role is Role.LEADER
+                and (best is None or node.raw.term > self.nodes[best].raw.term)
+            ):
+                best = i
         return best
 
     def leaders(self) -> list[str]:
@@ -532,13 +618,14 @@ class SimCluster:
 
     def wait_leader(self, max_ticks: float = 200) -> str:
         """Run until some node leads and every running node it can reach knows it; return its id."""
-        return self.run_until(self.leader, max_ticks, "a leader")
+        return str(self.run_until(self.leader, max_ticks, "a leader"))
 
     def campaign(self, node_id: str) -> None:
         """Make a node start an election now."""
         node = self.nodes[node_id]
         self._note("campaign", node_id, "")
-        self._guard(lambda: (node.raw.campaign(), self._drive(node), self._after((node_id,))))
+        self._guard(node.raw.campaign)
+        self._guard(self._settle_node, node)
 
     def propose(self, data: bytes, node_id: str | None = None) -> tuple[int, int]:
         """Propose ``data`` on ``node_id`` (default: the leader); return its ``(index, term)``.
@@ -555,11 +642,11 @@ class SimCluster:
         index, term = node.raw.propose(data)
         self.proposals.append((node_id, index, term, bytes(data)))
         self._note("propose", node_id, f"{data!r} -> index {index} term {term}")
-        self._guard(lambda: (self._drive(node), self._after((node_id,))))
+        self._guard(self._settle_node, node)
         return index, term
 
     def committed(self, index: int, term: int | None = None, node_ids: Iterable[str] | None = None) -> bool:
-        """Whether every given running node (default: a quorum of all) has committed ``index`` (with ``term``)."""
+        """Whether every given running node (default: a quorum of all) committed ``index`` (with ``term``)."""
         if node_ids is None:
             n = sum(1 for i in self.ids if self._has_committed(i, index, term))
             return n >= len(self.ids) // 2 + 1
@@ -571,8 +658,13 @@ class SimCluster:
             return False
         return term is None or node.raw.term_at(index) == term
 
-    def wait_committed(self, index: int, term: int | None = None, node_ids: Iterable[str] | None = None,
-                       max_ticks: float = 200) -> None:
+    def wait_committed(
+        self,
+        index: int,
+        term: int | None = None,
+        node_ids: Iterable[str] | None = None,
+        max_ticks: float = 200,
+    ) -> None:
         """Run until ``index`` is committed (by a quorum, or by every node in ``node_ids``).
 
         With ``term``, raises :class:`ProposalDropped` if a different entry got committed there.
@@ -580,9 +672,14 @@ class SimCluster:
         ids = None if node_ids is None else list(node_ids)
 
         def done() -> bool:
-            if term is not None and self.checker is not None and len(self.checker.committed) > index:
-                if self.checker.committed[index][0] != term:
-                    raise ProposalDropped("leadership_lost", f"index {index} committed with another term")
+            checker = self.checker
+            if (
+                term is not None
+                and checker is not None
+                and len(checker.committed) > index
+                and checker.committed[index][0] != term
+            ):
+                raise ProposalDropped("leadership_lost", f"index {index} committed with another term")
             return self.committed(index, term, ids)
 
         self.run_until(done, max_ticks, f"index {index} committed" + (f" on {ids}" if ids else ""))
@@ -612,15 +709,16 @@ class SimCluster:
                 lead = self.run_until(self.leader, left, "a leader")
                 index, term = self.propose(data, lead)
                 left = (deadline - self.now) / self.steps_per_tick
-                outcome = self.run_until(lambda: self._outcome(index, term), left,
-                                         f"{data!r} committed at {index}")
+                outcome = self.run_until(
+                    functools.partial(self._outcome, index, term), left, f"{data!r} committed at {index}"
+                )
                 if outcome == "committed":
                     return index, term
             except (NotLeader, ProposalDropped):
                 self.run(1)
 
     def _outcome(self, index: int, term: int) -> str | None:
-        """"committed", "lost" (another entry took the index or will), or None (not known yet)."""
+        """ "committed", "lost" (another entry took the index or will), or None (not known yet)."""
         if self.checker is not None and len(self.checker.committed) > index:
             return "committed" if self.checker.committed[index][0] == term else "lost"
         if self.committed(index, term):
@@ -648,7 +746,9 @@ class SimCluster:
         raw = node.raw
         if raw.last_index() < raw.first_index():
             return []
-        return [(e.index, e.term, bytes(e.data)) for e in raw.entries(raw.first_index(), raw.last_index() + 1)]
+        return [
+            (e.index, e.term, bytes(e.data)) for e in raw.entries(raw.first_index(), raw.last_index() + 1)
+        ]
 
     def committed_log(self) -> list[tuple[int, int, bytes]]:
         """The cluster's committed entries so far, as seen by the invariant checker."""
@@ -680,11 +780,11 @@ class SimCluster:
             if self.log(i)[:commit] != ref:
                 raise self._fail(SimulationError(f"committed logs of {ids[0]} and {i} differ up to {commit}"))
 
-    def stats(self) -> Counter:
+    def stats(self) -> Counter[str]:
         """Messages delivered since the last :meth:`reset_stats`, by type name."""
         return Counter({t.name: c for t, c in self.network.delivered.items()})
 
-    def sent_stats(self) -> Counter:
+    def sent_stats(self) -> Counter[str]:
         """Messages sent since the last :meth:`reset_stats`, by type name."""
         return Counter({t.name: c for t, c in self.network.sent.items()})
 
@@ -719,7 +819,9 @@ def _accepts_argument(factory: Callable[..., Any]) -> bool:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
         return False
-    params = [p for p in sig.parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    params = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
     return len(params) >= 1
-

@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
 
     c = SimCluster(3, seed=args.seed, state_machine_factory=KV, persist_delay=(1, 3))
     t = Timeline(c, out)
-    print(f"raftlib simulator demo: 3 nodes, seed {args.seed}, election timeout 10-20 ticks, "
-          f"heartbeat every tick", file=out)
+    print(
+        f"raftlib simulator demo: 3 nodes, seed {args.seed}, election timeout 10-20 ticks, "
+        f"heartbeat every tick",
+        file=out,
+    )
     t.say(f"cluster {' '.join(c.ids)} starts; nobody leads; every node waits for an election timeout")
 
     leader = c.wait_leader()
@@ -77,12 +80,16 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
         t.put(cmd)
 
     lead_log = len(c.log(new))
-    t.say(f"RESTART {old} from its disk: term {c.nodes[old].storage.hard_state.term}, "
-          f"log {c.nodes[old].storage.last_index()} entries (leader has {lead_log})")
+    t.say(
+        f"RESTART {old} from its disk: term {c.nodes[old].storage.hard_state.term}, "
+        f"log {c.nodes[old].storage.last_index()} entries (leader has {lead_log})"
+    )
     c.restart(old)
     c.run_until(lambda: c.log(old) == c.log(new) and c.raw(old).applied_index == c.raw(new).commit_index, 50)
-    t.say(f"{old} follows {c.raw(old).leader} in term {c.raw(old).term} and catches up: "
-          f"log {len(c.log(old))} entries, commit index  {t.commits()}")
+    t.say(
+        f"{old} follows {c.raw(old).leader} in term {c.raw(old).term} and catches up: "
+        f"log {len(c.log(old))} entries, commit index  {t.commits()}"
+    )
 
     t.put(b"done=yes")
 
@@ -96,8 +103,11 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
     c.check_invariants()
     print(f"logs identical on all nodes: {logs_agree}", file=out)
     print(f"state machines identical:    {sms_agree}  {states[0]}", file=out)
-    print(f"invariants checked after each of {c.events} events: election safety, log matching, "
-          f"leader completeness, state machine safety, commit monotonicity", file=out)
+    print(
+        f"invariants checked after each of {c.events} events: election safety, log matching, "
+        f"leader completeness, state machine safety, commit monotonicity",
+        file=out,
+    )
     return 0 if logs_agree and sms_agree else 1
 
 

@@ -36,7 +36,8 @@ The rules (Raft paper §5, Figure 3, and the durability rules of the design):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["InvariantChecker", "InvariantViolation", "SimulationError", "SimTimeout"]
 
@@ -48,7 +49,9 @@ class SimulationError(AssertionError):
     reproduces the run, ``trace`` the last events before the failure.
     """
 
-    def __init__(self, detail: str, *, seed: int | None = None, replay: str = "", trace: Sequence[str] = ()) -> None:
+    def __init__(
+        self, detail: str, *, seed: int | None = None, replay: str = "", trace: Sequence[str] = ()
+    ) -> None:
         self.detail = detail
         self.seed = seed
         self.replay = replay
@@ -74,7 +77,9 @@ class SimTimeout(SimulationError):
 class InvariantViolation(SimulationError):
     """A Raft safety rule was broken. ``rule`` names it; ``nodes`` and ``indexes`` locate it."""
 
-    def __init__(self, rule: str, detail: str, *, nodes: Iterable[str] = (), indexes: Iterable[int] = ()) -> None:
+    def __init__(
+        self, rule: str, detail: str, *, nodes: Iterable[str] = (), indexes: Iterable[int] = ()
+    ) -> None:
         self.rule = rule
         self.nodes = list(nodes)
         self.indexes = list(indexes)
@@ -83,10 +88,12 @@ class InvariantViolation(SimulationError):
             where.append("nodes " + ", ".join(self.nodes))
         if self.indexes:
             where.append("index " + ", ".join(str(i) for i in self.indexes))
-        super().__init__(f"invariant {rule!r} violated" + (f" ({'; '.join(where)})" if where else "") + f": {detail}")
+        super().__init__(
+            f"invariant {rule!r} violated" + (f" ({'; '.join(where)})" if where else "") + f": {detail}"
+        )
 
 
-def _entries_of(raw: Any) -> list:
+def _entries_of(raw: Any) -> list[Any]:
     """The whole in-memory log of a core, as a list of entries."""
     first, last = raw.first_index(), raw.last_index()
     if last < first:
@@ -150,7 +157,8 @@ class InvariantChecker:
                     raise InvariantViolation(
                         "log-matching",
                         f"Ready entries are not contiguous: expected index {expect}, got {e.index}",
-                        nodes=[node_id], indexes=[e.index],
+                        nodes=[node_id],
+                        indexes=[e.index],
                     )
                 self._record(node_id, e.index, e.term, bytes(e.data), prev_term)
                 prev_term = e.term
@@ -162,12 +170,14 @@ class InvariantChecker:
                 if hs.term < stored.term:
                     raise InvariantViolation(
                         "commit-monotonic",
-                        f"hard state term goes back from {stored.term} to {hs.term}", nodes=[node_id],
+                        f"hard state term goes back from {stored.term} to {hs.term}",
+                        nodes=[node_id],
                     )
                 if hs.term == stored.term and stored.vote is not None and hs.vote != stored.vote:
                     raise InvariantViolation(
                         "single-vote",
-                        f"vote in term {hs.term} changes from {stored.vote!r} to {hs.vote!r}", nodes=[node_id],
+                        f"vote in term {hs.term} changes from {stored.vote!r} to {hs.vote!r}",
+                        nodes=[node_id],
                     )
 
     def on_persist(self, node_id: str, storage: Any) -> None:
@@ -178,7 +188,8 @@ class InvariantChecker:
             raise InvariantViolation(
                 "commit-monotonic",
                 f"durable commit index goes back from {prev_commit} to {hs.commit}",
-                nodes=[node_id], indexes=[hs.commit],
+                nodes=[node_id],
+                indexes=[hs.commit],
             )
         prev_term = self._durable_term.get(node_id, 0)
         if hs.term < prev_term:
@@ -186,16 +197,23 @@ class InvariantChecker:
                 "commit-monotonic", f"durable term goes back from {prev_term} to {hs.term}", nodes=[node_id]
             )
         prev_vote = self._durable_vote.get(node_id)
-        if prev_vote is not None and prev_vote[0] == hs.term and prev_vote[1] is not None and hs.vote != prev_vote[1]:
+        if (
+            prev_vote is not None
+            and prev_vote[0] == hs.term
+            and prev_vote[1] is not None
+            and hs.vote != prev_vote[1]
+        ):
             raise InvariantViolation(
                 "single-vote",
-                f"durable vote in term {hs.term} changes from {prev_vote[1]!r} to {hs.vote!r}", nodes=[node_id],
+                f"durable vote in term {hs.term} changes from {prev_vote[1]!r} to {hs.vote!r}",
+                nodes=[node_id],
             )
         if hs.commit > storage.last_index():
             raise InvariantViolation(
                 "applied-le-commit",
                 f"durable commit {hs.commit} beyond the durable log's last index {storage.last_index()}",
-                nodes=[node_id], indexes=[hs.commit],
+                nodes=[node_id],
+                indexes=[hs.commit],
             )
         self._durable_commit[node_id] = hs.commit
         self._durable_term[node_id] = hs.term
@@ -207,14 +225,18 @@ class InvariantChecker:
         expect = self._next_apply.get(node_id, 1)
         if idx != expect:
             raise InvariantViolation(
-                "state-machine-safety", f"applies index {idx}, expected {expect} (out of order or twice)",
-                nodes=[node_id], indexes=[idx],
+                "state-machine-safety",
+                f"applies index {idx}, expected {expect} (out of order or twice)",
+                nodes=[node_id],
+                indexes=[idx],
             )
         self._next_apply[node_id] = idx + 1
         if idx > raw.commit_index:
             raise InvariantViolation(
-                "state-machine-safety", f"applies index {idx} beyond its commit index {raw.commit_index}",
-                nodes=[node_id], indexes=[idx],
+                "state-machine-safety",
+                f"applies index {idx} beyond its commit index {raw.commit_index}",
+                nodes=[node_id],
+                indexes=[idx],
             )
         first = self.applied.get(idx)
         if first is None:
@@ -222,15 +244,19 @@ class InvariantChecker:
         elif first != (term, data):
             raise InvariantViolation(
                 "state-machine-safety",
-                f"applies (term {term}, {data!r}) at {idx} where another node applied (term {first[0]}, {first[1]!r})",
-                nodes=[node_id], indexes=[idx],
+                f"applies (term {term}, {data!r}) at {idx} where another node applied "
+                f"(term {first[0]}, {first[1]!r})",
+                nodes=[node_id],
+                indexes=[idx],
             )
         if idx < len(self.committed) and self.committed[idx] != (term, data):
             c = self.committed[idx]
             raise InvariantViolation(
                 "state-machine-safety",
-                f"applies (term {term}, {data!r}) at {idx}, but the committed entry is (term {c[0]}, {c[1]!r})",
-                nodes=[node_id], indexes=[idx],
+                f"applies (term {term}, {data!r}) at {idx}, but the committed entry is "
+                f"(term {c[0]}, {c[1]!r})",
+                nodes=[node_id],
+                indexes=[idx],
             )
 
     def after_event(self, node_ids: Iterable[str]) -> None:
@@ -248,10 +274,13 @@ class InvariantChecker:
         if index <= 0:
             return 0
         try:
-            return raw.term_at(index)
-        except Exception as e:  # noqa: BLE001 - any failure is a broken log
+            return int(raw.term_at(index))
+        except Exception as e:
             raise InvariantViolation(
-                "log-matching", f"cannot read the term of index {index}: {e!r}", nodes=[node_id], indexes=[index]
+                "log-matching",
+                f"cannot read the term of index {index}: {e!r}",
+                nodes=[node_id],
+                indexes=[index],
             ) from e
 
     def _record(self, node_id: str, index: int, term: int, data: bytes, prev_term: int) -> None:
@@ -264,14 +293,16 @@ class InvariantChecker:
             raise InvariantViolation(
                 "log-matching",
                 f"entry (index {index}, term {term}) holds {data!r} here, {known[0]!r} elsewhere",
-                nodes=[node_id], indexes=[index],
+                nodes=[node_id],
+                indexes=[index],
             )
         if known[1] != prev_term:
             raise InvariantViolation(
                 "log-matching",
                 f"entry (index {index}, term {term}) is preceded by term {prev_term} here, "
                 f"by term {known[1]} elsewhere",
-                nodes=[node_id], indexes=[index - 1, index],
+                nodes=[node_id],
+                indexes=[index - 1, index],
             )
 
     def _check_node(self, node_id: str, raw: Any) -> None:
@@ -285,7 +316,8 @@ class InvariantChecker:
                     self._check_leader_completeness(node_id, raw)
                 elif holder != node_id:
                     raise InvariantViolation(
-                        "election-safety", f"{holder} and {node_id} are both leaders of term {term}",
+                        "election-safety",
+                        f"{holder} and {node_id} are both leaders of term {term}",
                         nodes=[holder, node_id],
                     )
             self._role[node_id] = role
@@ -294,22 +326,28 @@ class InvariantChecker:
         if commit != prev:
             if commit < prev:
                 raise InvariantViolation(
-                    "commit-monotonic", f"commit index goes back from {prev} to {commit}",
-                    nodes=[node_id], indexes=[prev, commit],
+                    "commit-monotonic",
+                    f"commit index goes back from {prev} to {commit}",
+                    nodes=[node_id],
+                    indexes=[prev, commit],
                 )
             last = raw.last_index()
             if commit > last:
                 raise InvariantViolation(
-                    "applied-le-commit", f"commit index {commit} beyond last log index {last}",
-                    nodes=[node_id], indexes=[commit],
+                    "applied-le-commit",
+                    f"commit index {commit} beyond last log index {last}",
+                    nodes=[node_id],
+                    indexes=[commit],
                 )
             self._commit[node_id] = commit
             self._observe_commit(node_id, raw, commit)
         applied = raw.applied_index
         if applied > commit:
             raise InvariantViolation(
-                "applied-le-commit", f"applied index {applied} beyond commit index {commit}",
-                nodes=[node_id], indexes=[applied, commit],
+                "applied-le-commit",
+                f"applied index {applied} beyond commit index {commit}",
+                nodes=[node_id],
+                indexes=[applied, commit],
             )
 
     def _observe_commit(self, node_id: str, raw: Any, commit: int) -> None:
@@ -321,7 +359,8 @@ class InvariantChecker:
                 raise InvariantViolation(
                     "committed-agreement",
                     f"commits index {commit} with term {got}; the cluster committed term {want} there",
-                    nodes=[node_id], indexes=[commit],
+                    nodes=[node_id],
+                    indexes=[commit],
                 )
             return
         # This node is the first to commit (known, commit]: extend the cluster's committed log.
@@ -331,7 +370,8 @@ class InvariantChecker:
                 "committed-agreement",
                 f"has term {got_prefix} at committed index {known}, the cluster committed term "
                 f"{self.committed[known][0]}",
-                nodes=[node_id], indexes=[known],
+                nodes=[node_id],
+                indexes=[known],
             )
         for e in raw.entries(known + 1, commit + 1):
             self.committed.append((e.term, bytes(e.data)))
@@ -348,7 +388,8 @@ class InvariantChecker:
                 "commit-durability",
                 f"{node_id} commits index {index} (term {term}) but only {holders or 'no node'} "
                 f"hold it durably; a quorum is {self.quorum}",
-                nodes=[node_id, *holders], indexes=[index],
+                nodes=[node_id, *holders],
+                indexes=[index],
             )
 
     def _check_leader_completeness(self, node_id: str, raw: Any) -> None:
@@ -361,14 +402,17 @@ class InvariantChecker:
                     "leader-completeness",
                     f"becomes leader of term {raw.term} without committed index {idx} (term {term}); "
                     f"its log has {'nothing' if got is None else f'term {got}'} there",
-                    nodes=[node_id], indexes=[idx],
+                    nodes=[node_id],
+                    indexes=[idx],
                 )
 
     def check_all(self) -> None:
         """Full sweep: every running log and every durable log against everything recorded."""
         for node_id, raw in list(self.cores.items()):
             self._check_node(node_id, raw)
-            self._check_log(node_id, [(e.index, e.term, bytes(e.data)) for e in _entries_of(raw)], "in memory")
+            self._check_log(
+                node_id, [(e.index, e.term, bytes(e.data)) for e in _entries_of(raw)], "in memory"
+            )
         for node_id, st in self.storages.items():
             self._check_log(node_id, [(e.index, e.term, bytes(e.data)) for e in st.entries], "durable")
 
@@ -378,8 +422,10 @@ class InvariantChecker:
         for idx, term, data in log:
             if prev_index is not None and idx != prev_index + 1:
                 raise InvariantViolation(
-                    "log-matching", f"{where} log jumps from index {prev_index} to {idx}",
-                    nodes=[node_id], indexes=[idx],
+                    "log-matching",
+                    f"{where} log jumps from index {prev_index} to {idx}",
+                    nodes=[node_id],
+                    indexes=[idx],
                 )
             known = self.seen.get((idx, term))
             if known is None and where == "in memory":
@@ -390,12 +436,14 @@ class InvariantChecker:
                 raise InvariantViolation(
                     "log-matching",
                     f"{where} log holds (index {idx}, term {term}) that no Ready ever handed out",
-                    nodes=[node_id], indexes=[idx],
+                    nodes=[node_id],
+                    indexes=[idx],
                 )
             if known[0] != data or (prev_term is not None and known[1] != prev_term):
                 raise InvariantViolation(
                     "log-matching",
                     f"{where} log entry (index {idx}, term {term}) differs from the same entry elsewhere",
-                    nodes=[node_id], indexes=[idx],
+                    nodes=[node_id],
+                    indexes=[idx],
                 )
             prev_term, prev_index = term, idx

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any
 
 from raftlib.testing.events import DELIVER, EventQueue
 
@@ -81,17 +82,18 @@ class SimNetwork:
         self.fifo = fifo
         self._blocked: set[tuple[str, str]] = set()
         self._last_arrival: dict[tuple[str, str], int] = {}
-        self.sent: Counter = Counter()
+        self.sent: Counter[Any] = Counter()
         """Messages handed to the network, by :class:`MessageType`."""
-        self.delivered: Counter = Counter()
+        self.delivered: Counter[Any] = Counter()
         """Messages that reached a live destination, by type."""
-        self.dropped: Counter = Counter()
+        self.dropped: Counter[Any] = Counter()
         """Messages lost (random loss, partitions, dead senders or receivers), by type."""
-        self.duplicated: Counter = Counter()
+        self.duplicated: Counter[Any] = Counter()
 
     # ------------------------------------------------------------------ faults
     def set_faults(self, **knobs: Any) -> None:
-        """Change fault knobs mid-run: ``drop``, ``duplicate``, ``delay``, ``long_delay_prob``, ``long_delay``."""
+        """Change fault knobs mid-run: ``drop``, ``duplicate``, ``delay``, ``long_delay_prob``,
+        ``long_delay``."""
         for name, value in knobs.items():
             if name in ("drop", "duplicate", "long_delay_prob"):
                 setattr(self, name, _check_prob(name, value))
