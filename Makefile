@@ -52,7 +52,19 @@ lint: $(STAMP)
 	$(VPY) -m mypy raftlib
 	$(VPY) -m ruff check raftlib tests benchmarks
 
-test: test-fast test-pure lint
+# Runs every step even when an earlier one fails (so one report shows everything), then fails
+# if any step failed.
+test: build
+	@status=0; \
+	echo "== pytest, compiled core"; \
+	RAFTLIB_EXPECT_COMPILED=1 $(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS) || status=1; \
+	echo "== pytest, RAFTLIB_PURE=1"; \
+	RAFTLIB_PURE=1 $(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS) || status=1; \
+	echo "== mypy"; \
+	$(VPY) -m mypy raftlib || status=1; \
+	echo "== ruff"; \
+	$(VPY) -m ruff check raftlib tests benchmarks || status=1; \
+	exit $$status
 
 # Exit status 5 means "no tests collected": the slow suite may legitimately be empty.
 test-slow: build
