@@ -388,7 +388,7 @@ class InvariantChecker:
                 "commit-durability",
                 f"{node_id} commits index {index} (term {term}) but only {holders or 'no node'} "
                 f"hold it durably; a quorum is {self.quorum}",
-                nodes=[node_id, *holders],
+                nodes=[node_id, *(h for h in holders if h != node_id)],
                 indexes=[index],
             )
 
