@@ -63,20 +63,24 @@ class ConfChange:
 
     changes: tuple[Change, ...] = ()
     transition: Transition = Transition.AUTO
+    result: Membership | None = None
+    """The configuration this change produces, computed by the leader when it
+    proposes the change (every earlier change is applied by then, so it is the
+    same on every node). It lets a node that joined with no configuration learn
+    the whole configuration from the entry alone."""
 
     def is_leave(self) -> bool:
         return not self.changes
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "v": 1,
-                "t": self.transition.value,
-                "c": [[c.kind.value, c.node_id, c.context.hex()] for c in self.changes],
-            },
-            separators=(",", ":"),
-            sort_keys=True,
-        ).encode()
+        obj: dict[str, object] = {
+            "v": 1,
+            "t": self.transition.value,
+            "c": [[c.kind.value, c.node_id, c.context.hex()] for c in self.changes],
+        }
+        if self.result is not None:
+            obj["r"] = self.result.to_dict()
+        return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
@@ -89,7 +93,8 @@ class ConfChange:
                 Change(ChangeKind(kind), str(node_id), bytes.fromhex(ctx))
                 for kind, node_id, ctx in obj["c"]
             )
-            return cls(changes, Transition(obj["t"]))
+            result = Membership.from_dict(obj["r"]) if "r" in obj else None
+            return cls(changes, Transition(obj["t"]), result)
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfChangeError(f"malformed configuration change entry: {exc}") from exc
 
@@ -101,6 +106,21 @@ def apply_change(current: Membership, cc: ConfChange) -> Membership:
     checks this before proposing, and an invalid change that is committed
     anyway is applied by every node as a no-op (see ``Raft.apply_conf_change``).
     """
+    if cc.result is not None:
+        return cc.result
+    if not current.voters:
+        # Bootstrapping an empty configuration: no old majority to overlap.
+        if any(c.kind is ChangeKind.REMOVE for c in cc.changes):
+            raise ConfChangeError("cannot remove members from an empty configuration")
+        first = Membership(
+            frozenset(c.node_id for c in cc.changes if c.kind is ChangeKind.ADD_VOTER),
+            frozenset(),
+            frozenset(c.node_id for c in cc.changes if c.kind is not ChangeKind.ADD_VOTER),
+            frozenset(c.node_id for c in cc.changes if c.kind is ChangeKind.ADD_MEMBER),
+        )
+        if not first.voters:
+            raise ConfChangeError("a configuration needs at least one voter")
+        return first
     if cc.is_leave():
         if not current.is_joint():
             raise ConfChangeError("not in a joint configuration: nothing to leave")

@@ -23,6 +23,9 @@ class Config:
     id: str
     voters: list[str] = field(default_factory=list)
     """The initial voters, used when the node starts with no persisted configuration."""
+    join: bool = False
+    """The node joins an existing cluster: it starts with no configuration and
+    learns it from the leader (log or snapshot). It never campaigns before."""
     election_tick: int = 10
     """Base election timeout in ticks; the actual timeout is drawn from [election_tick, 2*election_tick)."""
     heartbeat_tick: int = 1
@@ -83,6 +86,8 @@ class Config:
             raise ConfigError("max_uncommitted_bytes must be >= 0 (0 means unlimited)")
         if self.max_apply_bytes < 1:
             raise ConfigError(f"max_apply_bytes must be >= 1, got {self.max_apply_bytes}")
+        if self.join and self.voters:
+            raise ConfigError("a joining node (join=True) must not list voters: it learns them")
         if self.read_only not in ("safe", "lease"):
             raise ConfigError(f"read_only must be 'safe' or 'lease', got {self.read_only!r}")
         if self.read_only == "lease" and not self.check_quorum:

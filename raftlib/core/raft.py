@@ -78,17 +78,22 @@ class Raft:
         snap = state.snapshot
         if snap is not None:
             membership = snap.membership
-        elif config.voters:
+        elif config.voters or config.join:
             membership = Membership(frozenset(config.voters))
         else:
             raise ValueError(
                 f"node {self.id!r} has no configuration: give Config.voters for a new "
-                "cluster, or restart it from a snapshot"
+                "cluster, Config.join=True to join one, or restart it from a snapshot"
             )
+        entries = state.entries
+        if snap is not None and entries and entries[0].index <= snap.index:
+            # Entries kept behind the snapshot for slow followers: the restarted
+            # log starts at the snapshot.
+            entries = [e for e in entries if e.index > snap.index]
         self.log = RaftLog(
             snap.index if snap else 0,
             snap.term if snap else 0,
-            state.entries,
+            entries,
             committed=hs.commit,
             applied=applied,
         )
@@ -538,6 +543,10 @@ class Raft:
                 pr.inflights.popleft()
             if m.index:
                 self._confirm_read_round(m.frm, m.index)
+            if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+                # Repeat the nudge: the successor may not have been able to
+                # campaign yet (e.g. a committed configuration change to apply first).
+                self.msgs.append(Message(MessageType.TIMEOUT_NOW, self.id, m.frm, self.term))
             if pr.match < self.log.last_index():
                 # Possibly an empty append at next-1: if the entries sent
                 # optimistically were lost, the follower rejects it and the
@@ -567,7 +576,9 @@ class Raft:
             return  # acknowledges entries we never sent: ignore
         pr = self.tracker.progress[peer]
         was_paused = pr.is_paused()
-        if not pr.maybe_update(index):
+        updated = pr.maybe_update(index)
+        # A probe answered at exactly our known match also proves where the logs meet.
+        if not updated and not (pr.state is ProgressState.PROBE and pr.match == index):
             if was_paused and not pr.is_paused():
                 self._maybe_send_append(peer, send_if_empty=False)
             return
@@ -786,8 +797,11 @@ class Raft:
             raise ProposalDropped("transfer_pending", f"leadership is moving to {self.lead_transferee}")
         if self.pending_conf_index > self.log.applied:
             raise ConfChangeInProgress(self.pending_conf_index)
-        apply_change(self.membership, cc)  # raises ConfChangeError when invalid
-        index, term = self._append_entries([Entry(0, 0, cc.encode(), ENTRY_CONF_CHANGE)])
+        # Every earlier change is applied (pending_conf_index <= applied), so the
+        # result computed here is what every node computes when it applies it.
+        result = apply_change(self.membership, ConfChange(cc.changes, cc.transition))
+        entry = ConfChange(cc.changes, cc.transition, result).encode()
+        index, term = self._append_entries([Entry(0, 0, entry, ENTRY_CONF_CHANGE)])
         self.pending_conf_index = index
         return index, term
 

@@ -39,7 +39,10 @@ class ProgressTracker:
             if node_id not in self.progress:
                 self.progress[node_id] = Progress(next_index, self.max_inflight)
                 self._slots[node_id] = next(free)
-        # set_config grows the tracker to cover the highest slot.
+        needed = max(self._slots.values(), default=0) + 1
+        if needed > self._quorum.n_slots:
+            # Room for learners' slots too (set_config grows only for voters).
+            self._quorum = QuorumTracker(2 * needed)
         self._quorum.set_config(
             [self._slots[v] for v in sorted(membership.voters)],
             [self._slots[v] for v in sorted(membership.outgoing)],
