@@ -190,3 +190,14 @@ def test_violation_inside_a_cluster_names_the_seed() -> None:
     text = str(info.value)
     assert info.value.rule == "election-safety"
     assert "seed: 31337" in text and "SimCluster(3, seed=31337)" in text
+
+
+def test_installing_a_snapshot_of_uncommitted_entries() -> None:
+    ch = make({"a": [(1, b""), (1, b"x")], "b": [(1, b""), (1, b"x")]})
+    ch.cores["a"].commit_index = 1
+    ch.after_event(["a"])
+    ch.on_install("c", SimpleNamespace(index=1, term=1))  # fine: index 1 is committed
+    with pytest.raises(InvariantViolation, match="beyond the cluster's committed index"):
+        ch.on_install("c", SimpleNamespace(index=2, term=1))
+    with pytest.raises(InvariantViolation, match="committed entry there has term 1"):
+        ch.on_install("c", SimpleNamespace(index=1, term=2))

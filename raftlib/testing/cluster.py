@@ -32,7 +32,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from raftlib.core import Config, HardState, PersistentState, RawNode, Role
+from raftlib.core import Config, HardState, MessageType, PersistentState, RawNode, Role
 from raftlib.errors import NotLeader, ProposalDropped
 from raftlib.testing.events import CALL, DELIVER, PERSIST, TICK, EventQueue
 from raftlib.testing.invariants import InvariantChecker, SimTimeout, SimulationError
@@ -45,36 +45,80 @@ _Delay = int | tuple[int, int]
 
 
 class SimStorage:
-    """Simulated durable storage of one node: hard state and a log starting at index 1.
+    """Simulated durable storage of one node: hard state, log, latest snapshot.
 
     ``append`` follows the Ready rule: entries starting at or below the last
-    stored index first truncate everything from their first index on.
+    stored index first truncate everything from their first index on. The log
+    starts at ``first`` (1 until a snapshot lets the driver drop a prefix).
     """
 
-    __slots__ = ("entries", "hard_state", "writes")
+    __slots__ = ("entries", "first", "hard_state", "incoming", "snapshot", "snapshot_data", "writes")
 
     def __init__(self) -> None:
         self.hard_state = HardState()
         self.entries: list[Any] = []
+        self.first = 1
+        self.snapshot: Any = None
+        """The latest durable snapshot's ``SnapshotMeta`` (None before the first)."""
+        self.snapshot_data = b""
+        self.incoming = bytearray()
+        """A snapshot being received from the leader, chunk by chunk."""
         self.writes = 0
 
     def last_index(self) -> int:
-        return len(self.entries)
+        return self.first + len(self.entries) - 1
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the stored entry (or snapshot) at ``index``; None if not stored."""
+        if self.first <= index <= self.last_index():
+            return int(self.entries[index - self.first].term)
+        if self.snapshot is not None and index == self.snapshot.index:
+            return int(self.snapshot.term)
+        return 0 if index == 0 else None
 
     def append(self, entries: Sequence[Any]) -> None:
         if not entries:
             return
+        if entries[0].index < self.first:  # already covered by the snapshot
+            entries = [e for e in entries if e.index >= self.first]
+            if not entries:
+                return
         first = entries[0].index
-        if first < 1 or first > len(self.entries) + 1:
+        if first > self.last_index() + 1:
             raise SimulationError(
-                f"storage append starting at {first} would leave a gap after {len(self.entries)}"
+                f"storage append starting at {first} would leave a gap after {self.last_index()}"
             )
-        del self.entries[first - 1 :]
+        del self.entries[first - self.first :]
         self.entries.extend(entries)
+
+    def install(self, meta: Any, data: bytes) -> None:
+        """Install a snapshot received from the leader: keep the entries after it only if
+        the stored entry at its index has its term."""
+        if self.term_at(meta.index) == meta.term and meta.index >= self.first:
+            del self.entries[: meta.index - self.first + 1]
+        else:
+            self.entries = []
+        self.first = meta.index + 1
+        self.snapshot = meta
+        self.snapshot_data = bytes(data)
+
+    def save_snapshot(self, meta: Any, data: bytes) -> None:
+        """Record this node's own snapshot of its state machine."""
+        self.snapshot = meta
+        self.snapshot_data = bytes(data)
+
+    def drop_before(self, index: int) -> None:
+        """Delete the stored entries below ``index`` (after a snapshot covers them)."""
+        n = min(index - self.first, len(self.entries))
+        if n > 0:
+            del self.entries[:n]
+            self.first += n
 
     def state(self) -> PersistentState:
         """What a restarting core is given (a copy: the core may keep it)."""
-        return PersistentState(hard_state=self.hard_state, entries=list(self.entries))
+        snap = self.snapshot
+        entries = [e for e in self.entries if snap is None or e.index > snap.index]
+        return PersistentState(hard_state=self.hard_state, entries=entries, snapshot=snap)
 
     def log(self) -> list[tuple[int, int, bytes]]:
         return [(e.index, e.term, bytes(e.data)) for e in self.entries]
@@ -143,6 +187,12 @@ class SimCluster:
         tick every node every ``steps_per_tick`` (each node at its own random
         phase). With False nothing ticks unless you call :meth:`tick`; handy
         for scripted scenarios.
+    ``snapshots``
+        when a core says ``should_snapshot()`` (see ``Config.snapshot_entries``),
+        snapshot the node's state machine (``snapshot() -> bytes``) and
+        ``compact`` the log; a follower that is too far behind then receives the
+        snapshot in chunks and is rebuilt with ``restore(data)``. Restarts
+        restore the latest durable snapshot, then re-apply the log after it.
     ``check_invariants``, ``full_check_every``
         check the safety rules after every event (and sweep all logs every
         ``full_check_every`` events).
@@ -168,6 +218,7 @@ class SimCluster:
         long_delay: tuple[int, int] = (20, 60),
         fifo: bool = False,
         auto_tick: bool = True,
+        snapshots: bool = True,
         check_invariants: bool = True,
         full_check_every: int = 500,
         trace_size: int = 30,
@@ -205,6 +256,7 @@ class SimCluster:
             raise ValueError("steps_per_tick must be >= 1")
         self.steps_per_tick = steps_per_tick
         self.auto_tick = auto_tick
+        self.snapshots = snapshots
         self.now = 0
         """Virtual time in sub-steps."""
         self.queue = EventQueue()
@@ -293,6 +345,10 @@ class SimCluster:
                 args.append(f"{k}={shown or repr(v)}")
         return "SimCluster(" + ", ".join(args) + ") with the same calls"
 
+    @functools.cached_property
+    def _chunk_bytes(self) -> int:
+        return int(self._config(self.ids[0]).snapshot_chunk_bytes)
+
     def _config(self, node_id: str) -> Config:
         cfg = Config(node_id, voters=list(self.ids))
         for k, v in self.config_overrides.items():
@@ -306,11 +362,19 @@ class SimCluster:
         self._drive(node)
         self._after((node.id,))
 
+    def _new_state_machine(self, node: SimNode) -> Any:
+        return self.state_machine_factory(node.id) if self._sm_takes_id else self.state_machine_factory()
+
     def _start(self, node: SimNode, fresh: bool) -> None:
         state = None if fresh else node.storage.state()
         rng = random.Random(self.rng.getrandbits(64))
-        node.raw = RawNode(self._config(node.id), state, rng=rng, applied=0)
-        node.sm = self.state_machine_factory(node.id) if self._sm_takes_id else self.state_machine_factory()
+        sm = self._new_state_machine(node)
+        applied = 0
+        if not fresh and node.storage.snapshot is not None:
+            _restore(sm, node.storage.snapshot_data)
+            applied = node.storage.snapshot.index
+        node.raw = RawNode(self._config(node.id), state, rng=rng, applied=applied)
+        node.sm = sm
         node.up = True
         node.pending = None
         node.results = {}
@@ -328,7 +392,7 @@ class SimCluster:
             for m in rd.messages:
                 self._send(node, m)
             lo, hi = self.persist_delay
-            if hi == 0 or (rd.hard_state is None and not rd.entries):
+            if hi == 0 or (rd.hard_state is None and not rd.entries and rd.snapshot is None):
                 self._complete(node, rd)
             else:
                 node.pending = rd
@@ -338,7 +402,25 @@ class SimCluster:
     def _complete(self, node: SimNode, rd: Any) -> None:
         """The Ready's write is durable: finish handling it and advance."""
         st = node.storage
-        if rd.hard_state is not None or rd.entries:
+        for chunk in rd.snapshot_chunks:
+            del st.incoming[chunk.offset :]
+            if len(st.incoming) != chunk.offset:
+                raise SimulationError(
+                    f"{node.id}: snapshot chunk at offset {chunk.offset}, but only {len(st.incoming)} "
+                    "bytes were received"
+                )
+            st.incoming += chunk.data
+        if rd.snapshot is not None:
+            meta = rd.snapshot
+            st.install(meta, bytes(st.incoming))
+            st.incoming = bytearray()
+            node.sm = self._new_state_machine(node)
+            _restore(node.sm, st.snapshot_data)
+            node.results = {}
+            self._note("install", node.id, f"snapshot at index {meta.index} term {meta.term}")
+            if self.checker is not None:
+                self.checker.on_install(node.id, meta)
+        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
             if rd.hard_state is not None:
                 st.hard_state = rd.hard_state
             st.append(rd.entries)
@@ -355,12 +437,39 @@ class SimCluster:
                 node.results[e.index] = node.sm.apply(bytes(e.data), e.index)
         raw.advance(rd)
         node.pending = None
+        if self.snapshots and raw.should_snapshot() and hasattr(node.sm, "snapshot"):
+            self._take_snapshot(node)
+
+    def _take_snapshot(self, node: SimNode) -> None:
+        raw = node.raw
+        index = raw.applied_index
+        current = raw.snapshot_meta
+        if index == 0 or (current is not None and current.index >= index):
+            return
+        data = node.sm.snapshot()
+        if not isinstance(data, (bytes, bytearray)):
+            raise SimulationError(f"{node.id}: snapshot() must return bytes, got {type(data).__name__}")
+        raw.compact(index)
+        meta = raw.snapshot_meta
+        node.storage.save_snapshot(meta, bytes(data))
+        node.storage.drop_before(raw.first_index())
+        self._note("snapshot", node.id, f"at index {index}; log now starts at {raw.first_index()}")
 
     def _send(self, node: SimNode, m: Any) -> None:
         if m.frm != node.id:
             raise SimulationError(f"{node.id} sends a message from {m.frm!r}: {m!r}")
         if m.to not in self.nodes:
             raise SimulationError(f"{node.id} sends to unknown node {m.to!r}: {m!r}")
+        if m.type == MessageType.SNAPSHOT:
+            # The core names the snapshot and the offset; the driver reads the bytes.
+            st = node.storage
+            snap = st.snapshot
+            if snap is None or snap.index != m.snapshot.index or snap.term != m.snapshot.term:
+                node.raw.report_snapshot_failure(m.to)
+                return
+            size = self._chunk_bytes
+            m.data = st.snapshot_data[m.offset : m.offset + size]
+            m.done = m.offset + len(m.data) >= len(st.snapshot_data)
         self.network.send(m, self.now, node.incarnation)
 
     def _note(self, kind: str, node: str, what: Any) -> None:
@@ -563,6 +672,13 @@ class SimCluster:
         )
         self._guard(self._start, node, False)
         self._guard(self._settle_node, node)
+
+    def compact(self, node_id: str) -> None:
+        """Snapshot ``node_id``'s state machine at its applied index now and compact its log."""
+        node = self.nodes[node_id]
+        if not node.up:
+            raise ValueError(f"{node_id} is down")
+        self._guard(self._take_snapshot, node)
 
     def is_up(self, node_id: str) -> bool:
         return self.nodes[node_id].up
@@ -797,6 +913,15 @@ class SimCluster:
 
     def __repr__(self) -> str:
         return f"<SimCluster seed={self.seed} t={self.ticks:.1f} {list(self.nodes.values())}>"
+
+
+def _restore(sm: Any, data: bytes) -> None:
+    if not hasattr(sm, "restore"):
+        raise SimulationError(
+            f"{type(sm).__name__} has no restore(data): it cannot be rebuilt from a snapshot "
+            "(pass snapshots=False, or implement snapshot() and restore())"
+        )
+    sm.restore(data)
 
 
 def _describe_ready(rd: Any) -> str:

@@ -259,6 +259,27 @@ class InvariantChecker:
                 indexes=[idx],
             )
 
+    def on_install(self, node_id: str, meta: Any) -> None:
+        """A node installed a snapshot from the leader: it now reflects everything up to its index."""
+        idx, term = meta.index, meta.term
+        if idx >= len(self.committed):
+            raise InvariantViolation(
+                "state-machine-safety",
+                f"installs a snapshot at index {idx}, beyond the cluster's committed index "
+                f"{len(self.committed) - 1}",
+                nodes=[node_id],
+                indexes=[idx],
+            )
+        if self.committed[idx][0] != term:
+            raise InvariantViolation(
+                "state-machine-safety",
+                f"installs a snapshot at index {idx} term {term}; the committed entry there has term "
+                f"{self.committed[idx][0]}",
+                nodes=[node_id],
+                indexes=[idx],
+            )
+        self._next_apply[node_id] = max(self._next_apply.get(node_id, 1), idx + 1)
+
     def after_event(self, node_ids: Iterable[str]) -> None:
         """Check the nodes an event touched (stepped, ticked, persisted)."""
         for node_id in node_ids:
@@ -364,6 +385,15 @@ class InvariantChecker:
                 )
             return
         # This node is the first to commit (known, commit]: extend the cluster's committed log.
+        first = raw.first_index()
+        if known + 1 < first:
+            raise InvariantViolation(
+                "committed-agreement",
+                f"commits up to {commit} but its log starts at {first}, above the cluster's "
+                f"committed index {known}: it holds a snapshot of entries never committed",
+                nodes=[node_id],
+                indexes=[known, commit],
+            )
         got_prefix = self._term_at(raw, known, node_id)
         if got_prefix != self.committed[known][0]:
             raise InvariantViolation(
@@ -381,7 +411,9 @@ class InvariantChecker:
         holders = []
         for vid in self.voters:
             st = self.storages.get(vid)
-            if st is not None and st.last_index() >= index and st.entries[index - 1].term == term:
+            if st is None:
+                continue
+            if st.term_at(index) == term or (st.snapshot is not None and st.snapshot.index >= index):
                 holders.append(vid)
         if len(holders) < self.quorum:
             raise InvariantViolation(
@@ -394,7 +426,9 @@ class InvariantChecker:
 
     def _check_leader_completeness(self, node_id: str, raw: Any) -> None:
         last = raw.last_index()
-        for idx in range(1, len(self.committed)):
+        # Entries below the log's first index are covered by the leader's own snapshot,
+        # which only ever holds committed entries (checked when it is installed).
+        for idx in range(max(1, raw.first_index()), len(self.committed)):
             term = self.committed[idx][0]
             got = self._term_at(raw, idx, node_id) if idx <= last else None
             if got != term:
@@ -410,14 +444,22 @@ class InvariantChecker:
         """Full sweep: every running log and every durable log against everything recorded."""
         for node_id, raw in list(self.cores.items()):
             self._check_node(node_id, raw)
-            self._check_log(
-                node_id, [(e.index, e.term, bytes(e.data)) for e in _entries_of(raw)], "in memory"
-            )
+            log = [(e.index, e.term, bytes(e.data)) for e in _entries_of(raw)]
+            before = None
+            if log:
+                try:
+                    before = 0 if log[0][0] == 1 else int(raw.term_at(log[0][0] - 1))
+                except Exception:  # compacted: unknown
+                    before = None
+            self._check_log(node_id, log, "in memory", before)
         for node_id, st in self.storages.items():
-            self._check_log(node_id, [(e.index, e.term, bytes(e.data)) for e in st.entries], "durable")
+            log = [(e.index, e.term, bytes(e.data)) for e in st.entries]
+            self._check_log(node_id, log, "durable", st.term_at(st.first - 1))
 
-    def _check_log(self, node_id: str, log: list[tuple[int, int, bytes]], where: str) -> None:
-        prev_term = None
+    def _check_log(
+        self, node_id: str, log: list[tuple[int, int, bytes]], where: str, prev_term: int | None
+    ) -> None:
+        """``prev_term``: the term just before the log's first entry, when known."""
         prev_index = None
         for idx, term, data in log:
             if prev_index is not None and idx != prev_index + 1:
@@ -427,11 +469,14 @@ class InvariantChecker:
                     nodes=[node_id],
                     indexes=[idx],
                 )
-            known = self.seen.get((idx, term))
+            known: tuple[bytes, int | None] | None = self.seen.get((idx, term))
             if known is None and where == "in memory":
                 # Not handed out yet: a proposal or an append waiting for the next Ready.
-                self._record(node_id, idx, term, data, prev_term if prev_term is not None else 0)
-                known = self.seen[(idx, term)]
+                if prev_term is not None:
+                    self._record(node_id, idx, term, data, prev_term)
+                    known = self.seen[(idx, term)]
+                else:
+                    known = (data, None)
             if known is None:
                 raise InvariantViolation(
                     "log-matching",
@@ -439,7 +484,7 @@ class InvariantChecker:
                     nodes=[node_id],
                     indexes=[idx],
                 )
-            if known[0] != data or (prev_term is not None and known[1] != prev_term):
+            if known[0] != data or (None not in (prev_term, known[1]) and known[1] != prev_term):
                 raise InvariantViolation(
                     "log-matching",
                     f"{where} log entry (index {idx}, term {term}) differs from the same entry elsewhere",
