@@ -1,0 +1,499 @@
+"""Binary wire format of :class:`~raftlib.core.messages.Message` (versioned, length-prefixed, bounded).
+
+Every frame starts with an 8-byte header, little endian::
+
+    magic  b"RF"  (2 bytes)
+    version       (u8)   WIRE_VERSION (1)
+    flags         (u8)   0 for a message; FLAG_HANDSHAKE for the transport's handshake frames
+    length        (u32)  number of body bytes that follow
+
+A message body is a fixed 66-byte part (type, flags, the six integer fields and
+the lengths of the variable parts), then ``frm``, ``to`` (UTF-8), ``data``,
+``context``, the snapshot meta (if any), the entry headers (21 bytes each, all
+together) and finally the entry payloads back to back.  See ``docs/transport.md``
+for the byte layout table.
+
+Decoding is strict: any deviation (bad magic, unknown version or flags, a frame
+larger than the configured bound, lengths that do not add up to the body size,
+negative integers, invalid UTF-8, duplicate node ids, an unknown message type)
+raises :class:`CodecError` and nothing else, whatever the input bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from itertools import accumulate, pairwise
+
+from raftlib._accel import Entry
+from raftlib.core.membership import Membership
+from raftlib.core.messages import Message, MessageType, SnapshotMeta
+from raftlib.errors import RaftError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "FLAG_HANDSHAKE",
+    "HEADER_SIZE",
+    "MAGIC",
+    "WIRE_VERSION",
+    "CodecError",
+    "FrameDecoder",
+    "Handshake",
+    "decode",
+    "decode_frame",
+    "decode_handshake",
+    "decode_handshake_ack",
+    "encode",
+    "encode_handshake",
+    "encode_many",
+    "encode_handshake_ack",
+    "parse_header",
+]
+
+MAGIC = b"RF"
+"""First two bytes of every frame."""
+WIRE_VERSION = 1
+"""The only wire version this module speaks."""
+FLAG_HANDSHAKE = 0x01
+"""Header flag of the transport's handshake and handshake-answer frames (never a Message)."""
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Default bound on a frame's body (16 MiB: AppendEntries batches and snapshot chunks are ~1 MiB)."""
+
+_MAX_INT = 2**63 - 1
+_HEADER = struct.Struct("<2sBBI")
+HEADER_SIZE = _HEADER.size
+"""Size of the frame header (8 bytes)."""
+
+# type, msg flags, term, log_term, index, commit, reject_hint, offset,
+# len(frm), len(to), len(data), len(context), number of entries
+_FIXED = struct.Struct("<BBqqqqqqHHIII")
+_ENTRY = struct.Struct("<qqBI")  # index, term, type, len(data)
+_SNAP = struct.Struct("<qqIIII")  # index, term, |voters|, |outgoing|, |learners|, |promoting|
+_U16 = struct.Struct("<H")
+_HANDSHAKE = struct.Struct("<HHHH")  # protocol version, len(cluster id), len(sender), len(receiver)
+_ACK = struct.Struct("<BH")  # status (0 ok), len(reason)
+
+_F_REJECT = 0x01
+_F_DONE = 0x02
+_F_FORCE = 0x04
+_F_SNAPSHOT = 0x08
+_F_ALL = _F_REJECT | _F_DONE | _F_FORCE | _F_SNAPSHOT
+
+_TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
+
+_entry_structs: dict[int, struct.Struct] = {}
+_ENTRY_STRUCT_CACHE_MAX = 512
+
+
+class CodecError(RaftError, ValueError):
+    """A frame or message cannot be encoded or decoded (malformed, oversized, unknown version...)."""
+
+
+def _entries_struct(n: int) -> struct.Struct:
+    """A Struct packing ``n`` entry headers in one call (cached for the usual batch sizes)."""
+    s = _entry_structs.get(n)
+    if s is None:
+        s = struct.Struct("<" + "qqBI" * n)
+        if len(_entry_structs) < _ENTRY_STRUCT_CACHE_MAX:
+            _entry_structs[n] = s
+    return s
+
+
+def _id_bytes(node_id: object, what: str) -> bytes:
+    if type(node_id) is not str:
+        raise CodecError(f"{what} must be a str node id, not {type(node_id).__name__}")
+    b = node_id.encode("utf-8")
+    if len(b) > 0xFFFF:
+        raise CodecError(f"{what} is longer than 65535 bytes")
+    return b
+
+
+def _encode_ids(ids: frozenset[str], parts: list[bytes]) -> None:
+    for node_id in sorted(ids):
+        b = _id_bytes(node_id, "membership node id")
+        parts.append(_U16.pack(len(b)))
+        parts.append(b)
+
+
+def encode(msg: Message) -> bytes:
+    """Encode ``msg`` as one complete frame (header + body).
+
+    Raises :class:`CodecError` if the message cannot be represented (a
+    negative or too large integer, a non-``str`` node id, non-bytes payloads,
+    snapshot meta without a membership...).
+    """
+    try:
+        frm = _id_bytes(msg.frm, "frm")
+        to = _id_bytes(msg.to, "to")
+        data = msg.data
+        context = msg.context
+        if not isinstance(data, bytes) or not isinstance(context, bytes):
+            raise CodecError("data and context must be bytes")
+        entries = msg.entries
+        n = len(entries)
+        flags = 0
+        if msg.reject:
+            flags |= _F_REJECT
+        if msg.done:
+            flags |= _F_DONE
+        if msg.force:
+            flags |= _F_FORCE
+        snap = msg.snapshot
+        if snap is not None:
+            flags |= _F_SNAPSHOT
+        parts: list[bytes] = [
+            b"",  # frame header, filled in below
+            _FIXED.pack(
+                int(msg.type),
+                flags,
+                msg.term,
+                msg.log_term,
+                msg.index,
+                msg.commit,
+                msg.reject_hint,
+                msg.offset,
+                len(frm),
+                len(to),
+                len(data),
+                len(context),
+                n,
+            ),
+            frm,
+            to,
+            data,
+            context,
+        ]
+        if snap is not None:
+            mem = snap.membership
+            if not isinstance(mem, Membership):
+                raise CodecError("snapshot meta without a membership")
+            parts.append(
+                _SNAP.pack(
+                    snap.index,
+                    snap.term,
+                    len(mem.voters),
+                    len(mem.outgoing),
+                    len(mem.learners),
+                    len(mem.promoting),
+                )
+            )
+            _encode_ids(mem.voters, parts)
+            _encode_ids(mem.outgoing, parts)
+            _encode_ids(mem.learners, parts)
+            _encode_ids(mem.promoting, parts)
+        if n:
+            datas = [e.data for e in entries]
+            flat: list[int] = [0] * (4 * n)
+            flat[0::4] = [e.index for e in entries]
+            flat[1::4] = [e.term for e in entries]
+            flat[2::4] = [e.type for e in entries]
+            flat[3::4] = map(len, datas)
+            parts.append(_entries_struct(n).pack(*flat))
+            parts.extend(datas)
+        body_len = sum(map(len, parts))
+        parts[0] = _HEADER.pack(MAGIC, WIRE_VERSION, 0, body_len)
+        return b"".join(parts)
+    except CodecError:
+        raise
+    except (struct.error, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {msg!r}: {exc}") from exc
+
+
+def _decode_ids(mv: memoryview, pos: int, count: int, end: int) -> tuple[frozenset[str], int]:
+    ids: list[str] = []
+    for _ in range(count):
+        if pos + 2 > end:
+            raise CodecError("truncated membership")
+        (ln,) = _U16.unpack_from(mv, pos)
+        pos += 2
+        if pos + ln > end:
+            raise CodecError("truncated membership node id")
+        ids.append(str(mv[pos : pos + ln], "utf-8"))
+        pos += ln
+    s = frozenset(ids)
+    if len(s) != count:
+        raise CodecError("duplicate node id in membership")
+    return s, pos
+
+
+def _decode(mv: memoryview) -> Message:
+    end = len(mv)
+    if end < _FIXED.size:
+        raise CodecError(f"message body too short ({end} bytes)")
+    (
+        mtype,
+        flags,
+        term,
+        log_term,
+        index,
+        commit,
+        reject_hint,
+        offset,
+        frm_len,
+        to_len,
+        data_len,
+        ctx_len,
+        n,
+    ) = _FIXED.unpack_from(mv, 0)
+    typ = _TYPES.get(mtype)
+    if typ is None:
+        raise CodecError(f"unknown message type {mtype}")
+    if flags & ~_F_ALL:
+        raise CodecError(f"unknown message flags 0x{flags:02x}")
+    if min(term, log_term, index, commit, reject_hint, offset) < 0:
+        raise CodecError("negative integer field")
+    pos = _FIXED.size
+    if pos + frm_len + to_len + data_len + ctx_len + n * _ENTRY.size > end:
+        raise CodecError("message body truncated")
+    frm = str(mv[pos : pos + frm_len], "utf-8")
+    pos += frm_len
+    to = str(mv[pos : pos + to_len], "utf-8")
+    pos += to_len
+    data = mv[pos : pos + data_len].tobytes()
+    pos += data_len
+    context = mv[pos : pos + ctx_len].tobytes()
+    pos += ctx_len
+    snapshot = None
+    if flags & _F_SNAPSHOT:
+        if pos + _SNAP.size > end:
+            raise CodecError("truncated snapshot meta")
+        s_index, s_term, nv, no, nl, np_ = _SNAP.unpack_from(mv, pos)
+        if s_index < 0 or s_term < 0:
+            raise CodecError("negative snapshot index or term")
+        pos += _SNAP.size
+        if pos + 2 * (nv + no + nl + np_) > end:
+            raise CodecError("truncated membership")
+        voters, pos = _decode_ids(mv, pos, nv, end)
+        outgoing, pos = _decode_ids(mv, pos, no, end)
+        learners, pos = _decode_ids(mv, pos, nl, end)
+        promoting, pos = _decode_ids(mv, pos, np_, end)
+        snapshot = SnapshotMeta(s_index, s_term, Membership(voters, outgoing, learners, promoting))
+    entries: list[Entry] = []
+    if n:
+        hdr_end = pos + n * _ENTRY.size
+        if hdr_end > end:
+            raise CodecError("truncated entry headers")
+        v = _entries_struct(n).unpack_from(mv, pos)
+        ends = list(accumulate(v[3::4], initial=hdr_end))
+        if ends[-1] != end:
+            raise CodecError("entry payload lengths do not match the body size")
+        datas = [mv[a:b].tobytes() for a, b in pairwise(ends)]
+        entries = list(map(Entry, v[0::4], v[1::4], datas, v[2::4]))
+    elif pos != end:
+        raise CodecError(f"{end - pos} unexpected trailing bytes in message body")
+    return Message(
+        typ,
+        frm,
+        to,
+        term,
+        log_term,
+        index,
+        entries,
+        commit,
+        bool(flags & _F_REJECT),
+        reject_hint,
+        snapshot,
+        offset,
+        data,
+        bool(flags & _F_DONE),
+        context,
+        bool(flags & _F_FORCE),
+    )
+
+
+def decode(frame_body: bytes | bytearray | memoryview) -> Message:
+    """Decode one message body (the bytes after the frame header).
+
+    Raises :class:`CodecError`, and nothing else, for any malformed input.
+    """
+    try:
+        with memoryview(frame_body) as mv:
+            if mv.format != "B" or mv.ndim != 1:
+                raise CodecError("message body must be a flat byte buffer")
+            return _decode(mv)
+    except CodecError:
+        raise
+    except (struct.error, ValueError, TypeError, UnicodeDecodeError, IndexError, OverflowError) as exc:
+        raise CodecError(f"malformed message body: {exc}") from exc
+
+
+def parse_header(header: bytes | bytearray | memoryview, max_frame_bytes: int) -> tuple[int, int]:
+    """Validate an 8-byte frame header; return ``(flags, body_length)``.
+
+    Raises :class:`CodecError` on bad magic, an unknown version or flags, or a
+    body longer than ``max_frame_bytes`` (checked before any body is read).
+    """
+    if len(header) < HEADER_SIZE:
+        raise CodecError("truncated frame header")
+    magic, version, flags, length = _HEADER.unpack_from(header, 0)
+    if magic != MAGIC:
+        raise CodecError(f"bad magic {bytes(magic)!r}")
+    if version != WIRE_VERSION:
+        raise CodecError(f"unknown wire version {version}")
+    if flags & ~FLAG_HANDSHAKE:
+        raise CodecError(f"unknown frame flags 0x{flags:02x}")
+    if length > max_frame_bytes:
+        raise CodecError(f"frame of {length} bytes exceeds the limit of {max_frame_bytes}")
+    return flags, length
+
+
+def decode_frame(
+    frame: bytes | bytearray | memoryview, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Message:
+    """Decode one complete message frame (header + body, nothing more)."""
+    flags, length = parse_header(frame, max_frame_bytes)
+    if flags:
+        raise CodecError("handshake frame where a message was expected")
+    if len(frame) != HEADER_SIZE + length:
+        raise CodecError(f"frame length {len(frame)} does not match its header ({HEADER_SIZE + length})")
+    return decode(memoryview(frame)[HEADER_SIZE:])
+
+
+class FrameDecoder:
+    """Incremental decoder of a byte stream of message frames.
+
+    ``feed`` returns the messages completed by the new bytes, in order. Frame
+    headers are validated as soon as they arrive, so an oversized frame is
+    refused before its body is buffered. After a :class:`CodecError` the stream
+    is out of sync: the decoder stays failed and every later ``feed`` raises.
+    """
+
+    __slots__ = ("_buf", "_error", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._error: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Add ``data`` to the stream; return the messages it completes."""
+        if self._error is not None:
+            raise CodecError(f"decoder failed earlier: {self._error}")
+        try:
+            if self._buf:
+                self._buf += data
+                out, used = self._scan(self._buf)
+                del self._buf[:used]
+            else:
+                out, used = self._scan(data)
+                if used < len(data):
+                    self._buf += memoryview(data)[used:]
+            return out
+        except CodecError as exc:
+            # Keep only the text: the exception's traceback may still reference views of
+            # the old buffer, so it is replaced rather than cleared in place.
+            self._error = str(exc)
+            self._buf = bytearray()
+            raise
+
+    def _scan(self, data: bytes | bytearray | memoryview) -> tuple[list[Message], int]:
+        out: list[Message] = []
+        pos = 0
+        total = len(data)
+        max_bytes = self.max_frame_bytes
+        with memoryview(data) as mv:
+            while total - pos >= HEADER_SIZE:
+                flags, length = parse_header(mv[pos : pos + HEADER_SIZE], max_bytes)
+                if flags:
+                    raise CodecError("unexpected handshake frame in a message stream")
+                start = pos + HEADER_SIZE
+                if total - start < length:
+                    break
+                out.append(decode(mv[start : start + length]))
+                pos = start + length
+        return out, pos
+
+
+class Handshake:
+    """First frame on a transport connection: who connects to whom, in which cluster."""
+
+    __slots__ = ("cluster_id", "protocol", "receiver", "sender")
+
+    def __init__(self, cluster_id: str, sender: str, receiver: str, protocol: int = WIRE_VERSION) -> None:
+        self.cluster_id = cluster_id
+        self.sender = sender
+        self.receiver = receiver
+        self.protocol = protocol
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Handshake) and (
+            self.cluster_id,
+            self.sender,
+            self.receiver,
+            self.protocol,
+        ) == (other.cluster_id, other.sender, other.receiver, other.protocol)
+
+    def __hash__(self) -> int:
+        return hash((self.cluster_id, self.sender, self.receiver, self.protocol))
+
+    def __repr__(self) -> str:
+        return (
+            f"Handshake(cluster_id={self.cluster_id!r}, sender={self.sender!r}, "
+            f"receiver={self.receiver!r}, protocol={self.protocol})"
+        )
+
+
+def _frame(flags: int, body: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, WIRE_VERSION, flags, len(body)) + body
+
+
+def encode_handshake(hs: Handshake) -> bytes:
+    """Encode a handshake as one complete frame (header flag :data:`FLAG_HANDSHAKE`)."""
+    c = _id_bytes(hs.cluster_id, "cluster id")
+    s = _id_bytes(hs.sender, "sender")
+    r = _id_bytes(hs.receiver, "receiver")
+    return _frame(FLAG_HANDSHAKE, _HANDSHAKE.pack(hs.protocol, len(c), len(s), len(r)) + c + s + r)
+
+
+def decode_handshake(body: bytes | bytearray | memoryview) -> Handshake:
+    """Decode a handshake body; raises :class:`CodecError` on anything malformed."""
+    try:
+        with memoryview(body) as mv:
+            if len(mv) < _HANDSHAKE.size:
+                raise CodecError("truncated handshake")
+            proto, lc, ls, lr = _HANDSHAKE.unpack_from(mv, 0)
+            pos = _HANDSHAKE.size
+            if pos + lc + ls + lr != len(mv):
+                raise CodecError("handshake lengths do not match its size")
+            c = str(mv[pos : pos + lc], "utf-8")
+            pos += lc
+            s = str(mv[pos : pos + ls], "utf-8")
+            pos += ls
+            r = str(mv[pos : pos + lr], "utf-8")
+            return Handshake(c, s, r, proto)
+    except CodecError:
+        raise
+    except (struct.error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise CodecError(f"malformed handshake: {exc}") from exc
+
+
+def encode_handshake_ack(ok: bool, reason: str = "") -> bytes:
+    """Encode the accepting side's answer to a handshake (``ok``, or a reason for refusing)."""
+    r = reason.encode("utf-8")[:0xFFFF]
+    return _frame(FLAG_HANDSHAKE, _ACK.pack(0 if ok else 1, len(r)) + r)
+
+
+def decode_handshake_ack(body: bytes | bytearray | memoryview) -> tuple[bool, str]:
+    """Decode a handshake answer into ``(ok, reason)``."""
+    try:
+        with memoryview(body) as mv:
+            if len(mv) < _ACK.size:
+                raise CodecError("truncated handshake answer")
+            status, ln = _ACK.unpack_from(mv, 0)
+            if _ACK.size + ln != len(mv) or status > 1:
+                raise CodecError("malformed handshake answer")
+            return status == 0, str(mv[_ACK.size :], "utf-8", "replace")
+    except CodecError:
+        raise
+    except (struct.error, ValueError, TypeError) as exc:
+        raise CodecError(f"malformed handshake answer: {exc}") from exc
+
+
+def encode_many(messages: Sequence[Message]) -> bytes:
+    """Encode several messages into one byte string of consecutive frames."""
+    return b"".join([encode(m) for m in messages])
