@@ -127,7 +127,7 @@ class SimStorage:
 class SimNode:
     """One simulated server: its core (None while down), durable storage and state machine."""
 
-    __slots__ = ("id", "incarnation", "pending", "raw", "restarts", "results", "sm", "storage", "up")
+    __slots__ = ("id", "incarnation", "pending", "raw", "reads", "restarts", "results", "sm", "storage", "up")
 
     def __init__(self, node_id: str) -> None:
         self.id = node_id
@@ -140,6 +140,8 @@ class SimNode:
         """The Ready whose write is in progress (persist_delay > 0)."""
         self.results: dict[int, Any] = {}
         """index -> what the state machine's ``apply`` returned (this incarnation)."""
+        self.reads: list[tuple[int, bytes]] = []
+        """Confirmed reads waiting for the state machine to reach their index: (index, context)."""
         self.restarts = 0
 
     def __repr__(self) -> str:
@@ -282,6 +284,8 @@ class SimCluster:
         self.trace: list[tuple[int, str, str, str]] | None = [] if record_trace else None
         self.events = 0
         """Events processed so far."""
+        self._read_callbacks: dict[bytes, Callable[[bool, Any], Any]] = {}
+        self._reads_issued = 0
         self.observers: list[Callable[[Any], Any]] = []
         """Callables given every message just before it is delivered (for counting, asserting)."""
         self.proposals: list[tuple[str, int, int, bytes]] = []
@@ -378,6 +382,7 @@ class SimCluster:
         node.up = True
         node.pending = None
         node.results = {}
+        node.reads = []
         if self.checker is not None:
             self.checker.on_start(node.id, node.raw)
 
@@ -437,8 +442,26 @@ class SimCluster:
                 node.results[e.index] = node.sm.apply(bytes(e.data), e.index)
         raw.advance(rd)
         node.pending = None
+        for rs in rd.read_states:
+            if rs.ok:
+                node.reads.append((rs.index, rs.context))
+            else:
+                self._answer_read(node, rs.context, False)
+        if node.reads:
+            applied = raw.applied_index
+            ready = [r for r in node.reads if r[0] <= applied]
+            if ready:
+                node.reads = [r for r in node.reads if r[0] > applied]
+                for _, ctx in ready:
+                    self._answer_read(node, ctx, True)
         if self.snapshots and raw.should_snapshot() and hasattr(node.sm, "snapshot"):
             self._take_snapshot(node)
+
+    def _answer_read(self, node: SimNode, ctx: bytes, ok: bool) -> None:
+        callback = self._read_callbacks.pop(ctx, None)
+        if callback is not None:
+            self._note("read", node.id, f"{ctx!r} {'served' if ok else 'refused'}")
+            callback(ok, node.sm if ok else None)
 
     def _take_snapshot(self, node: SimNode) -> None:
         raw = node.raw
@@ -760,6 +783,30 @@ class SimCluster:
         self._note("propose", node_id, f"{data!r} -> index {index} term {term}")
         self._guard(self._settle_node, node)
         return index, term
+
+    def read(self, node_id: str, callback: Callable[[bool, Any], Any]) -> bytes:
+        """Start a linearizable read (ReadIndex, thesis §6.4) on ``node_id``.
+
+        ``callback(True, state_machine)`` runs once the read is confirmed and the node's state
+        machine has applied up to the read index: read the state machine then. It runs as
+        ``callback(False, None)`` if the read could not be confirmed (retry it), and never if
+        the request or its answer is lost or the node crashes (use a timeout). Raises
+        :class:`NotLeader` when the node knows no leader. Returns the read's context.
+        """
+        node = self.nodes[node_id]
+        if not node.up:
+            raise NotLeader(None)
+        self._reads_issued += 1
+        ctx = b"sim-read-%d" % self._reads_issued
+        self._read_callbacks[ctx] = callback
+        try:
+            self._guard(node.raw.read_index, ctx)
+        except NotLeader:
+            del self._read_callbacks[ctx]
+            raise
+        self._note("read", node_id, f"{ctx!r} requested")
+        self._guard(self._settle_node, node)
+        return ctx
 
     def committed(self, index: int, term: int | None = None, node_ids: Iterable[str] | None = None) -> bool:
         """Whether every given running node (default: a quorum of all) committed ``index`` (with ``term``)."""
