@@ -138,9 +138,13 @@ def encode(msg: Message) -> bytes:
             flags |= _F_DONE
         if msg.force:
             flags |= _F_FORCE
+        if min(msg.term, msg.log_term, msg.index, msg.commit, msg.reject_hint, msg.offset) < 0:
+            raise CodecError("negative integer field")
         snap = msg.snapshot
         if snap is not None:
             flags |= _F_SNAPSHOT
+            if snap.index < 0 or snap.term < 0:
+                raise CodecError("negative snapshot index or term")
         parts: list[bytes] = [
             b"",  # frame header, filled in below
             _FIXED.pack(
