@@ -22,12 +22,16 @@ from raftlib.errors import (
     ConfChangeInProgress,
     ConfigError,
     LeadershipTransferError,
+    NodeStopped,
     NotLeader,
     ProposalDropped,
     RaftError,
+    StateMachineError,
     StorageCorrupted,
     UncommittedLimitExceeded,
 )
+from raftlib.node import LeaderChange, NodeConfig, RaftNode, install_uvloop
+from raftlib.statemachine import SnapshotWriter, StateMachine
 
 __version__ = "0.1.0"
 
@@ -40,6 +44,14 @@ __all__ = [
     "LeadershipTransferError",
     "Entry",
     "HardState",
+    "LeaderChange",
+    "NodeConfig",
+    "NodeStopped",
+    "RaftNode",
+    "SnapshotWriter",
+    "StateMachine",
+    "StateMachineError",
+    "install_uvloop",
     "Message",
     "MessageType",
     "NotLeader",

@@ -103,3 +103,24 @@ class StorageCorrupted(RaftError):
         self.offset = offset
         self.detail = detail
         super().__init__(f"storage corrupted in {path} at offset {offset}: {detail}")
+
+
+class StateMachineError(RaftError):
+    """The state machine raised while applying an entry: the node stopped.
+
+    A node whose state machine failed to apply a committed entry has diverged
+    from its peers and must not serve; ``index`` is the entry that failed.
+    """
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        self.index = index
+        self.cause = cause
+        super().__init__(f"state machine failed to apply entry {index}: {cause!r}")
+
+
+class NodeStopped(RaftError):
+    """The node is not running (not started yet, stopped, or failed); ``reason`` says which."""
+
+    def __init__(self, reason: str = "stopped") -> None:
+        self.reason = reason
+        super().__init__(f"raft node is not running ({reason})")

@@ -756,7 +756,7 @@ class Raft:
             return
         if index < log.log.snapshot_index:
             return
-        self.snapshot_meta = SnapshotMeta(index, log.term(index), self.membership_at(index))
+        self.snapshot_meta = self.snapshot_meta_at(index)
         keep_from = index - self.config.snapshot_trailing_entries
         if keep_from > log.log.snapshot_index:
             log.compact(keep_from)
@@ -764,6 +764,12 @@ class Raft:
             c for i, c in enumerate(self.conf_history)
             if c[0] > index or i + 1 == len(self.conf_history) or self.conf_history[i + 1][0] > index
         ]
+
+    def snapshot_meta_at(self, index: int) -> SnapshotMeta:
+        """Identity of a snapshot of the state machine at applied ``index``."""
+        if index > self.log.applied:
+            raise ValueError(f"snapshot index {index} is beyond the applied index {self.log.applied}")
+        return SnapshotMeta(index, self.log.term(index), self.membership_at(index))
 
     def membership_at(self, index: int) -> Membership:
         """The configuration in force once entries up to ``index`` are applied."""

@@ -178,6 +178,10 @@ class RawNode:
         """
         self.raft.compact(index)
 
+    def snapshot_meta_at(self, index: int) -> SnapshotMeta:
+        """The identity (term, configuration) a snapshot taken at applied ``index`` has."""
+        return self.raft.snapshot_meta_at(index)
+
     def report_snapshot_failure(self, peer: str) -> None:
         """The driver could not read the snapshot it was sending to ``peer``."""
         self.raft.report_snapshot_failure(peer)

@@ -1,0 +1,1 @@
+"""Examples built on raftlib's public API."""

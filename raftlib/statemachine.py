@@ -1,0 +1,76 @@
+"""The contract between raftlib and the application's replicated state machine.
+
+Subclass :class:`StateMachine` and implement ``apply``; implement
+``snapshot``/``restore`` so the log can be compacted::
+
+    class Counter(raftlib.StateMachine):
+        def __init__(self) -> None:
+            self.value = 0
+
+        def apply(self, command: bytes, index: int) -> int:
+            self.value += int(command)
+            return self.value            # becomes the result of node.propose()
+
+        def snapshot(self) -> bytes:
+            return str(self.value).encode()
+
+        def restore(self, data: bytes) -> None:
+            self.value = int(data)
+
+Threading rules (the hashicorp/raft FSM pattern):
+
+* ``apply`` runs on the event loop, one entry at a time, in log order. It must
+  be deterministic (same commands → same state on every node) and must not
+  block: it is on the critical path of every write.
+* ``snapshot`` runs on the event loop too, between two applies, and must be
+  cheap: return ``bytes`` for a small state, or a :class:`SnapshotWriter`
+  that captured a point-in-time view (a copy-on-write structure, an immutable
+  object, a database snapshot handle). Its ``write`` is then called in a
+  worker thread while ``apply`` continues on the loop, so it must only read
+  the captured view.
+* ``restore`` (or ``restore_stream`` for large states) runs in a worker thread
+  while no ``apply`` is in progress: the node does not apply anything until it
+  returns.
+
+An exception raised by ``apply`` is fatal for the node: it is logged, the node
+stops, and pending proposals fail with :class:`StateMachineError`. A state
+machine that failed to apply an entry has diverged and must not keep serving.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, BinaryIO
+
+
+class SnapshotWriter(abc.ABC):
+    """A point-in-time view of a large state, written out in a worker thread."""
+
+    @abc.abstractmethod
+    def write(self, out: BinaryIO) -> None:
+        """Write the captured state to ``out`` (called in a worker thread)."""
+
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Called once the snapshot is written (or failed): free the captured view."""
+
+
+class StateMachine(abc.ABC):
+    """Base class of replicated state machines."""
+
+    @abc.abstractmethod
+    def apply(self, command: bytes, index: int) -> Any:
+        """Apply a committed command; the return value resolves ``propose()`` on its node."""
+
+    def snapshot(self) -> bytes | SnapshotWriter:
+        """Capture the state (cheaply, on the event loop); see the module docstring."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement snapshot(): the log cannot be compacted"
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's (simple form: all bytes at once)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement restore()")
+
+    def restore_stream(self, stream: BinaryIO) -> None:
+        """Replace the whole state from a stream; override for states too large for memory."""
+        self.restore(stream.read())
