@@ -280,6 +280,12 @@ class InvariantChecker:
             )
         self._next_apply[node_id] = max(self._next_apply.get(node_id, 1), idx + 1)
 
+    def observe(self, node_id: str) -> None:
+        """Check one running node now (the simulator calls this before compacting its log)."""
+        raw = self.cores.get(node_id)
+        if raw is not None:
+            self._check_node(node_id, raw)
+
     def after_event(self, node_ids: Iterable[str]) -> None:
         """Check the nodes an event touched (stepped, ticked, persisted)."""
         for node_id in node_ids:
