@@ -1,0 +1,16 @@
+"""Durable state of a Raft node: the write-ahead log and snapshots.
+
+* :class:`Storage` is the interface the driver persists through.
+* :class:`DiskStorage` keeps a segmented, CRC-checked write-ahead log with
+  group commit, and snapshot files (see ``docs/storage.md``).
+* :class:`MemoryStorage` behaves the same in memory, for tests.
+* :class:`FileOps` is the file-operations layer ``DiskStorage`` goes through,
+  replaceable for fault injection.
+"""
+
+from raftlib.storage.base import Storage, StorageError
+from raftlib.storage.files import FileOps
+from raftlib.storage.memory import MemoryStorage
+from raftlib.storage.wal import DiskStorage
+
+__all__ = ["DiskStorage", "FileOps", "MemoryStorage", "Storage", "StorageError"]

@@ -1,0 +1,742 @@
+"""The segmented write-ahead log, and :class:`DiskStorage` built on it.
+
+Layout of a data directory::
+
+    <data_dir>/wal/<seq:016x>-<firstindex:016x>.wal   log segments, replayed in seq order
+    <data_dir>/snap/<index:016x>-<term:016x>.snap     snapshots (see raftlib.storage.snapshot)
+
+Record framing (little endian)::
+
+    u32 length | u32 crc | u8 type | payload (length bytes)
+
+``crc`` is CRC-32 (``zlib.crc32``, the IEEE polynomial) of the type byte and
+the payload. Record types:
+
+* ``SEGMENT`` (1), first record of every segment: u32 format version, u64 seq,
+  u64 first index, then the hard state current when the segment was created
+  (so deleting older segments never loses the hard state).
+* ``BATCH`` (2), one per :meth:`DiskStorage.save`: u8 flags (bit 0: a hard
+  state follows), the hard state if present, u64 first index, u32 count, then
+  per entry u64 term, u8 type, u32 length, data. A batch whose first index is
+  at or below the last stored index replaces the stored entries from there
+  (that is how a truncation is recorded). One save is one record, so after a
+  crash it is either wholly present or wholly absent.
+* ``SNAPSHOT`` (3), written when a snapshot from the leader is installed: u64
+  index, u64 term, u8 keep. Entries up to ``index`` are dropped; later ones
+  too unless ``keep``.
+
+Hard state encoding: u64 term, u64 commit, u16 vote length (0xFFFF: no vote),
+vote as UTF-8.
+
+Recovery rule: a record is *bad* when its header or body runs past the end
+of the file, its length is implausible, or its CRC does not match. A bad
+record in the **last** segment with no valid record at any byte offset after
+it is a *torn tail* (a write the crash interrupted): the file is truncated
+there, with a warning. Any other bad record (in an earlier segment, or
+followed by a valid record) raises :class:`~raftlib.errors.StorageCorrupted`
+naming the file and the record's offset. A record with a valid CRC that does
+not decode is corruption too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import threading
+import zlib
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from raftlib.core import Entry, HardState, PersistentState, SnapshotMeta
+from raftlib.errors import StorageCorrupted
+from raftlib.storage.base import StorageError
+from raftlib.storage.files import FileOps
+from raftlib.storage.snapshot import SnapshotStore
+
+__all__ = ["DEFAULT_SEGMENT_BYTES", "DiskStorage", "WAL_VERSION"]
+
+log = logging.getLogger("raftlib.storage")
+
+WAL_VERSION = 1
+DEFAULT_SEGMENT_BYTES = 64 << 20
+MAX_RECORD = 1 << 30
+
+REC_SEGMENT = 1
+REC_BATCH = 2
+REC_SNAPSHOT = 3
+_KNOWN_TYPES = frozenset({REC_SEGMENT, REC_BATCH, REC_SNAPSHOT})
+
+_REC = struct.Struct("<IIB")  # length, crc, type
+_REC_HEADER = _REC.size  # 9
+_LENCRC = struct.Struct("<II")
+_SEG = struct.Struct("<IQQ")  # version, seq, first index
+_HS = struct.Struct("<QQH")  # term, commit, vote length
+_NO_VOTE = 0xFFFF
+_BATCH = struct.Struct("<QI")  # first index, count
+_ENT = struct.Struct("<QBI")  # term, type, data length
+_SNAP = struct.Struct("<QQB")  # index, term, keep
+_FLAG_HS = 1
+
+
+# -- encoding --------------------------------------------------------------
+
+
+def _frame(rtype: int, payload: bytes) -> bytes:
+    body = bytes((rtype,)) + payload
+    return _LENCRC.pack(len(payload), zlib.crc32(body)) + body
+
+
+def _encode_hs(hs: HardState) -> bytes:
+    if hs.vote is None:
+        return _HS.pack(hs.term, hs.commit, _NO_VOTE)
+    vote = hs.vote.encode()
+    if len(vote) >= _NO_VOTE:
+        raise ValueError("vote (node id) too long")
+    return _HS.pack(hs.term, hs.commit, len(vote)) + vote
+
+
+def _decode_hs(buf: memoryview, pos: int) -> tuple[HardState, int]:
+    term, commit, vlen = _HS.unpack_from(buf, pos)
+    pos += _HS.size
+    if vlen == _NO_VOTE:
+        return HardState(term, None, commit), pos
+    if pos + vlen > len(buf):
+        raise ValueError("vote runs past the record")
+    return HardState(term, bytes(buf[pos : pos + vlen]).decode(), commit), pos + vlen
+
+
+def encode_segment_header(seq: int, first_index: int, hs: HardState) -> bytes:
+    """The framed SEGMENT record that starts a segment file."""
+    return _frame(REC_SEGMENT, _SEG.pack(WAL_VERSION, seq, first_index) + _encode_hs(hs))
+
+
+def encode_batch(hs: HardState | None, entries: list[Entry]) -> bytes:
+    """The framed BATCH record of one save (entries must be contiguous)."""
+    parts: list[bytes] = [bytes((_FLAG_HS if hs is not None else 0,))]
+    if hs is not None:
+        parts.append(_encode_hs(hs))
+    first = entries[0].index if entries else 0
+    parts.append(_BATCH.pack(first, len(entries)))
+    pack = _ENT.pack
+    for e in entries:
+        data = e.data
+        parts.append(pack(e.term, e.type, len(data)))
+        parts.append(data)
+    return _frame(REC_BATCH, b"".join(parts))
+
+
+def encode_snapshot_mark(index: int, term: int, keep: bool) -> bytes:
+    """The framed SNAPSHOT record: the install rule applied at ``index``."""
+    return _frame(REC_SNAPSHOT, _SNAP.pack(index, term, 1 if keep else 0))
+
+
+def _decode_batch(buf: memoryview) -> tuple[HardState | None, list[Entry]]:
+    flags = buf[0]
+    pos = 1
+    hs: HardState | None = None
+    if flags & _FLAG_HS:
+        hs, pos = _decode_hs(buf, pos)
+    first, count = _BATCH.unpack_from(buf, pos)
+    pos += _BATCH.size
+    out: list[Entry] = []
+    unpack = _ENT.unpack_from
+    size = len(buf)
+    for k in range(count):
+        term, etype, ln = unpack(buf, pos)
+        pos += _ENT.size
+        if pos + ln > size:
+            raise ValueError("entry data runs past the record")
+        out.append(Entry(first + k, term, bytes(buf[pos : pos + ln]), etype))
+        pos += ln
+    if pos != size:
+        raise ValueError(f"{size - pos} stray bytes after the entries")
+    return hs, out
+
+
+# -- scanning ----------------------------------------------------------------
+
+
+def _record_at(buf: memoryview, pos: int) -> tuple[int, int] | None:
+    """(type, length) of a valid record at ``pos``, or None."""
+    size = len(buf)
+    if size - pos < _REC_HEADER:
+        return None
+    length, crc, rtype = _REC.unpack_from(buf, pos)
+    if rtype not in _KNOWN_TYPES or length > MAX_RECORD or pos + _REC_HEADER + length > size:
+        return None
+    if zlib.crc32(buf[pos + 8 : pos + _REC_HEADER + length]) != crc:
+        return None
+    return int(rtype), int(length)
+
+
+def _valid_record_after(buf: memoryview, bad: int) -> int | None:
+    """Offset of some valid record starting after ``bad``, or None (then ``bad`` is a torn tail)."""
+    size = len(buf)
+    if size - bad >= _REC_HEADER:
+        # Fast path: the bad record's length field may be intact.
+        length: int = _REC.unpack_from(buf, bad)[0]
+        nxt = bad + _REC_HEADER + length
+        if length <= MAX_RECORD and nxt < size and _record_at(buf, nxt) is not None:
+            return nxt
+    for pos in range(bad + 1, size - _REC_HEADER + 1):
+        if buf[pos + 8] in _KNOWN_TYPES and _record_at(buf, pos) is not None:
+            return pos
+    return None
+
+
+def _bad_reason(buf: memoryview, pos: int) -> str:
+    size = len(buf)
+    if size - pos < _REC_HEADER:
+        return f"record header cut short ({size - pos} of {_REC_HEADER} bytes)"
+    length, _crc, rtype = _REC.unpack_from(buf, pos)
+    if length > MAX_RECORD:
+        return f"implausible record length {length}"
+    if pos + _REC_HEADER + length > size:
+        return f"record of {length} bytes runs past the end of the file"
+    if rtype not in _KNOWN_TYPES:
+        return f"unknown record type {rtype}"
+    return "CRC mismatch"
+
+
+@dataclass(slots=True)
+class _Segment:
+    seq: int
+    path: str
+    size: int
+    max_index: int = 0
+    """Largest entry index written in this segment (0: none)."""
+
+
+def _segment_name(seq: int, first_index: int) -> str:
+    return f"{seq:016x}-{first_index:016x}.wal"
+
+
+def _parse_segment_name(name: str) -> tuple[int, int] | None:
+    if not name.endswith(".wal") or len(name) != 16 + 1 + 16 + 4 or name[16] != "-":
+        return None
+    try:
+        return int(name[:16], 16), int(name[17:33], 16)
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class _Replay:
+    """What replaying the segments produced."""
+
+    hard_state: HardState
+    entries: list[Entry]
+    floor: int
+    """Index below which the log holds nothing (the last SNAPSHOT record's index), 0 if none."""
+    segments: list[_Segment]
+
+
+class DiskStorage:
+    """Durable :class:`~raftlib.storage.Storage`: a segmented WAL plus snapshot files.
+
+    ``fsync=False`` skips every fsync (benchmarks and tests only: nothing is
+    durable then, and a warning is logged). ``segment_bytes`` bounds a segment
+    (a new one starts once it is exceeded). ``keep_snapshots`` is how many
+    snapshots are kept. ``fileops`` replaces the file operations (fault
+    injection, see :class:`~raftlib.storage.files.FileOps`).
+
+    Nothing happens on disk until :meth:`load`; any other method loads first
+    if needed.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        keep_snapshots: int = 2,
+        fileops: FileOps | None = None,
+    ) -> None:
+        if segment_bytes <= 0:
+            raise ValueError("segment_bytes must be positive")
+        self.data_dir = os.fspath(data_dir)
+        self.wal_dir = os.path.join(self.data_dir, "wal")
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self.ops = fileops if fileops is not None else FileOps()
+        self.snapshots = SnapshotStore(os.path.join(self.data_dir, "snap"), self.ops, fsync, keep_snapshots)
+        if not fsync:
+            log.warning(
+                "DiskStorage(%s) with fsync=False: writes are NOT durable (tests/benchmarks only)",
+                self.data_dir,
+            )
+        self._lock = threading.RLock()
+        self._loaded = False
+        self._closed = False
+        self._failed: str | None = None
+        self._segments: list[_Segment] = []
+        self._fd: int | None = None
+        self._hs = HardState()
+        # Terms of the stored entries offset+1 .. offset+len(terms).
+        self._offset = 0
+        self._terms: array[int] = array("Q")
+
+    # -- recovery -----------------------------------------------------------
+
+    def load(self) -> PersistentState:
+        """Recover (first call) and return the durable state; see :meth:`Storage.load`."""
+        with self._lock:
+            self._check_open()
+            if not self._loaded:
+                return self._recover()
+            r = self._replay(repair=False)
+            return PersistentState(r.hard_state, r.entries, self.snapshots.latest())
+
+    def _recover(self) -> PersistentState:
+        ops = self.ops
+        try:
+            ops.makedirs(self.data_dir)
+            ops.makedirs(self.wal_dir)
+        except OSError as e:
+            raise StorageError(self.wal_dir, e.errno, f"cannot create the data directory: {e}") from e
+        self.snapshots.scan()
+        r = self._replay(repair=True)
+        snap = self.snapshots.latest()
+        entries = r.entries
+        floor = r.floor
+        mark: tuple[int, int] | None = None
+        if snap is not None:
+            if entries:
+                first, last = entries[0].index, entries[-1].index
+                if first > snap.index + 1:
+                    raise StorageCorrupted(
+                        self.wal_dir,
+                        0,
+                        f"the log starts at {first} but the latest snapshot ends at {snap.index}",
+                    )
+                if last < snap.index or (
+                    first <= snap.index and entries[snap.index - first].term != snap.term
+                ):
+                    # A snapshot installed from the leader whose log update did not
+                    # reach the WAL before a crash: finish the install rule now.
+                    log.warning(
+                        "log does not match snapshot %d@%d: dropping the stored entries",
+                        snap.index,
+                        snap.term,
+                    )
+                    entries = []
+                    mark = (snap.index, snap.term)
+            floor = max(floor, snap.index)
+        elif entries and entries[0].index > floor + 1:
+            raise StorageCorrupted(
+                self.wal_dir,
+                0,
+                f"the log starts at {entries[0].index} and no snapshot covers what precedes it",
+            )
+        self._segments = r.segments
+        self._hs = r.hard_state
+        if entries:
+            self._offset = entries[0].index - 1
+            self._terms = array("Q", [e.term for e in entries])
+        else:
+            self._offset = floor
+            self._terms = array("Q")
+        if self._segments:
+            seg = self._segments[-1]
+            try:
+                self._fd = ops.open(seg.path, os.O_WRONLY | os.O_APPEND)
+            except OSError as e:
+                raise StorageError(seg.path, e.errno, f"cannot open the WAL segment: {e}") from e
+        self._loaded = True
+        if not self._segments:
+            self._roll()
+        if mark is not None:
+            self._append(encode_snapshot_mark(mark[0], mark[1], False), 0)
+        return PersistentState(self._hs, entries, snap)
+
+    def _replay(self, repair: bool) -> _Replay:
+        ops = self.ops
+        try:
+            names = ops.listdir(self.wal_dir)
+        except FileNotFoundError:
+            names = []
+        found: list[tuple[int, str]] = []
+        for name in names:
+            parsed = _parse_segment_name(name)
+            if parsed is None:
+                if name.endswith(".wal"):
+                    raise StorageCorrupted(os.path.join(self.wal_dir, name), 0, "unexpected WAL file name")
+                continue
+            found.append((parsed[0], os.path.join(self.wal_dir, name)))
+        found.sort()
+        hs = HardState()
+        entries: list[Entry] = []
+        floor = 0
+        segments: list[_Segment] = []
+        for i, (seq, path) in enumerate(found):
+            if i and seq != found[i - 1][0] + 1:
+                raise StorageCorrupted(path, 0, f"WAL segment {found[i - 1][0] + 1:016x} is missing")
+            last_segment = i == len(found) - 1
+            data = ops.read_file(path)
+            buf = memoryview(data)
+            size = len(buf)
+            seg = _Segment(seq, path, size)
+            pos = 0
+            while pos < size:
+                rec = _record_at(buf, pos)
+                if rec is None:
+                    reason = _bad_reason(buf, pos)
+                    after = _valid_record_after(buf, pos)
+                    if not last_segment or after is not None:
+                        where = "" if after is None else f" (valid record follows at offset {after})"
+                        raise StorageCorrupted(path, pos, reason + where)
+                    if not repair:
+                        raise StorageCorrupted(path, pos, reason + " (unrepaired torn tail)")
+                    log.warning(
+                        "WAL %s: torn last record at offset %d (%s); truncating %d bytes",
+                        path,
+                        pos,
+                        reason,
+                        size - pos,
+                    )
+                    self._truncate_file(path, pos)
+                    seg.size = pos
+                    break
+                rtype, length = rec
+                body = buf[pos + _REC_HEADER : pos + _REC_HEADER + length]
+                try:
+                    if pos == 0:
+                        if rtype != REC_SEGMENT:
+                            raise ValueError("segment does not start with a SEGMENT record")
+                        version, hseq, _first = _SEG.unpack_from(body)
+                        if version != WAL_VERSION:
+                            raise ValueError(f"unknown WAL format version {version}")
+                        if hseq != seq:
+                            raise ValueError(f"segment header says seq {hseq}, file name says {seq}")
+                        seg_hs, end = _decode_hs(body, _SEG.size)
+                        if end != length:
+                            raise ValueError("stray bytes after the segment header")
+                        hs = seg_hs  # the hard state current when the segment started
+                    elif rtype == REC_BATCH:
+                        bhs, ents = _decode_batch(body)
+                        if bhs is not None:
+                            hs = bhs
+                        if ents:
+                            first = ents[0].index
+                            if entries:
+                                base = entries[0].index
+                                if first > entries[-1].index + 1:
+                                    raise ValueError(
+                                        f"entries start at {first}, after a gap "
+                                        f"(last stored is {entries[-1].index})"
+                                    )
+                                if first <= base:
+                                    entries = ents
+                                else:
+                                    del entries[first - base :]
+                                    entries.extend(ents)
+                            else:
+                                if floor and first > floor + 1:
+                                    raise ValueError(f"entries start at {first} after a snapshot at {floor}")
+                                entries = ents
+                            seg.max_index = max(seg.max_index, ents[-1].index)
+                    elif rtype == REC_SNAPSHOT:
+                        index, _term, keep = _SNAP.unpack_from(body)
+                        if length != _SNAP.size:
+                            raise ValueError("bad SNAPSHOT record length")
+                        if keep and entries and entries[-1].index > index:
+                            entries = entries[max(0, index + 1 - entries[0].index) :]
+                        else:
+                            entries = []
+                        floor = index
+                    else:
+                        raise ValueError("SEGMENT record in the middle of a segment")
+                except (ValueError, struct.error, UnicodeDecodeError) as e:
+                    raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
+                pos += _REC_HEADER + length
+            if seg.size == 0:
+                # The segment's creation was torn: it holds nothing and was never used.
+                if repair:
+                    log.warning("WAL %s: empty segment left by an interrupted rollover; removing it", path)
+                    self._remove_file(path)
+                continue
+            segments.append(seg)
+        return _Replay(hs, entries, floor, segments)
+
+    def _truncate_file(self, path: str, size: int) -> None:
+        ops = self.ops
+        try:
+            fd = ops.open(path, os.O_WRONLY)
+            try:
+                ops.ftruncate(fd, size)
+                if self.fsync:
+                    ops.fsync(fd)
+            finally:
+                ops.close(fd)
+        except OSError as e:
+            raise StorageError(path, e.errno, f"cannot truncate a torn WAL tail: {e}") from e
+
+    def _remove_file(self, path: str) -> None:
+        try:
+            self.ops.unlink(path)
+            if self.fsync:
+                self.ops.fsync_dir(self.wal_dir)
+        except OSError as e:
+            raise StorageError(path, e.errno, f"cannot remove an empty WAL segment: {e}") from e
+
+    # -- writing ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("storage is closed")
+
+    def _ensure_loaded(self) -> None:
+        self._check_open()
+        if not self._loaded:
+            self._recover()
+
+    def _check_writable(self) -> None:
+        self._ensure_loaded()
+        if self._failed is not None:
+            raise StorageError(
+                self._segments[-1].path if self._segments else self.wal_dir,
+                None,
+                f"{self._failed} earlier; restart required",
+            )
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self.ops.write(fd, view)
+            if n <= 0:
+                raise OSError(5, "write returned 0")
+            view = view[n:]
+
+    def _roll(self) -> None:
+        """Seal the active segment and start a new one (header + hard state, fsynced)."""
+        seq = self._segments[-1].seq + 1 if self._segments else 1
+        path = os.path.join(self.wal_dir, _segment_name(seq, self.last_index() + 1))
+        header = encode_segment_header(seq, self.last_index() + 1, self._hs)
+        ops = self.ops
+        fd: int | None = None
+        try:
+            fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+            self._write_all(fd, header)
+        except OSError as e:
+            self._discard_new_segment(fd, path)
+            raise StorageError(path, e.errno, f"cannot start a new WAL segment: {e}") from e
+        try:
+            if self.fsync:
+                ops.fsync(fd)
+                ops.fsync_dir(self.wal_dir)
+        except OSError as e:
+            self._failed = "fsync failed"
+            self._discard_new_segment(fd, path)
+            raise StorageError(path, e.errno, f"fsync of a new WAL segment failed: {e}") from e
+        if self._fd is not None:
+            try:
+                ops.close(self._fd)
+            except OSError as e:
+                log.warning("closing WAL segment %s failed: %s", self._segments[-1].path, e)
+        self._fd = fd
+        self._segments.append(_Segment(seq, path, len(header)))
+
+    def _discard_new_segment(self, fd: int | None, path: str) -> None:
+        try:
+            if fd is not None:
+                self.ops.close(fd)
+            self.ops.unlink(path)
+        except OSError:
+            pass
+
+    def _append(self, record: bytes, max_index: int) -> None:
+        """One write and one fsync of ``record`` at the end of the active segment."""
+        if self._segments[-1].size >= self.segment_bytes:
+            self._roll()
+        seg = self._segments[-1]
+        fd = self._fd
+        assert fd is not None
+        ops = self.ops
+        try:
+            self._write_all(fd, record)
+        except OSError as e:
+            # Nothing was acknowledged: cut the partial record off again.
+            try:
+                ops.ftruncate(fd, seg.size)
+            except OSError:
+                self._failed = "a failed write could not be rolled back"
+            raise StorageError(seg.path, e.errno, f"WAL write failed: {e}") from e
+        if self.fsync:
+            try:
+                ops.fdatasync(fd)
+            except OSError as e:
+                # The page cache may have dropped our dirty pages (or not): never
+                # trust this file handle again. Best effort: cut the record off.
+                self._failed = "fsync failed"
+                with contextlib.suppress(OSError):
+                    ops.ftruncate(fd, seg.size)
+                raise StorageError(seg.path, e.errno, f"WAL fsync failed: {e}") from e
+        seg.size += len(record)
+        if max_index > seg.max_index:
+            seg.max_index = max_index
+
+    def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        """Append ``entries`` and ``hard_state`` as one record with one fsync; see :meth:`Storage.save`."""
+        with self._lock:
+            self._check_writable()
+            if hard_state is None and not entries:
+                return
+            last = self.last_index()
+            if entries:
+                first = entries[0].index
+                if not self._offset < first <= last + 1:
+                    raise ValueError(
+                        f"entries start at {first}: outside the writable range {self._offset + 1}..{last + 1}"
+                    )
+                for k, e in enumerate(entries):
+                    if e.index != first + k:
+                        raise ValueError(f"entries are not contiguous at {e.index}")
+            record = encode_batch(hard_state, entries)
+            self._append(record, entries[-1].index if entries else 0)
+            if hard_state is not None:
+                self._hs = hard_state
+            if entries:
+                del self._terms[first - self._offset - 1 :]
+                self._terms.extend(e.term for e in entries)
+
+    # -- queries ------------------------------------------------------------------
+
+    def last_index(self) -> int:
+        """Index of the last stored entry (the snapshot's index if none follows it; 0 if empty)."""
+        with self._lock:
+            self._ensure_loaded()
+            return self._offset + len(self._terms)
+
+    def hard_state(self) -> HardState:
+        """The last hard state saved."""
+        with self._lock:
+            self._ensure_loaded()
+            return self._hs
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Stored entries in ``[lo, hi)``, read back from the WAL (slow; tests and tools)."""
+        with self._lock:
+            self._ensure_loaded()
+            ents = self._replay(repair=False).entries
+            return [e for e in ents if lo <= e.index < hi]
+
+    def segment_paths(self) -> list[str]:
+        """Paths of the WAL segments, oldest first (tests and tools)."""
+        with self._lock:
+            self._ensure_loaded()
+            return [s.path for s in self._segments]
+
+    # -- compaction ------------------------------------------------------------------
+
+    def compact(self, first_index: int) -> None:
+        """Delete the oldest segments whose entries are all below ``first_index``.
+
+        The active (last) segment is never deleted; since each segment starts
+        with the hard state, deleting older ones never loses it.
+        """
+        with self._lock:
+            self._check_writable()
+            doomed: list[_Segment] = []
+            for seg in self._segments[:-1]:
+                if seg.max_index >= first_index:
+                    break
+                doomed.append(seg)
+            for seg in doomed:
+                try:
+                    self.ops.unlink(seg.path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise StorageError(
+                        seg.path, e.errno, f"cannot delete a compacted WAL segment: {e}"
+                    ) from e
+                self._segments.remove(seg)
+            if doomed and self.fsync:
+                try:
+                    self.ops.fsync_dir(self.wal_dir)
+                except OSError as e:
+                    raise StorageError(
+                        self.wal_dir, e.errno, f"fsync of the WAL directory failed: {e}"
+                    ) from e
+            drop = min(first_index - 1 - self._offset, len(self._terms))
+            if drop > 0:
+                del self._terms[:drop]
+                self._offset += drop
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
+        """Stream a local snapshot to disk (temp file, fsync, rename, directory fsync)."""
+        with self._lock:
+            self._check_writable()
+            self.snapshots.save(meta, chunks)
+
+    def begin_incoming_snapshot(self, meta: SnapshotMeta) -> None:
+        """Start receiving a snapshot from the leader (discarding any partial one)."""
+        with self._lock:
+            self._check_writable()
+            self.snapshots.begin_incoming(meta)
+
+    def write_incoming_chunk(self, offset: int, data: bytes) -> None:
+        """Write a chunk of the incoming snapshot at ``offset`` (must be the size so far)."""
+        with self._lock:
+            self._check_writable()
+            self.snapshots.write_incoming(offset, data)
+
+    def install_incoming_snapshot(self, meta: SnapshotMeta) -> None:
+        """Verify and install the received snapshot, then apply the install rule to the log."""
+        with self._lock:
+            self._check_writable()
+            self.snapshots.finish_incoming(meta)
+            keep = self._offset < meta.index <= self._offset + len(self._terms) and (
+                self._terms[meta.index - self._offset - 1] == meta.term
+            )
+            self._append(encode_snapshot_mark(meta.index, meta.term, keep), 0)
+            if keep:
+                del self._terms[: meta.index - self._offset]
+            else:
+                del self._terms[:]
+            self._offset = meta.index
+
+    def latest_snapshot(self) -> SnapshotMeta | None:
+        """Meta of the newest stored snapshot."""
+        with self._lock:
+            self._ensure_loaded()
+            return self.snapshots.latest()
+
+    def open_snapshot(self, index: int) -> BinaryIO:
+        """A checked file object positioned at the state-machine bytes of snapshot ``index``."""
+        with self._lock:
+            self._ensure_loaded()
+            return self.snapshots.open(index)
+
+    def read_snapshot_chunk(self, index: int, offset: int, size: int) -> tuple[bytes, bool]:
+        """Raw bytes of the stored snapshot file for sending, and whether they reach its end."""
+        with self._lock:
+            self._ensure_loaded()
+            return self.snapshots.read_chunk(index, offset, size)
+
+    def close(self) -> None:
+        """Close the files (a partial incoming snapshot is discarded at the next start)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.snapshots.close()
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                try:
+                    self.ops.close(fd)
+                except OSError as e:
+                    log.warning("closing the WAL failed: %s", e)
+
+    def __enter__(self) -> DiskStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
