@@ -196,3 +196,46 @@ def test_ids_and_config_overrides() -> None:
         SimCluster(3, config={"no_such_knob": 1})
     with pytest.raises(ValueError):
         SimCluster(ids=["a", "a"])
+
+
+def test_scheduled_faults_run_at_their_virtual_time() -> None:
+    c = SimCluster(3, seed=11)
+    leader = c.wait_leader()
+    start = c.ticks
+    seen = []
+    c.at(5, lambda: (seen.append(c.ticks), c.crash(leader)))
+    c.run(4)
+    assert seen == [] and c.is_up(leader)
+    c.run(2)
+    assert seen == [pytest.approx(start + 5, abs=0.01)] and not c.is_up(leader)
+
+
+def test_read_index_on_leader_and_follower_sees_committed_writes() -> None:
+    c = SimCluster(3, seed=12)
+    leader = c.wait_leader()
+    c.replicate(b"w1")
+    follower = next(i for i in c.ids if i != leader)
+    got: dict[str, object] = {}
+    c.read(leader, lambda ok, sm: got.__setitem__("leader", (ok, list(sm.data))))
+    c.read(follower, lambda ok, sm: got.__setitem__("follower", (ok, list(sm.data))))
+    c.run(3)
+    assert got == {"leader": (True, [b"w1"]), "follower": (True, [b"w1"])}
+
+
+def test_read_without_a_known_leader_raises() -> None:
+    c = SimCluster(3, seed=13, auto_tick=False)
+    with pytest.raises(NotLeader):
+        c.read("n1", lambda ok, sm: None)
+
+
+def test_replay_hint_names_non_default_options() -> None:
+    c = SimCluster(5, seed=3, snapshots=False, persist_delay=(0, 2), config={"pre_vote": False})
+    c.isolate("n1")
+    c.isolate("n2")
+    c.isolate("n3")
+    with pytest.raises(SimTimeout) as info:
+        c.wait_leader(max_ticks=60)
+    assert (
+        "SimCluster(5, seed=3, config={'pre_vote': False}, persist_delay=(0, 2), snapshots=False)"
+        in str(info.value)
+    )
