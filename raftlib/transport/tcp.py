@@ -1,0 +1,563 @@
+"""TCP transport (asyncio streams, optional mutual TLS).
+
+Each ordered pair of nodes uses its own TCP connection: a node *dials* each
+peer it sends to (opened lazily on the first send) and only writes on that
+connection; it *accepts* connections from peers and only reads from them (as
+etcd's stream types do). So two nodes talking both ways hold two connections.
+
+Connection set-up (see ``docs/transport.md``)::
+
+    dialler -> acceptor   handshake frame: protocol version, cluster id, sender id, receiver id
+    acceptor -> dialler   answer frame: ok, or refused with a reason (then the acceptor closes)
+
+The acceptor refuses (logging the reason, counting ``rejected_handshakes``) a
+wrong protocol version, a different cluster id, a sender that is not one of its
+peers, or a receiver id that is not its own. After the handshake every frame on
+the connection is a message whose ``frm`` must be the handshake's sender and
+whose ``to`` must be this node; anything else (garbage, an oversized frame, a
+spoofed sender) closes the connection, is logged and counted in ``bad_frames``.
+
+Sending never blocks: ``send`` encodes and appends frames to the peer's
+bounded queue and one ``loop.call_soon`` callback writes all of a peer's
+frames with a single ``write``. While a connection is being set up frames wait
+in that queue (up to ``max_queue_messages`` / ``max_queue_bytes``; beyond that
+*new* messages are dropped). After a failed attempt the peer is in back-off
+(capped exponential, with jitter) and its messages are dropped until the
+back-off ends; the next send then dials again. When the kernel cannot keep up
+(a slow reader), frames that would take the socket's write buffer beyond
+``max_queue_bytes`` are dropped. Every drop is counted in ``stats["dropped"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl as _ssl
+from collections.abc import Iterable, Mapping
+
+from raftlib.codec import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FLAG_HANDSHAKE,
+    HEADER_SIZE,
+    WIRE_VERSION,
+    CodecError,
+    FrameDecoder,
+    Handshake,
+    decode_handshake,
+    decode_handshake_ack,
+    encode,
+    encode_handshake,
+    encode_handshake_ack,
+    parse_header,
+)
+from raftlib.core.messages import Message
+from raftlib.transport.base import OnMessage, new_stats, parse_address
+from raftlib.transport.tls import TlsConfig
+
+__all__ = ["TcpTransport"]
+
+log = logging.getLogger("raftlib.transport.tcp")
+
+_MAX_HANDSHAKE_BYTES = 64 * 1024
+_READ_SIZE = 256 * 1024
+_STREAM_LIMIT = 256 * 1024
+
+# What a failed connection attempt or a broken connection can raise.
+_NET_ERRORS = (
+    OSError,
+    EOFError,
+    asyncio.TimeoutError,
+    asyncio.IncompleteReadError,
+    CodecError,
+    _ssl.SSLError,
+)
+
+
+class _Refused(Exception):
+    """The peer answered our handshake with a refusal."""
+
+
+class _Peer:
+    """Outgoing side of one peer: its queue, connection and back-off state."""
+
+    __slots__ = (
+        "address",
+        "connected_once",
+        "down_until",
+        "failures",
+        "frames",
+        "last_warning",
+        "nbytes",
+        "node_id",
+        "scheduled",
+        "task",
+        "writer",
+    )
+
+    def __init__(self, node_id: str, address: str) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.frames: list[bytes] = []
+        self.nbytes = 0
+        self.scheduled = False
+        self.writer: asyncio.StreamWriter | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.down_until = 0.0
+        self.failures = 0
+        self.last_warning = -1e18
+        self.connected_once = False
+
+
+class TcpTransport:
+    """A :class:`~raftlib.transport.base.Transport` over TCP (optionally mutual TLS).
+
+    ``listen`` is ``"host:port"`` (port 0 picks a free port; read ``address``
+    after :meth:`start`). ``peers`` maps node ids to ``"host:port"`` (our own
+    id, if present, is ignored). ``cluster_id`` must be the same on every node.
+    ``rng`` supplies the back-off jitter (inject a seeded one for reproducible tests).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        listen: str,
+        peers: Mapping[str, str] | None = None,
+        *,
+        cluster_id: str,
+        ssl: TlsConfig | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_queue_messages: int = 4096,
+        max_queue_bytes: int = 64 * 1024 * 1024,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        connect_timeout: float = 5.0,
+        handshake_timeout: float = 5.0,
+        warning_interval: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_frame_bytes <= 0 or max_queue_messages <= 0 or max_queue_bytes <= 0:
+            raise ValueError("max_frame_bytes, max_queue_messages and max_queue_bytes must be positive")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+        self.node_id = node_id
+        self.listen = listen
+        self.cluster_id = cluster_id
+        self.tls = ssl
+        self.max_frame_bytes = max_frame_bytes
+        self.max_queue_messages = max_queue_messages
+        self.max_queue_bytes = max_queue_bytes
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
+        self.warning_interval = warning_interval
+        self.stats: dict[str, int] = new_stats()
+        self._rng = rng if rng is not None else random.Random()
+        self._peers: dict[str, _Peer] = {}
+        self._server_ctx: _ssl.SSLContext | None = None
+        self._client_ctx: _ssl.SSLContext | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._on_message: OnMessage | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._incoming: dict[asyncio.StreamWriter, str | None] = {}
+        self._dirty: list[_Peer] = []
+        self._flush_scheduled = False
+        self._closing = False
+        self._stopped: asyncio.Future[None] | None = None
+        self._address: str | None = None
+        self.set_peers(peers or {})
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def address(self) -> str:
+        """The address actually listened on (``"host:port"``), once started."""
+        if self._address is None:
+            raise RuntimeError("transport not started")
+        return self._address
+
+    async def start(self, on_message: OnMessage) -> None:
+        """Listen on ``listen``; ``on_message`` is called on the loop for each message received."""
+        if self._server is not None or self._closing:
+            raise RuntimeError("transport already started (or stopped)")
+        self._loop = asyncio.get_running_loop()
+        self._on_message = on_message
+        if self.tls is not None:
+            self._server_ctx = self.tls.server_context()
+            self._client_ctx = self.tls.client_context()
+        host, port = parse_address(self.listen)
+        self._server = await asyncio.start_server(
+            self._accept,
+            host,
+            port,
+            ssl=self._server_ctx,
+            limit=_STREAM_LIMIT,
+            ssl_handshake_timeout=self.handshake_timeout if self._server_ctx is not None else None,
+        )
+        sockname = self._server.sockets[0].getsockname()
+        h = sockname[0]
+        self._address = f"[{h}]:{sockname[1]}" if ":" in h else f"{h}:{sockname[1]}"
+        log.debug("%s listening on %s (tls=%s)", self.node_id, self._address, self.tls is not None)
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Replace the peer set (node id -> ``"host:port"``); connections to removed or moved
+        peers are closed, and so are incoming connections from removed peers."""
+        for addr in peers.values():
+            parse_address(addr)  # validate early, raise ValueError on nonsense
+        wanted = {nid: addr for nid, addr in peers.items() if nid != self.node_id}
+        for nid, p in list(self._peers.items()):
+            if wanted.get(nid) != p.address:
+                del self._peers[nid]
+                self._retire_peer(p)
+        for nid, addr in wanted.items():
+            if nid not in self._peers:
+                self._peers[nid] = _Peer(nid, addr)
+        for w, sender in list(self._incoming.items()):
+            if sender is not None and sender not in wanted:
+                log.info("%s: closing incoming connection from removed peer %s", self.node_id, sender)
+                w.close()
+
+    @property
+    def peers(self) -> dict[str, str]:
+        """The current peer set (node id -> address)."""
+        return {nid: p.address for nid, p in self._peers.items()}
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Queue ``messages`` for their peers; written together once per loop iteration.
+
+        Never blocks and never raises for network conditions: messages to
+        unknown peers, to peers in back-off, beyond a peer's queue bound, or
+        that cannot be encoded are dropped and counted in ``stats["dropped"]``.
+        """
+        stats = self.stats
+        loop = self._loop
+        if loop is None or self._closing:
+            for _ in messages:
+                stats["dropped"] += 1
+            return
+        now = loop.time()
+        peers = self._peers
+        dirty = self._dirty
+        max_n = self.max_queue_messages
+        max_b = self.max_queue_bytes
+        for m in messages:
+            p = peers.get(m.to)
+            if p is None or p.down_until > now:
+                stats["dropped"] += 1
+                continue
+            try:
+                frame = encode(m)
+            except CodecError:
+                log.exception("%s: dropping a message that cannot be encoded: %r", self.node_id, m)
+                stats["dropped"] += 1
+                continue
+            if len(p.frames) >= max_n or p.nbytes + len(frame) > max_b:
+                stats["dropped"] += 1
+                continue
+            p.frames.append(frame)
+            p.nbytes += len(frame)
+            if not p.scheduled:
+                p.scheduled = True
+                dirty.append(p)
+        if dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; cancel and await every task. Idempotent."""
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+            return
+        self._stopped = asyncio.get_running_loop().create_future()
+        self._closing = True
+        try:
+            if self._server is not None:
+                self._server.close()
+            writers: list[asyncio.StreamWriter] = list(self._incoming)
+            for p in self._peers.values():
+                self._drop_queue(p)
+                if p.writer is not None:
+                    writers.append(p.writer)
+            for w in writers:
+                w.close()
+            while self._tasks:
+                tasks = list(self._tasks)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._tasks.difference_update(tasks)
+            for w in writers:
+                await self._wait_closed(w)
+            if self._server is not None:
+                await self._server.wait_closed()
+        finally:
+            self._stopped.set_result(None)
+        log.debug("%s stopped: %s", self.node_id, self.stats)
+
+    # ------------------------------------------------------------------ sending
+
+    def _drop_queue(self, p: _Peer) -> None:
+        if p.frames:
+            self.stats["dropped"] += len(p.frames)
+            p.frames = []
+            p.nbytes = 0
+
+    def _retire_peer(self, p: _Peer) -> None:
+        self._drop_queue(p)
+        if p.task is not None:
+            p.task.cancel()  # still awaited by stop() through self._tasks
+        if p.writer is not None:
+            p.writer.close()
+            p.writer = None
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        stats = self.stats
+        for p in dirty:
+            p.scheduled = False
+            if not p.frames or self._peers.get(p.node_id) is not p:
+                continue
+            w = p.writer
+            if w is None:
+                if p.task is None and not self._closing:
+                    self._start_task(self._dial(p), p)
+                continue  # frames wait (bounded) until the handshake completes
+            if w.is_closing():
+                self._drop_queue(p)  # the connection is going away; its watcher will clean up
+                continue
+            transport = w.transport
+            if transport.get_write_buffer_size() + p.nbytes > self.max_queue_bytes:
+                self._drop_queue(p)  # slow reader: never let the write buffer grow without bound
+                continue
+            frames, n, nbytes = p.frames, len(p.frames), p.nbytes
+            p.frames = []
+            p.nbytes = 0
+            w.write(frames[0] if n == 1 else b"".join(frames))
+            stats["sent"] += n
+            stats["bytes_sent"] += nbytes
+
+    def _start_task(self, coro: object, peer: _Peer | None = None) -> asyncio.Task[None]:
+        assert self._loop is not None
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if peer is not None:
+            peer.task = task
+        return task
+
+    def _backoff_delay(self, failures: int) -> float:
+        base = min(self.backoff_max, self.backoff_initial * float(1 << min(failures - 1, 30)))
+        return base * (0.5 + 0.5 * self._rng.random())  # "equal jitter": [base/2, base)
+
+    async def _dial(self, p: _Peer) -> None:
+        """Connect to ``p`` and handshake; then watch the connection until it closes."""
+        writer: asyncio.StreamWriter | None = None
+        try:
+            try:
+                host, port = parse_address(p.address)
+                reader, w = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=self._client_ctx, limit=_STREAM_LIMIT),
+                    self.connect_timeout,
+                )
+                writer = w
+                w.write(encode_handshake(Handshake(self.cluster_id, self.node_id, p.node_id)))
+                ok, reason = await asyncio.wait_for(self._read_answer(reader), self.handshake_timeout)
+                if not ok:
+                    raise _Refused(reason)
+            except (*_NET_ERRORS, _Refused) as exc:
+                if writer is not None:
+                    writer.close()
+                    await self._wait_closed(writer)
+                await self._connect_failed(p, exc)
+                return
+            if self._closing or self._peers.get(p.node_id) is not p:
+                w.close()
+                await self._wait_closed(w)
+                return
+            if p.connected_once:
+                self.stats["reconnects"] += 1
+            if p.failures:
+                log.info(
+                    "%s: connected to peer %s at %s after %d failed attempt(s)",
+                    self.node_id,
+                    p.node_id,
+                    p.address,
+                    p.failures,
+                )
+            else:
+                log.debug("%s: connected to peer %s at %s", self.node_id, p.node_id, p.address)
+            p.connected_once = True
+            p.failures = 0
+            p.writer = writer
+            if p.frames and not p.scheduled:
+                p.scheduled = True
+                self._dirty.append(p)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    asyncio.get_running_loop().call_soon(self._flush)
+            # The acceptor never writes after its answer: a read returns only at EOF or error.
+            try:
+                data = await reader.read(1)
+                if data:
+                    log.warning(
+                        "%s: peer %s sent data on an outgoing connection; closing it", self.node_id, p.node_id
+                    )
+            except _NET_ERRORS as exc:
+                log.debug("%s: connection to %s lost: %r", self.node_id, p.node_id, exc)
+            else:
+                log.debug("%s: connection to %s closed by the peer", self.node_id, p.node_id)
+        finally:
+            if p.writer is writer:
+                p.writer = None
+            if p.task is asyncio.current_task():
+                p.task = None
+            if writer is not None:
+                writer.close()
+
+    async def _read_answer(self, reader: asyncio.StreamReader) -> tuple[bool, str]:
+        header = await reader.readexactly(HEADER_SIZE)
+        flags, length = parse_header(header, _MAX_HANDSHAKE_BYTES)
+        if flags != FLAG_HANDSHAKE:
+            raise CodecError("expected a handshake answer")
+        return decode_handshake_ack(await reader.readexactly(length))
+
+    async def _connect_failed(self, p: _Peer, exc: BaseException) -> None:
+        """Log (rate-limited), drop the queue, and hold the peer in back-off for a while."""
+        assert self._loop is not None
+        p.failures += 1
+        delay = self._backoff_delay(p.failures)
+        now = self._loop.time()
+        reason = (
+            f"refused: {exc}"
+            if isinstance(exc, _Refused)
+            else (repr(exc) if str(exc) else type(exc).__name__)
+        )
+        if p.failures == 1 or now - p.last_warning >= self.warning_interval:
+            p.last_warning = now
+            log.warning(
+                "%s: cannot reach peer %s at %s (%s); %d attempt(s) failed, retrying with back-off "
+                "(at most %.1fs); messages to it are dropped meanwhile",
+                self.node_id,
+                p.node_id,
+                p.address,
+                reason,
+                p.failures,
+                self.backoff_max,
+            )
+        else:
+            log.debug("%s: peer %s still unreachable (%s)", self.node_id, p.node_id, reason)
+        self._drop_queue(p)
+        p.down_until = now + delay
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            p.down_until = 0.0
+
+    # ------------------------------------------------------------------ receiving
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain (non-async) callback: the task is created here, so stop() always sees it.
+        if self._closing:
+            writer.close()
+            return
+        self._incoming[writer] = None
+        self._start_task(self._serve(reader, writer))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            try:
+                hs = await asyncio.wait_for(self._read_handshake(reader), self.handshake_timeout)
+            except CodecError as exc:
+                self.stats["bad_frames"] += 1
+                log.warning(
+                    "%s: closing connection from %s: bad handshake frame: %s", self.node_id, peer, exc
+                )
+                return
+            except _NET_ERRORS as exc:
+                log.info("%s: connection from %s ended before its handshake: %r", self.node_id, peer, exc)
+                return
+            reason = self._check_handshake(hs)
+            if reason is not None:
+                self.stats["rejected_handshakes"] += 1
+                log.warning("%s: refusing connection from %s (%r): %s", self.node_id, peer, hs.sender, reason)
+                writer.write(encode_handshake_ack(False, reason))
+                return
+            writer.write(encode_handshake_ack(True))
+            self._incoming[writer] = hs.sender
+            log.debug("%s: accepted connection from %s at %s", self.node_id, hs.sender, peer)
+            await self._receive_loop(reader, hs.sender, peer)
+        except _NET_ERRORS as exc:
+            log.debug("%s: connection from %s lost: %r", self.node_id, peer, exc)
+        finally:
+            self._incoming.pop(writer, None)
+            writer.close()
+            if not self._closing:
+                await self._wait_closed(writer)
+
+    async def _read_handshake(self, reader: asyncio.StreamReader) -> Handshake:
+        header = await reader.readexactly(HEADER_SIZE)
+        flags, length = parse_header(header, _MAX_HANDSHAKE_BYTES)
+        if flags != FLAG_HANDSHAKE:
+            raise CodecError("first frame is not a handshake")
+        return decode_handshake(await reader.readexactly(length))
+
+    def _check_handshake(self, hs: Handshake) -> str | None:
+        if hs.protocol != WIRE_VERSION:
+            return f"protocol version {hs.protocol} not supported (we speak {WIRE_VERSION})"
+        if hs.cluster_id != self.cluster_id:
+            return f"cluster id mismatch: {hs.cluster_id!r} is not {self.cluster_id!r}"
+        if hs.receiver != self.node_id:
+            return f"connection meant for {hs.receiver!r}, this is {self.node_id!r}"
+        if hs.sender not in self._peers:
+            return f"unknown sender {hs.sender!r} (not a peer of {self.node_id!r})"
+        return None
+
+    async def _receive_loop(self, reader: asyncio.StreamReader, sender: str, peer: object) -> None:
+        decoder = FrameDecoder(self.max_frame_bytes)
+        stats = self.stats
+        on_message = self._on_message
+        assert on_message is not None
+        me = self.node_id
+        while True:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                log.debug("%s: connection from %s closed", me, sender)
+                return
+            stats["bytes_received"] += len(data)
+            try:
+                messages = decoder.feed(data)
+            except CodecError as exc:
+                stats["bad_frames"] += 1
+                log.warning("%s: closing connection from %s (%s): bad frame: %s", me, sender, peer, exc)
+                return
+            for m in messages:
+                if m.frm != sender or m.to != me:
+                    stats["bad_frames"] += 1
+                    log.warning(
+                        "%s: closing connection from %s: message %s->%s does not match the handshake",
+                        me,
+                        sender,
+                        m.frm,
+                        m.to,
+                    )
+                    return
+                stats["received"] += 1
+                try:
+                    on_message(m)
+                except Exception:
+                    log.exception("%s: on_message raised for %r", me, m)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    async def _wait_closed(writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except asyncio.TimeoutError:
+            writer.transport.abort()
+        except Exception:  # the connection may have failed in any way; it is closed now
+            pass
