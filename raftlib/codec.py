@@ -86,7 +86,14 @@ _ENTRY_STRUCT_CACHE_MAX = 512
 
 
 class CodecError(RaftError, ValueError):
-    """A frame or message cannot be encoded or decoded (malformed, oversized, unknown version...)."""
+    """A frame or message cannot be encoded or decoded (malformed, oversized, unknown version...).
+
+    When raised by :meth:`FrameDecoder.feed`, ``messages`` holds the valid
+    messages that preceded the bad frame in the same call (a receiver may still
+    deliver them before closing the stream).
+    """
+
+    messages: tuple[Message, ...] = ()
 
 
 def _entries_struct(n: int) -> struct.Struct:
@@ -401,15 +408,19 @@ class FrameDecoder:
         total = len(data)
         max_bytes = self.max_frame_bytes
         with memoryview(data) as mv:
-            while total - pos >= HEADER_SIZE:
-                flags, length = parse_header(mv[pos : pos + HEADER_SIZE], max_bytes)
-                if flags:
-                    raise CodecError("unexpected handshake frame in a message stream")
-                start = pos + HEADER_SIZE
-                if total - start < length:
-                    break
-                out.append(decode(mv[start : start + length]))
-                pos = start + length
+            try:
+                while total - pos >= HEADER_SIZE:
+                    flags, length = parse_header(mv[pos : pos + HEADER_SIZE], max_bytes)
+                    if flags:
+                        raise CodecError("unexpected handshake frame in a message stream")
+                    start = pos + HEADER_SIZE
+                    if total - start < length:
+                        break
+                    out.append(decode(mv[start : start + length]))
+                    pos = start + length
+            except CodecError as exc:
+                exc.messages = tuple(out)
+                raise
         return out, pos
 
 

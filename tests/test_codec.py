@@ -347,3 +347,10 @@ def test_handshake_round_trip_and_answer() -> None:
     )
     with pytest.raises(CodecError):
         decode_handshake(frame[HEADER_SIZE:-1])
+
+
+def test_codec_error_carries_the_messages_decoded_before_the_bad_frame() -> None:
+    good = [Message(MessageType.VOTE, "a", "b", i) for i in range(3)]
+    with pytest.raises(CodecError) as info:
+        FrameDecoder().feed(encode_many(good) + b"XX" + b"\x00" * 20)
+    assert list(info.value.messages) == good

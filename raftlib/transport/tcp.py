@@ -34,7 +34,7 @@ import asyncio
 import logging
 import random
 import ssl as _ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from raftlib.codec import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -140,6 +140,7 @@ class TcpTransport:
             raise ValueError("max_frame_bytes, max_queue_messages and max_queue_bytes must be positive")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        parse_address(listen)  # ValueError now rather than at start()
         self.node_id = node_id
         self.listen = listen
         self.cluster_id = cluster_id
@@ -528,12 +529,12 @@ class TcpTransport:
                 log.debug("%s: connection from %s closed", me, sender)
                 return
             stats["bytes_received"] += len(data)
+            bad: CodecError | None = None
             try:
-                messages = decoder.feed(data)
+                messages: Sequence[Message] = decoder.feed(data)
             except CodecError as exc:
-                stats["bad_frames"] += 1
-                log.warning("%s: closing connection from %s (%s): bad frame: %s", me, sender, peer, exc)
-                return
+                bad = exc
+                messages = exc.messages  # the valid frames before the bad one are still delivered
             for m in messages:
                 if m.frm != sender or m.to != me:
                     stats["bad_frames"] += 1
@@ -550,6 +551,10 @@ class TcpTransport:
                     on_message(m)
                 except Exception:
                     log.exception("%s: on_message raised for %r", me, m)
+            if bad is not None:
+                stats["bad_frames"] += 1
+                log.warning("%s: closing connection from %s (%s): bad frame: %s", me, sender, peer, bad)
+                return
 
     # ------------------------------------------------------------------ helpers
 
