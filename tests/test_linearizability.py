@@ -619,3 +619,86 @@ def test_performance_sweep(n_ops: int, n_keys: int, n_procs: int) -> None:
         took = time.monotonic() - started
         print(f"  corrupted: {res.status} in {took:.3f}s")
         assert res.status == "violation" and victim is not None and res.key == victim.key
+
+
+# --------------------------------------------------------------------------------------------------
+# Against a brute-force reference: random small histories (mostly not linearizable), every order.
+
+
+def brute_force_linearizable(h: History) -> bool:
+    """Try every order (no memo, no pruning): the definition, executed."""
+    ops = [op for op in h.ops if op.status != "failed" and not (op.kind == "read" and op.status != "ok")]
+    by_key: dict[object, list[Op]] = {}
+    for op in ops:
+        by_key.setdefault(op.key, []).append(op)
+
+    def step(op: Op, state: bytes | None) -> tuple[bool, bytes | None]:
+        if op.kind == "read":
+            return op.result == state, state
+        if op.kind == "write":
+            return True, op.value
+        if op.kind == "delete":
+            return True, None
+        if op.status == "ok" and op.ok is False:
+            return state != op.expected, state
+        return state == op.expected, op.value
+
+    def search(remaining: list[Op], state: bytes | None) -> bool:
+        if all(op.status != "ok" for op in remaining):
+            return True  # the rest had unknown outcomes: they never took effect
+        for x in remaining:
+            if any(
+                y.completed is not None and y.completed < x.invoked for y in remaining if y.status == "ok"
+            ):
+                continue  # some op that returned before x was invoked is not placed yet
+            good, new_state = step(x, state)
+            if good and search([y for y in remaining if y is not x], new_state):
+                return True
+        return False
+
+    return all(search(key_ops, None) for key_ops in by_key.values())
+
+
+def random_small_history(seed: int) -> History:
+    rng = random.Random(seed)
+    values = [None, b"a", b"b"]
+    h = History()
+    planned = []
+    for p in range(rng.randrange(1, 5)):
+        t = rng.randrange(3)
+        for _ in range(rng.randrange(1, 4)):
+            start = t + rng.randrange(2)
+            end = start + rng.randrange(4)
+            planned.append((start, p, end))
+            t = end
+    for start, p, end in sorted(planned):
+        kind = rng.choice(["read", "read", "write", "cas", "delete"])
+        key = rng.choice([b"x", b"x", b"y"])
+        complete: float | None = None if rng.random() < 0.2 else end
+        value = rng.choice(values[1:]) if kind in ("write", "cas") else None
+        expected = rng.choice(values) if kind == "cas" else None
+        op = h.invoke(process=p, kind=kind, key=key, value=value, expected=expected, at=start)  # type: ignore[arg-type]
+        if complete is None:
+            h.timeout(op)
+        elif kind == "read":
+            h.complete(op, at=complete, result=rng.choice(values))
+        elif kind == "cas":
+            h.complete(op, at=complete, ok=rng.random() < 0.5)
+        elif rng.random() < 0.1:
+            h.fail(op, at=complete)
+        else:
+            h.complete(op, at=complete)
+    return h
+
+
+def test_agrees_with_brute_force_on_random_small_histories() -> None:
+    verdicts = {"ok": 0, "violation": 0}
+    for seed in range(1500):
+        h = random_small_history(seed)
+        res = check(h, time_budget=5)
+        expected = "ok" if brute_force_linearizable(h) else "violation"
+        assert res.status == expected, f"seed {seed}: checker says {res.status}, brute force {expected}\n" + (
+            "\n".join(str(op) for op in h.ops)
+        )
+        verdicts[res.status] += 1
+    assert min(verdicts.values()) > 200, verdicts  # both verdicts well represented

@@ -603,31 +603,33 @@ def _search(ops: list[Op], deadline: float | None) -> _KeyOutcome:
     open_head = no
     onxt = [-1] * (no + 1)
     oprv = [-1] * (no + 1)
-    last, olast = head, open_head
+    last = head
+    open_order: list[int] = []
     for position, (_, _, which, node) in enumerate(events):
         if which == 0:
             rank[node] = position
             nxt[last], prv[node], last = node, last, node
         else:
             open_rank[node] = position
-            onxt[olast], oprv[node], olast = node, olast, node
+            open_order.append(node)
 
     # Open ops with the same effect are interchangeable (none has a return to order it): only the
-    # first not yet linearized of each class, in invocation order, is ever tried.
+    # first not yet linearized of each class, in invocation order, is ever tried. The open list
+    # holds just those class heads, in invocation order.
     classes: dict[tuple[int, int, int], int] = {}
     open_class = [0] * no
-    class_pos = [0] * no
-    sizes: list[int] = []
-    node = onxt[open_head]
-    while node != -1:
+    successor = [-1] * no  # the next member of the same class
+    class_last: list[int] = []
+    olast = open_head
+    for node in open_order:
         i = open_[node]
         c = open_class[node] = classes.setdefault((code[i], arg_a[i], arg_b[i]), len(classes))
-        if c == len(sizes):
-            sizes.append(0)
-        class_pos[node] = sizes[c]
-        sizes[c] += 1
-        node = onxt[node]
-    class_used = [0] * len(sizes)
+        if c == len(class_last):
+            class_last.append(node)
+            onxt[olast], oprv[node], olast = node, olast, node
+        else:
+            successor[class_last[c]] = node
+            class_last[c] = node
 
     state = 0
     lin_done = 0  # bitset over slots of `done`
@@ -695,19 +697,18 @@ def _search(ops: list[Op], deadline: float | None) -> _KeyOutcome:
                     remaining -= 1
                     entry = nxt[head]
                     continue
+                if c in (_READ, _CAS_FAIL):  # see the note where such ops are backtracked
+                    entry = -1
+                    oentry = -1
+                    continue
             entry = nxt[entry]
             continue
         if oentry != -1 and open_rank[oentry] < bound:
             j = oentry
             i = open_[j]
-            if class_pos[j] != class_used[open_class[j]]:
-                good = False
-            elif code[i] == _WRITE:
-                # Two open ops in a row where the second is a write: the first is pointless (nobody
-                # saw its effect, and it was optional), so that order need not be explored.
-                good = not stack or stack[-1][0] >= 0
-            else:  # an open CAS
-                good = state == arg_b[i]
+            # An open op is a write or a CAS. Two open ops in a row where the second is a write:
+            # the first is pointless (nobody saw its effect and it was optional), so skip that order.
+            good = (not stack or stack[-1][0] >= 0) if code[i] == _WRITE else state == arg_b[i]
             if good:
                 new_state = arg_a[i]
                 new_open = lin_open | (1 << j)
@@ -723,11 +724,18 @@ def _search(ops: list[Op], deadline: float | None) -> _KeyOutcome:
                     stack.append((-j - 1, state, bound))
                     state = new_state
                     lin_open = new_open
-                    class_used[open_class[j]] += 1
-                    p, q = oprv[j], onxt[j]
+                    p, q = oprv[j], onxt[j]  # replace j by its successor in the open list
                     onxt[p] = q
                     if q != -1:
                         oprv[q] = p
+                    s2 = successor[j]
+                    if s2 != -1:
+                        r2 = open_rank[s2]
+                        while q != -1 and open_rank[q] < r2:
+                            p, q = q, onxt[q]
+                        onxt[p], oprv[s2], onxt[s2] = s2, p, q
+                        if q != -1:
+                            oprv[q] = s2
                     entry = nxt[head]
                     continue
             oentry = onxt[oentry]
@@ -752,11 +760,22 @@ def _search(ops: list[Op], deadline: float | None) -> _KeyOutcome:
             if q != -1:
                 prv[q] = node
             remaining += 1
-            entry = nxt[node]
+            if code[done[k]] == _READ or code[done[k]] == _CAS_FAIL:
+                # It left the state alone and could go first: nothing else at this configuration
+                # can succeed where linearizing it right away failed. Keep backtracking.
+                entry = -1
+                oentry = -1
+            else:
+                entry = nxt[node]
         else:
             j = -node - 1
             lin_open ^= 1 << j
-            class_used[open_class[j]] -= 1
+            s2 = successor[j]
+            if s2 != -1:
+                p, q = oprv[s2], onxt[s2]
+                onxt[p] = q
+                if q != -1:
+                    oprv[q] = p
             p, q = oprv[j], onxt[j]
             onxt[p] = j
             if q != -1:
