@@ -140,7 +140,7 @@ class PowerLossFileOps(FileOps):
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         if self._tick():
-            part = self.rng.randrange(len(data) + 1)
+            part = self.rng.choice([len(data), self.rng.randrange(len(data) + 1)])
             super().write(fd, bytes(data[:part]))
             raise PowerCut(f"write ({part} of {len(data)} bytes reached the file)")
         return super().write(fd, data)
@@ -220,7 +220,9 @@ class PowerLossFileOps(FileOps):
                 cur = current.get(fid)
                 if cur is not None and cur.startswith(data) and len(cur) > len(data):
                     extra = cur[len(data) :]
-                    data += extra[: self.rng.randrange(len(extra) + 1)]
+                    # all of it reached the disk, none of it, or a prefix
+                    keep = self.rng.choice([len(extra), 0, self.rng.randrange(len(extra) + 1)])
+                    data += extra[:keep]
                 with open(os.path.join(d, name), "wb") as f:
                     f.write(data)
         self.crash_at = None
