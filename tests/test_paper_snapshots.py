@@ -110,3 +110,29 @@ def test_compact_on_demand_and_a_state_machine_without_restore() -> None:
     c.restart("n1")
     c.run(5)
     assert c.state_machine("n1").data == [b"r%d" % k for k in range(5)]
+
+
+def test_core_applied_index_does_not_run_ahead_of_an_installing_snapshot() -> None:
+    """RawNode.applied_index is "the index the state machine already reflects" (RawNode's
+    ``applied`` argument). While the Ready that installs a snapshot is still being written,
+    the driver has not restored its state machine yet, so the core must not already report
+    the snapshot's index as applied (a driver serving reads or answering clients from it
+    would read a state machine that is far behind)."""
+    c = SimCluster(3, seed=0, config=SNAP, state_machine_factory=Sum, persist_delay=5)
+    c.wait_leader()
+    c.replicate(b"1")
+    c.run(3)
+    lagger = next(i for i in c.ids if i != c.leader())
+    c.isolate(lagger)
+    for k in range(60):
+        c.replicate(b"%d" % k)
+    ahead: list[tuple[float, int, int]] = []
+    node = c.nodes[lagger]
+    c.heal()
+    deadline = c.ticks + 100
+    while node.applied < c.raw(c.leader()).commit_index and c.ticks < deadline:
+        c.step()  # check after every event
+        if node.raw.applied_index > node.applied:
+            ahead.append((c.ticks, node.raw.applied_index, node.applied))
+    assert c.state_machine(lagger).restored_from is not None  # it did install a snapshot
+    assert ahead == [], f"core applied index ahead of the state machine: {ahead[:3]}"

@@ -127,7 +127,19 @@ class SimStorage:
 class SimNode:
     """One simulated server: its core (None while down), durable storage and state machine."""
 
-    __slots__ = ("id", "incarnation", "pending", "raw", "reads", "restarts", "results", "sm", "storage", "up")
+    __slots__ = (
+        "applied",
+        "id",
+        "incarnation",
+        "pending",
+        "raw",
+        "reads",
+        "restarts",
+        "results",
+        "sm",
+        "storage",
+        "up",
+    )
 
     def __init__(self, node_id: str) -> None:
         self.id = node_id
@@ -140,6 +152,8 @@ class SimNode:
         """The Ready whose write is in progress (persist_delay > 0)."""
         self.results: dict[int, Any] = {}
         """index -> what the state machine's ``apply`` returned (this incarnation)."""
+        self.applied = 0
+        """The index this node's state machine reflects, as the driver knows it (snapshot + applied)."""
         self.reads: list[tuple[int, bytes]] = []
         """Confirmed reads waiting for the state machine to reach their index: (index, context)."""
         self.restarts = 0
@@ -387,6 +401,7 @@ class SimCluster:
         node.pending = None
         node.results = {}
         node.reads = []
+        node.applied = applied
         if self.checker is not None:
             self.checker.on_start(node.id, node.raw)
 
@@ -426,6 +441,7 @@ class SimCluster:
             node.sm = self._new_state_machine(node)
             _restore(node.sm, st.snapshot_data)
             node.results = {}
+            node.applied = meta.index
             self._note("install", node.id, f"snapshot at index {meta.index} term {meta.term}")
             if self.checker is not None:
                 self.checker.on_install(node.id, meta)
@@ -444,6 +460,7 @@ class SimCluster:
                 self.checker.on_apply(node.id, raw, e)
             if e.data and e.type == 0:
                 node.results[e.index] = node.sm.apply(bytes(e.data), e.index)
+            node.applied = e.index
         raw.advance(rd)
         node.pending = None
         for rs in rd.read_states:
@@ -452,7 +469,7 @@ class SimCluster:
             else:
                 self._answer_read(node, rs.context, False)
         if node.reads:
-            applied = raw.applied_index
+            applied = node.applied
             ready = [r for r in node.reads if r[0] <= applied]
             if ready:
                 node.reads = [r for r in node.reads if r[0] > applied]
@@ -469,7 +486,7 @@ class SimCluster:
 
     def _take_snapshot(self, node: SimNode) -> None:
         raw = node.raw
-        index = raw.applied_index
+        index = node.applied
         current = raw.snapshot_meta
         if index == 0 or (current is not None and current.index >= index):
             return
@@ -859,7 +876,7 @@ class SimCluster:
 
         def done() -> bool:
             targets = ids if ids is not None else self.up_ids()
-            return all(self.nodes[i].up and self.nodes[i].raw.applied_index >= index for i in targets)
+            return all(self.nodes[i].up and self.nodes[i].applied >= index for i in targets)
 
         self.run_until(done, max_ticks, f"index {index} applied")
 

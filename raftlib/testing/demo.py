@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
         f"log {c.nodes[old].storage.last_index()} entries (leader has {lead_log})"
     )
     c.restart(old)
-    c.run_until(lambda: c.log(old) == c.log(new) and c.raw(old).applied_index == c.raw(new).commit_index, 50)
+    c.run_until(lambda: c.log(old) == c.log(new) and c.nodes[old].applied == c.raw(new).commit_index, 50)
     t.say(
         f"{old} follows {c.raw(old).leader} in term {c.raw(old).term} and catches up: "
         f"log {len(c.log(old))} entries, commit index  {t.commits()}"
