@@ -364,3 +364,29 @@ def test_message_type_coverage_helper() -> None:
     # The helpers build the message kinds the tests rely on.
     assert hb("a", "b", 3).type is MessageType.HEARTBEAT
     assert len(append("a", "b", 0).entries) == 4
+
+
+async def test_sends_in_one_loop_iteration_are_coalesced_into_one_write() -> None:
+    a, b, _got_a, got_b = await start_pair()
+    try:
+        a.send([hb("a", "b", 0)])
+        await wait_until(lambda: len(got_b) == 1)
+        writer = a._peers["b"].writer
+        assert writer is not None
+        writes: list[int] = []
+        real_write = writer.write
+
+        def counting_write(data: bytes | bytearray | memoryview) -> None:
+            writes.append(len(data))
+            real_write(data)
+
+        writer.write = counting_write  # type: ignore[method-assign]
+        for i in range(1, 101):
+            a.send([hb("a", "b", i)])  # 100 separate send() calls in the same iteration
+        assert writes == []  # nothing is written synchronously
+        await wait_until(lambda: len(got_b) == 101)
+        assert len(writes) == 1 and writes[0] == 100 * len(encode(hb("a", "b", 1)))
+        assert [m.commit for m in got_b] == list(range(101))
+    finally:
+        await a.stop()
+        await b.stop()
