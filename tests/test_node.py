@@ -1,0 +1,298 @@
+"""RaftNode, the asyncio driver, over the in-memory transport and storage (and disk storage)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import raftlib
+from raftlib import NodeConfig, NotLeader, RaftNode, StateMachine
+from raftlib.errors import NodeStopped, ProposalDropped, StateMachineError
+from raftlib.storage import DiskStorage, MemoryStorage
+from raftlib.transport.memory import MemoryNetwork, MemoryTransport
+
+FAST = dict(tick_interval=0.01, election_tick=10, heartbeat_tick=1)
+
+
+class KV(StateMachine):
+    """A dict of str -> str; commands are JSON [key, value]."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.applied: list[int] = []
+
+    def apply(self, command: bytes, index: int) -> Any:
+        key, value = json.loads(command)
+        if key == "boom":
+            raise RuntimeError("the state machine refuses")
+        old = self.data.get(key)
+        self.data[key] = value
+        self.applied.append(index)
+        return old
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self.data).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.data = json.loads(data)
+
+
+def put(k: str, v: str) -> bytes:
+    return json.dumps([k, v]).encode()
+
+
+class Cluster:
+    def __init__(self, n: int, tmp: Path | None = None, **cfg: Any) -> None:
+        self.ids = [f"n{i}" for i in range(1, n + 1)]
+        self.members = {i: f"mem://{i}" for i in self.ids}
+        self.net = MemoryNetwork()
+        self.tmp = tmp
+        self.cfg = NodeConfig(**{**FAST, **cfg})
+        self.sms: dict[str, KV] = {}
+        self.nodes: dict[str, RaftNode] = {}
+        self.storages: dict[str, Any] = {}
+
+    def make(self, node_id: str, join: bool = False) -> RaftNode:
+        sm = self.sms[node_id] = KV()
+        if self.tmp is not None:
+            storage = DiskStorage(self.tmp / node_id)
+        else:
+            storage = self.storages.get(node_id) or MemoryStorage()
+        self.storages[node_id] = storage
+        node = RaftNode(
+            node_id,
+            self.members,
+            sm,
+            config=self.cfg,
+            join=join,
+            transport=MemoryTransport(node_id, self.net),
+            storage=storage,
+        )
+        self.nodes[node_id] = node
+        return node
+
+    async def start(self) -> None:
+        for i in self.ids:
+            await self.make(i).start()
+
+    async def stop(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+
+    async def leader(self, timeout: float = 5.0) -> RaftNode:
+        async def find() -> RaftNode:
+            while True:
+                leaders = [n for n in self.nodes.values() if n.running and n.is_leader]
+                if len(leaders) == 1:
+                    return leaders[0]
+                await asyncio.sleep(0.01)
+
+        return await asyncio.wait_for(find(), timeout)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster(3)
+    await c.start()
+    yield c
+    await c.stop()
+
+
+async def test_propose_returns_the_state_machines_result_and_replicates(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    assert await leader.propose(put("a", "1")) is None
+    assert await leader.propose(put("a", "2")) == "1"
+    for node in cluster.nodes.values():
+        await node.wait_applied(leader.status()["commit"], timeout=2)
+    assert all(sm.data == {"a": "2"} for sm in cluster.sms.values())
+
+
+async def test_many_concurrent_proposals_commit_in_one_order(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    results = await asyncio.gather(*(leader.propose(put(f"k{i}", str(i))) for i in range(200)))
+    assert results == [None] * 200
+    commit = leader.status()["commit"]
+    for node in cluster.nodes.values():
+        await node.wait_applied(commit, timeout=2)
+    orders = {tuple(sm.applied) for sm in cluster.sms.values()}
+    assert len(orders) == 1
+    # Group commit: far fewer fsyncs than proposals.
+    assert leader.metrics["fsync_count"] < 100
+
+
+async def test_follower_refuses_with_leader_id_and_address(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    with pytest.raises(NotLeader) as err:
+        await follower.propose(put("x", "y"))
+    assert err.value.leader_id == leader.id
+    assert err.value.leader_address == cluster.members[leader.id]
+
+
+async def test_follower_forwards_when_configured() -> None:
+    c = Cluster(3, forward_proposals=True)
+    await c.start()
+    try:
+        leader = await c.leader()
+        follower = next(n for n in c.nodes.values() if n is not leader)
+        assert await follower.propose(put("f", "1"), timeout=2) is None
+        assert await follower.propose(put("f", "2"), timeout=2) == "1"
+        assert c.sms[follower.id].data["f"] == "2"
+    finally:
+        await c.stop()
+
+
+async def test_read_barrier_on_a_follower_sees_acknowledged_writes(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    for i in range(20):
+        await leader.propose(put("r", str(i)))
+        await follower.read_barrier()
+        assert cluster.sms[follower.id].data["r"] == str(i)
+
+
+async def test_leader_failover_keeps_acknowledged_writes(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    for i in range(10):
+        await leader.propose(put("w", str(i)))
+    await leader.stop()
+    new = await cluster.leader()
+    assert new is not leader
+    await new.read_barrier()
+    assert cluster.sms[new.id].data["w"] == "9"
+    await new.propose(put("w", "after"))
+
+
+async def test_restart_from_disk_recovers_state(tmp_path: Path) -> None:
+    c = Cluster(3, tmp=tmp_path)
+    await c.start()
+    leader = await c.leader()
+    for i in range(30):
+        await leader.propose(put(f"d{i}", str(i)))
+    await c.stop()
+    c2 = Cluster(3, tmp=tmp_path)
+    await c2.start()
+    try:
+        leader2 = await c2.leader()
+        await leader2.read_barrier()
+        assert c2.sms[leader2.id].data == {f"d{i}": str(i) for i in range(30)}
+    finally:
+        await c2.stop()
+
+
+async def test_snapshot_compaction_and_catch_up_by_snapshot(tmp_path: Path) -> None:
+    c = Cluster(3, tmp=tmp_path, snapshot_entries=50, snapshot_trailing_entries=5, snapshot_chunk_bytes=64)
+    await c.start()
+    try:
+        leader = await c.leader()
+        lagger = next(n for n in c.nodes.values() if n is not leader)
+        await lagger.stop()
+        for i in range(200):
+            await leader.propose(put(f"s{i}", "x" * 20))
+        assert leader.metrics["snapshots_taken"] >= 2
+        assert leader.status()["first_index"] > 100
+        node = c.make(lagger.id)
+        await node.start()
+        await node.read_barrier(timeout=10)
+        assert node.metrics["snapshots_installed"] >= 1
+        assert c.sms[lagger.id].data == c.sms[leader.id].data
+    finally:
+        await c.stop()
+
+
+async def test_membership_add_and_remove(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    await leader.propose(put("before", "join"))
+    cluster.members["n4"] = "mem://n4"
+    n4 = cluster.make("n4", join=True)
+    await n4.start()
+    await leader.add_member("n4", "mem://n4", timeout=10)
+    assert "n4" in leader.membership().voters
+    await n4.read_barrier(timeout=5)
+    assert cluster.sms["n4"].data["before"] == "join"
+    await leader.remove_member("n4", timeout=5)
+    assert "n4" not in leader.membership().voters
+
+
+async def test_transfer_leadership(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    target = next(i for i in cluster.ids if i != leader.id)
+    await leader.transfer_leadership(target)
+    assert cluster.nodes[target].is_leader
+    await cluster.nodes[target].propose(put("t", "1"))
+
+
+async def test_failing_state_machine_stops_the_node_loudly(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    with pytest.raises(StateMachineError):
+        await leader.propose(put("boom", "x"), timeout=5)
+    with pytest.raises(NodeStopped):
+        await leader.propose(put("after", "x"))
+
+
+async def test_leader_changes_are_observable(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+    seen: list[str | None] = []
+
+    async def watch() -> None:
+        async for change in follower.leader_changes():
+            seen.append(change.leader)
+            if change.leader not in (None, leader.id):
+                return
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(0.05)
+    await leader.stop()
+    await asyncio.wait_for(task, 5)
+    assert seen[0] == leader.id and seen[-1] not in (None, leader.id)
+
+
+async def test_stop_leaves_no_task_behind() -> None:
+    before = asyncio.all_tasks()
+    c = Cluster(3)
+    await c.start()
+    leader = await c.leader()
+    await leader.propose(put("x", "1"))
+    await c.stop()
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gc.collect()
+
+
+async def test_bad_input_is_refused(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    with pytest.raises(ValueError):
+        await leader.propose(b"")
+    with pytest.raises(TypeError):
+        await leader.propose("text")  # type: ignore[arg-type]
+    with pytest.raises(raftlib.ConfigError):
+        RaftNode("zz", {"a": "x"}, KV())
+
+
+async def test_proposal_lost_to_a_leadership_change_is_reported(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    # Isolate the leader: its proposal can never commit; the others elect anew.
+    cluster.net.isolate(leader.id)
+    fut = asyncio.ensure_future(leader.propose(put("lost", "1")))
+    new = None
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        others = [n for n in cluster.nodes.values() if n is not leader and n.is_leader]
+        if others:
+            new = others[0]
+            break
+    assert new is not None
+    await new.propose(put("won", "1"))
+    cluster.net.heal()
+    with pytest.raises(ProposalDropped):
+        await asyncio.wait_for(fut, 5)
