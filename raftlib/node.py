@@ -216,6 +216,7 @@ class RaftNode:
         self._listeners: list[asyncio.Queue[LeaderChange]] = []
         self._leader: str | None = None
         self._snapshot_lock: asyncio.Lock | None = None
+        self._unsaved_hard_state: Any = None
         self._snapshotting = False
         self.metrics: dict[str, float] = {
             "proposals_committed": 0,
@@ -310,6 +311,10 @@ class RaftNode:
         if self._transport is not None and was_running:
             await self._transport.stop()
         loop = asyncio.get_running_loop()
+        if self._unsaved_hard_state is not None and self._io is not None and self._failure is None:
+            hs, self._unsaved_hard_state = self._unsaved_hard_state, None
+            with contextlib.suppress(OSError, RaftError):
+                await loop.run_in_executor(self._io, self._storage.save, hs, [])
         for ex in (self._io, self._reader):
             if ex is not None:
                 await loop.run_in_executor(None, ex.shutdown, True)
@@ -597,11 +602,20 @@ class RaftNode:
             self._observe_leader(rd.soft_state.leader)
         self._send(rd.messages)
         if rd.must_sync() or rd.snapshot_chunks:
+            if rd.hard_state is None:
+                # A commit index held back earlier rides along with this write.
+                rd.hard_state = self._unsaved_hard_state
+            self._unsaved_hard_state = None
             started = time.perf_counter()
             await loop.run_in_executor(self._io, self._persist, rd)
             if rd.must_sync():
                 self.metrics["fsync_count"] += 1
                 self.metrics["fsync_seconds_total"] += time.perf_counter() - started
+        elif rd.hard_state is not None:
+            # Only the commit index moved: nothing depends on it being durable
+            # (it is learned again from the leader), so it waits for the next
+            # write instead of costing a disk round trip on the commit path.
+            self._unsaved_hard_state = rd.hard_state
         if rd.snapshot is not None:
             self._set_addresses(
                 await loop.run_in_executor(self._io, self._restore_from_storage, rd.snapshot.index)

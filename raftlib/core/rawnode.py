@@ -74,9 +74,18 @@ class Ready:
     proposal_results: list[ProposalResult] = field(default_factory=list)
     """Where proposals made with ``propose_with_context`` landed, or why they were refused."""
 
+    sync: bool = False
+    """Set by ``ready()``: see :meth:`must_sync`."""
+
     def must_sync(self) -> bool:
-        """True when something must be made durable (fsync) before ``persisted_messages``."""
-        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None
+        """True when something must be made durable (fsync) before ``persisted_messages``.
+
+        Entries, a snapshot, and a new term or vote must be; a hard state in
+        which only the commit index moved need not (like etcd's MustSync): a
+        lost commit index is learned again from the leader. Such a hard state
+        should still be written, without an fsync.
+        """
+        return self.sync
 
 
 class RawNode:
@@ -226,12 +235,14 @@ class RawNode:
         hard = r.hard_state()
         if hard != self._prev_hard:
             rd.hard_state = hard
+            rd.sync = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
             self._prev_hard = hard
         rd.snapshot_chunks, r.snapshot_chunks = r.snapshot_chunks, []
         rd.snapshot, r.pending_install = r.pending_install, None
         rd.read_states, r.read_states = r.read_states, []
         rd.proposal_results, r.proposal_results = r.proposal_results, []
         rd.entries = r.log.unstable_entries()
+        rd.sync = rd.sync or bool(rd.entries) or rd.snapshot is not None
         rd.messages = r.msgs
         r.msgs = []
         after = r.msgs_after_persist

@@ -64,8 +64,13 @@ class Storage(Protocol):
         """
         ...
 
-    def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+    def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool = True) -> None:
         """Durably append ``entries`` and record ``hard_state`` (one write, one fsync).
+
+        With ``sync=False`` the record is written but not fsynced: allowed only
+        when nothing in it needs to be durable before messages go out (a hard
+        state whose commit index alone changed: the commit index can always be
+        learned again from the leader).
 
         If ``entries[0].index`` is at or below :meth:`last_index`, the stored
         entries from that index on are replaced. Returns only when everything

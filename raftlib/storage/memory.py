@@ -44,7 +44,7 @@ class MemoryStorage:
         self._check()
         return PersistentState(self._hs, list(self._entries), self.latest_snapshot())
 
-    def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+    def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool = True) -> None:
         """Append (replacing from ``entries[0].index`` on) and record the hard state."""
         self._check()
         if entries:

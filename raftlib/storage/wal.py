@@ -549,8 +549,8 @@ class DiskStorage:
         except OSError:
             pass
 
-    def _append(self, record: bytes, max_index: int) -> None:
-        """One write and one fsync of ``record`` at the end of the active segment."""
+    def _append(self, record: bytes, max_index: int, sync: bool = True) -> None:
+        """One write and (when ``sync``) one fsync of ``record`` at the end of the active segment."""
         if self._segments[-1].size >= self.segment_bytes:
             self._roll()
         seg = self._segments[-1]
@@ -566,7 +566,7 @@ class DiskStorage:
             except OSError:
                 self._failed = "a failed write could not be rolled back"
             raise StorageError(seg.path, e.errno, f"WAL write failed: {e}") from e
-        if self.fsync:
+        if self.fsync and sync:
             try:
                 ops.fdatasync(fd)
             except OSError as e:
@@ -580,8 +580,13 @@ class DiskStorage:
         if max_index > seg.max_index:
             seg.max_index = max_index
 
-    def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
-        """Append ``entries`` and ``hard_state`` as one record with one fsync; see :meth:`Storage.save`."""
+    def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool = True) -> None:
+        """Append ``entries`` and ``hard_state`` as one record with one fsync; see :meth:`Storage.save`.
+
+        ``sync=False`` (only for a hard state whose commit index alone changed,
+        see ``Ready.must_sync``) writes without the fsync; a later synced save
+        makes it durable too.
+        """
         with self._lock:
             self._check_writable()
             if hard_state is None and not entries:
@@ -597,7 +602,7 @@ class DiskStorage:
                     if e.index != first + k:
                         raise ValueError(f"entries are not contiguous at {e.index}")
             record = encode_batch(hard_state, entries)
-            self._append(record, entries[-1].index if entries else 0)
+            self._append(record, entries[-1].index if entries else 0, sync)
             if hard_state is not None:
                 self._hs = hard_state
             if entries:
