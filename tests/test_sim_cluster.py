@@ -176,16 +176,37 @@ def test_manual_mode_nothing_happens_without_ticks() -> None:
         c.run_until(lambda: False)
 
 
-def test_hard_state_is_durable_after_each_write() -> None:
-    c = SimCluster(3, seed=8, persist_delay=(1, 4))
+@pytest.mark.parametrize("hold", [False, True])
+def test_hard_state_is_durable_after_each_write(hold: bool) -> None:
+    c = SimCluster(3, seed=8, persist_delay=(1, 4), hold_unsynced=hold)
     leader = c.wait_leader()
     idx, term = c.replicate(b"d")
     c.run(10)
     for i in c.ids:
-        hs = c.nodes[i].storage.hard_state
-        assert isinstance(hs, HardState)
-        assert hs.term == term and hs.commit >= idx
+        node = c.nodes[i]
+        hs = node.storage.hard_state
+        assert isinstance(hs, HardState) and hs.term == term
+        if hold:
+            # Only the commit index moved since the last synced write: held in memory.
+            assert hs.commit < idx <= node.held_hard_state.commit
+        else:
+            assert hs.commit >= idx and node.held_hard_state is None
     assert c.nodes[leader].storage.hard_state.vote == leader
+
+
+def test_a_held_commit_index_is_lost_in_a_crash_and_learned_again() -> None:
+    c = SimCluster(3, seed=8)
+    leader = c.wait_leader()
+    idx, _ = c.replicate(b"d")
+    c.run(5)
+    follower = next(i for i in c.ids if i != leader)
+    durable = c.nodes[follower].storage.hard_state.commit
+    assert durable < idx
+    c.crash(follower)
+    c.restart(follower)
+    assert c.raw(follower).commit_index == durable
+    c.wait_applied(idx, node_ids=[follower])
+    assert c.state_machine(follower).data == [b"d"]
 
 
 def test_ids_and_config_overrides() -> None:

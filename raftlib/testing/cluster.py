@@ -129,6 +129,7 @@ class SimNode:
 
     __slots__ = (
         "applied",
+        "held_hard_state",
         "id",
         "incarnation",
         "pending",
@@ -152,6 +153,8 @@ class SimNode:
         """The Ready whose write is in progress (persist_delay > 0)."""
         self.results: dict[int, Any] = {}
         """index -> what the state machine's ``apply`` returned (this incarnation)."""
+        self.held_hard_state: Any = None
+        """A commit-only hard state not written yet (``hold_unsynced``); lost on a crash."""
         self.applied = 0
         """The index this node's state machine reflects, as the driver knows it (snapshot + applied)."""
         self.reads: list[tuple[int, bytes]] = []
@@ -209,6 +212,11 @@ class SimCluster:
         ``compact`` the log; a follower that is too far behind then receives the
         snapshot in chunks and is rebuilt with ``restore(data)``. Restarts
         restore the latest durable snapshot, then re-apply the log after it.
+    ``hold_unsynced``
+        as ``RaftNode`` does, keep a Ready's hard state in memory when only the
+        commit index moved (``Ready.must_sync()`` is False) and write it with
+        the next synced write; a crash loses it. With False every hard state is
+        written (after ``persist_delay``).
     ``check_invariants``, ``full_check_every``
         check the safety rules after every event (and sweep all logs every
         ``full_check_every`` events).
@@ -235,6 +243,7 @@ class SimCluster:
         fifo: bool = False,
         auto_tick: bool = True,
         snapshots: bool = True,
+        hold_unsynced: bool = True,
         check_invariants: bool = True,
         full_check_every: int = 500,
         trace_size: int = 30,
@@ -273,10 +282,12 @@ class SimCluster:
         self.steps_per_tick = steps_per_tick
         self.auto_tick = auto_tick
         self.snapshots = snapshots
-        if not snapshots:
-            self._replay = self._replay.replace(
-                ") with the same calls", ", snapshots=False) with the same calls"
-            )
+        self.hold_unsynced = hold_unsynced
+        for flag, value in (("snapshots", snapshots), ("hold_unsynced", hold_unsynced)):
+            if not value:
+                self._replay = self._replay.replace(
+                    ") with the same calls", f", {flag}=False) with the same calls"
+                )
         self.now = 0
         """Virtual time in sub-steps."""
         self.queue = EventQueue()
@@ -399,6 +410,7 @@ class SimCluster:
         node.sm = sm
         node.up = True
         node.pending = None
+        node.held_hard_state = None
         node.results = {}
         node.reads = []
         node.applied = applied
@@ -416,7 +428,8 @@ class SimCluster:
             for m in rd.messages:
                 self._send(node, m)
             lo, hi = self.persist_delay
-            if hi == 0 or (rd.hard_state is None and not rd.entries and rd.snapshot is None):
+            nothing_to_write = rd.hard_state is None and not rd.entries and rd.snapshot is None
+            if hi == 0 or nothing_to_write or (self.hold_unsynced and not rd.must_sync()):
                 self._complete(node, rd)
             else:
                 node.pending = rd
@@ -445,9 +458,15 @@ class SimCluster:
             self._note("install", node.id, f"snapshot at index {meta.index} term {meta.term}")
             if self.checker is not None:
                 self.checker.on_install(node.id, meta)
-        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-            if rd.hard_state is not None:
-                st.hard_state = rd.hard_state
+        if self.hold_unsynced and rd.hard_state is not None and not rd.must_sync():
+            # Like RaftNode: a hard state where only the commit index moved waits in memory
+            # for the next synced write (a crash loses it; the leader tells the commit again).
+            node.held_hard_state = rd.hard_state
+        elif rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+            hs = rd.hard_state if rd.hard_state is not None else node.held_hard_state
+            node.held_hard_state = None
+            if hs is not None:
+                st.hard_state = hs
             st.append(rd.entries)
             st.writes += 1
             if self.checker is not None:
