@@ -798,7 +798,7 @@ class SimCluster:
         return [i for i in self.ids if self.nodes[i].up and self.nodes[i].raw.role is Role.LEADER]
 
     def wait_leader(self, max_ticks: float = 200) -> str:
-        """Run until some node leads and every running node it can reach knows it; return its id."""
+        """Run until some running node leads; return its id (the highest-term leader)."""
         return str(self.run_until(self.leader, max_ticks, "a leader"))
 
     def campaign(self, node_id: str) -> None:
