@@ -40,7 +40,7 @@ class Counter(raftlib.StateMachine):
         self.value = int(data)
 
 
-async def main(node_id: str, data_dir: str, rounds: int) -> None:
+async def main(node_id: str, data_dir: str, rounds: int, linger: float) -> None:
     counter = Counter()
     config = raftlib.NodeConfig(forward_proposals=True)
     async with raftlib.RaftNode(node_id, MEMBERS, counter, data_dir=data_dir, config=config) as node:
@@ -54,6 +54,7 @@ async def main(node_id: str, data_dir: str, rounds: int) -> None:
                 print(f"{node_id}: counter={counter.value} leader={node.leader}", flush=True)
             except (raftlib.RaftError, TimeoutError) as exc:
                 print(f"{node_id}: not now ({exc!r})", flush=True)
+        await asyncio.sleep(linger)  # keep serving the others for a while
 
 
 if __name__ == "__main__":
@@ -61,8 +62,9 @@ if __name__ == "__main__":
     parser.add_argument("node_id", choices=sorted(MEMBERS))
     parser.add_argument("--data-dir", default=None, help="default: data/<node_id>")
     parser.add_argument("--rounds", type=int, default=0, help="stop after N increments (0: forever)")
+    parser.add_argument("--linger", type=float, default=0, help="seconds to keep serving after the rounds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     raftlib.install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(args.node_id, args.data_dir or f"data/{args.node_id}", args.rounds))
+        asyncio.run(main(args.node_id, args.data_dir or f"data/{args.node_id}", args.rounds, args.linger))

@@ -460,3 +460,24 @@ def test_ready_advance_protocol_misuse_is_refused() -> None:
 def test_persisted_commit_beyond_persisted_log_is_refused() -> None:
     with pytest.raises(ValueError, match="beyond the last"):
         node_with_log("a", [1], HardState(1, None, 5))
+
+
+def test_follower_that_lost_its_log_tail_is_repaired_by_the_next_heartbeat() -> None:
+    # A follower restarts without its last entries (a damaged last WAL record was
+    # dropped): the leader still believes it matches, so only the heartbeat can tell.
+    h = Harness(ABC)
+    a = h.elect("a")
+    for i in range(3):
+        a.propose(b"v%d" % i)
+    h.run()
+    h.tick(1)
+    disk = h.disks["b"]
+    disk.entries = disk.entries[:-2]
+    hs = disk.hard_state
+    disk.hard_state = HardState(hs.term, hs.vote, min(hs.commit, len(disk.entries)))
+    b = h.restart("b")
+    assert b.last_index() == a.last_index() - 2
+    assert a.status()["progress"]["b"]["match"] == a.last_index()
+    h.tick(2)
+    assert b.last_index() == a.last_index() and b.commit_index == a.commit_index
+    assert h.applied["b"][-3:] == [b"v0", b"v1", b"v2"]

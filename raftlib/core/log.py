@@ -123,7 +123,9 @@ class RaftLog:
         else:
             self.log.restore(index, term)
         self.committed = max(self.committed, index)
-        self.applied = self.applying = index
+        # Handed to the driver to restore; ``applied`` moves when it confirms
+        # (RawNode.advance of the Ready carrying the snapshot).
+        self.applying = index
         self.stable = max(self.stable, index)
         if self.stable > self.log.last_index():
             self.stable = self.log.last_index()

@@ -264,7 +264,8 @@ class Raft:
         """
         if self.role is Role.LEADER or not self.promotable():
             return
-        if self._conf_entries(self.log.applied + 1, self.log.committed + 1):
+        applied = max(self.log.applied, self.log.log.snapshot_index)
+        if self._conf_entries(applied + 1, self.log.committed + 1):
             # A committed configuration change is not applied yet: our view of
             # who votes may be stale, so do not start an election on it.
             return
@@ -462,10 +463,19 @@ class Raft:
         )
 
     def _handle_heartbeat(self, m: Message) -> None:
-        # The leader never sends a commit index beyond what we match.
-        self.log.commit_to(min(m.commit, self.log.last_index()))
-        # Echo the ReadIndex round the heartbeat carries.
-        self.msgs.append(Message(MessageType.HEARTBEAT_RESP, self.id, m.frm, self.term, index=m.index))
+        last = self.log.last_index()
+        # The leader never sends a commit index beyond what it believes we match.
+        self.log.commit_to(min(m.commit, last))
+        # Echo the ReadIndex round the heartbeat carries. If the leader believes
+        # we hold entries we do not (our log lost its tail, e.g. a damaged last
+        # WAL record dropped at restart), say where our log ends so it probes
+        # from there instead of waiting for new entries to reveal the gap.
+        self.msgs.append(
+            Message(
+                MessageType.HEARTBEAT_RESP, self.id, m.frm, self.term,
+                index=m.index, reject=m.commit > last, reject_hint=last,
+            )
+        )
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
         meta = m.snapshot
@@ -543,6 +553,11 @@ class Raft:
                 pr.inflights.popleft()
             if m.index:
                 self._confirm_read_round(m.frm, m.index)
+            if m.reject and pr.state is not ProgressState.SNAPSHOT and m.reject_hint < pr.next - 1:
+                # The follower's log ends before where we were sending: probe from there.
+                pr.become_probe()
+                pr.next = max(min(pr.next, m.reject_hint + 1), self.log.log.snapshot_index)
+                self._maybe_send_append(m.frm, send_if_empty=True)
             if m.frm == self.lead_transferee and pr.match == self.log.last_index():
                 # Repeat the nudge: the successor may not have been able to
                 # campaign yet (e.g. a committed configuration change to apply first).

@@ -271,6 +271,8 @@ class RawNode:
         if rd.entries:
             last = rd.entries[-1]
             r.log.stable_to(last.index, last.term)
+        if rd.snapshot is not None:
+            r.log.applied_to(max(r.log.applied, rd.snapshot.index))
         if rd.committed_entries:
             r.log.applied_to(max(r.log.applied, rd.committed_entries[-1].index))
             r.apply_conf_entries(rd.committed_entries)
