@@ -30,7 +30,7 @@ $(VPY):
 # Re-install when the build configuration changes (editable: the in-place extension is used).
 $(STAMP): $(VPY) setup.py pyproject.toml
 	$(VPY) -m pip install --quiet --upgrade pip "setuptools>=68" wheel "Cython>=3.0"
-	$(VPY) -m pip install --quiet -e '.[test]'
+	$(VPY) -m pip install --quiet -e '.[test,kv]'
 	touch $@
 
 venv: $(STAMP)
