@@ -357,6 +357,10 @@ class RaftNode:
         command = bytes(command)
         if not command:
             raise ValueError("empty commands are reserved for the leader's no-op entries")
+        if core.leader is None:
+            # During an election: wait for its outcome (like etcd) rather than fail at once.
+            await self.wait_leader(timeout if timeout is not None else self._leader_wait())
+            core = self._check_running()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if core.role is Role.LEADER:
@@ -372,6 +376,26 @@ class RaftNode:
         if timeout is None:
             return await fut
         return await asyncio.wait_for(fut, timeout)
+
+    def _leader_wait(self) -> float:
+        """How long calls wait for an election to produce a leader: two election timeouts."""
+        return 4 * self.config.election_tick * self.config.tick_interval
+
+    async def wait_leader(self, timeout: float | None = None) -> str:
+        """Wait until this node knows a leader; returns its id.
+
+        Raises NotLeader(None) when no leader emerged within ``timeout``
+        (default: two maximal election timeouts).
+        """
+        limit = timeout if timeout is not None else self._leader_wait()
+        deadline = time.monotonic() + limit
+        while True:
+            core = self._check_running()
+            if core.leader is not None:
+                return core.leader
+            if time.monotonic() >= deadline:
+                raise NotLeader(None)
+            await asyncio.sleep(min(self.config.tick_interval, max(0.0, deadline - time.monotonic())))
 
     async def read_barrier(self, timeout: float | None = 5.0) -> int:
         """Wait until a linearizable read is safe on this node; returns the read index.
