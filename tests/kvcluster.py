@@ -262,14 +262,14 @@ class KVCluster:
         self._spawn(i, "existing")
         self.wait_member(i, timeout)
 
-    def stop(self) -> None:
-        """SIGTERM every member, then SIGKILL the ones still running after 5 s."""
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM every member, then SIGKILL the ones still running after `grace` seconds."""
         for m in self.members:
             if m.alive():
                 assert m.proc is not None
                 with contextlib.suppress(ProcessLookupError):
                     m.proc.terminate()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + grace
         for m in self.members:
             if m.proc is None:
                 continue
