@@ -1,0 +1,576 @@
+"""etcd 3.4's JSON gateway on aiohttp: paths, methods, shapes, errors (see docs/kvstore.md).
+
+One catch-all route dispatches by path so that the router-level answers are
+exactly etcd's: an unknown path under ``/v3/`` (or ``/v3beta/``) is a 404
+``Not Found``, any other unknown path Go's ``404 page not found``, a wrong
+method on a gateway path ``Method Not Allowed`` (405) -- all ``text/plain``.
+Every response carries etcd's CORS headers and ``OPTIONS`` is answered 200
+with an empty body.
+
+Request bodies need no Content-Type; an empty body is ``{}``; JSON errors are
+reported with Go's messages; a body whose protobuf encoding would exceed
+gRPC's 2 MiB receive limit is refused with code 8 (HTTP 429), as etcd does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+import raftlib
+from examples.kvstore import codec, errors
+from examples.kvstore.errors import EtcdError
+from examples.kvstore.server import (
+    CLUSTER_VERSION,
+    ETCD_VERSION,
+    etcd_error,
+    member_id_for,
+    node_name,
+    url_address,
+)
+
+if TYPE_CHECKING:
+    from examples.kvstore.server import KVServer
+
+GRPC_RECV_LIMIT = 2 * 1024 * 1024
+"""etcd's gRPC receive limit: --max-request-bytes (1.5 MiB) + 512 KiB of overhead."""
+_READ_CAP = 4 * GRPC_RECV_LIMIT
+"""Bodies longer than this are refused without being read to the end."""
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE",
+    "Access-Control-Allow-Headers": "accept, content-type, authorization",
+}
+FORWARD_HEADER = "X-Kvstore-Forwarded"
+MAX_HOPS = 3
+JSON_CT = "application/json"
+
+Handler = Callable[[web.Request, dict[str, Any], bytes], Awaitable[web.StreamResponse]]
+
+
+# ---------------------------------------------------------------------------------- encoding
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, UTF-8 (Go's encoding/json does not escape non-ASCII either)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def text_response(status: int, text: str) -> web.Response:
+    """Go's http.Error: the text plus a newline, text/plain; charset=utf-8."""
+    resp = web.Response(
+        status=status, body=(text + "\n").encode(), content_type="text/plain", charset="utf-8"
+    )
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    resp = web.Response(status=status, body=dumps(obj), content_type=JSON_CT)
+    if status == 200:
+        resp.headers["Grpc-Metadata-Content-Type"] = "application/grpc"
+    return resp
+
+
+def error_response(err: EtcdError) -> web.Response:
+    return json_response(err.body(), status=err.http_status)
+
+
+def invalid(message: str) -> EtcdError:
+    return etcd_error(3, message)
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """A decoded body that must be a JSON object (``null`` is ``{}``), with Go's type error otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        kind = "array" if isinstance(value, list) else "string" if isinstance(value, str) else (
+            "bool" if isinstance(value, bool) else "number")  # fmt: skip
+        raise errors.cannot_unmarshal(kind, "map[string]json.RawMessage")
+    return value
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Decode a request body like grpc-gateway's json.Decoder: empty is {}, errors use Go's words."""
+    return as_object(codec.decode_json(raw))
+
+
+def iter_json_objects(raw: bytes) -> list[dict[str, Any]]:
+    """A keepalive body: a stream of JSON objects, back to back or separated by whitespace."""
+    return [as_object(v) for v in codec.decode_json_stream(raw)]
+
+
+def int_field(body: dict[str, Any], name: str, go: str = "int64") -> int:
+    """An int64/uint64 request field given as a JSON number or a decimal string (0 when absent)."""
+    if go == "uint64":
+        return codec.parse_int(body.get(name), go, 0, (1 << 64) - 1)
+    return codec.parse_int(body.get(name), go)
+
+
+def bool_field(body: dict[str, Any], name: str) -> bool:
+    return codec.parse_bool(body.get(name))
+
+
+def _varint_len(n: int) -> int:
+    n = abs(n)
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def proto_size(value: Any) -> int:
+    """Approximate protobuf size of a decoded JSON request (exact for kv put/range/delete keys).
+
+    Strings are taken as base64 bytes fields (their decoded length), which is
+    what every large field of etcd's requests is.
+    """
+    if isinstance(value, dict):
+        return sum(_field_size(v) for v in value.values())
+    return _field_size(value) - 1
+
+
+def _field_size(v: Any) -> int:
+    if isinstance(v, bool):
+        return 2 if v else 0
+    if isinstance(v, int):
+        return 1 + _varint_len(v) if v else 0
+    if isinstance(v, str):
+        n = len(v) - v.count("\n") - v.count("\r")
+        size = n * 3 // 4 - (2 if v.endswith("==") else 1 if v.endswith("=") else 0)
+        return 1 + _varint_len(size) + size if size > 0 else 0
+    if isinstance(v, list):
+        return sum(_field_size(x) for x in v)
+    if isinstance(v, dict):
+        inner = proto_size(v)
+        return 1 + _varint_len(inner) + inner
+    return 0
+
+
+def too_large(size: int) -> EtcdError:
+    return etcd_error(8, f"grpc: received message larger than max ({size} vs. {GRPC_RECV_LIMIT})")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, refusing (code 8) what would exceed the gRPC receive limit."""
+    if request.content_length is not None and request.content_length > _READ_CAP:
+        raise too_large(request.content_length * 3 // 4)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > _READ_CAP:
+            raise too_large(total * 3 // 4)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_size(raw: bytes, body: dict[str, Any]) -> None:
+    if len(raw) > GRPC_RECV_LIMIT:  # a proto encoding is never longer than its JSON form here
+        size = proto_size(body)
+        if size > GRPC_RECV_LIMIT:
+            raise too_large(size)
+
+
+# ---------------------------------------------------------------------------------- the API
+
+
+class GatewayAPI:
+    """The request handlers, bound to one :class:`~examples.kvstore.server.KVServer`."""
+
+    def __init__(self, server: KVServer) -> None:
+        self.server = server
+        self.machine = server.machine
+        self.routes: dict[str, Handler] = {
+            "kv/put": self.kv_write("prepare_put", "Put"),
+            "kv/range": self.kv_range,
+            "kv/deleterange": self.kv_write("prepare_deleterange", "DeleteRange"),
+            "kv/txn": self.kv_write("prepare_txn", "Txn"),
+            "kv/compaction": self.kv_write("prepare_compaction", "Compact"),
+            "watch": self.watch,
+            "lease/grant": self.lease_grant,
+            "lease/revoke": self.lease_revoke,
+            "kv/lease/revoke": self.lease_revoke,
+            "lease/keepalive": self.lease_keepalive,
+            "lease/timetolive": self.lease_timetolive,
+            "kv/lease/timetolive": self.lease_timetolive,
+            "lease/leases": self.lease_leases,
+            "kv/lease/leases": self.lease_leases,
+            "cluster/member/list": self.member_list,
+            "cluster/member/add": self.member_add,
+            "cluster/member/remove": self.member_remove,
+            "cluster/member/promote": self.member_promote,
+            "maintenance/status": self.status,
+            "maintenance/snapshot": self.snapshot,
+        }
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if request.method == "OPTIONS":
+            return web.Response(status=200)
+        if path == "/version":
+            if request.method not in ("GET", "HEAD"):
+                return text_response(405, "Method Not Allowed")
+            return web.Response(body=dumps({"etcdserver": ETCD_VERSION, "etcdcluster": CLUSTER_VERSION}),
+                                content_type=JSON_CT)  # fmt: skip
+        if path == "/health":
+            if request.method not in ("GET", "HEAD"):
+                return text_response(405, "Method Not Allowed")
+            return await self.health()
+        if path == "/metrics":
+            return self.server.metrics.response()
+        for prefix in ("/v3/", "/v3beta/"):
+            if path.startswith(prefix):
+                handler = self.routes.get(path[len(prefix) :])
+                if handler is None:
+                    return text_response(404, "Not Found")
+                if request.method != "POST":
+                    return text_response(405, "Method Not Allowed")
+                return await self.call(handler, request, path[len(prefix) :])
+        return text_response(404, "404 page not found")
+
+    async def call(self, handler: Handler, request: web.Request, route: str) -> web.StreamResponse:
+        metrics = self.server.metrics
+        started = time.perf_counter()
+        code = 0
+        try:
+            raw = await read_body(request)
+            metrics.received_bytes(len(raw))
+            body = {} if route == "lease/keepalive" else parse_json_object(raw)
+            check_size(raw, body)
+            resp = await handler(request, body, raw)
+            if isinstance(resp, web.Response) and resp.body is not None:
+                metrics.sent_bytes(len(resp.body))  # type: ignore[arg-type]
+            return resp
+        except EtcdError as err:
+            code = err.grpc_code
+            return error_response(err)
+        finally:
+            metrics.handled(route, code, time.perf_counter() - started)
+
+    def header(self, revision: int | None = None) -> dict[str, str]:
+        return self.server.header(revision)
+
+    def respond(self, result: dict[str, Any]) -> web.Response:
+        """A KVMachine result (with its "revision" key) as etcd's JSON: header first."""
+        result = dict(result)
+        revision = result.pop("revision", None)
+        if revision is None:
+            revision = self.machine.revision
+        return json_response({"header": self.header(revision), **result})
+
+    @staticmethod
+    def hops(request: web.Request) -> int:
+        try:
+            return int(request.headers.get(FORWARD_HEADER, "0"))
+        except ValueError:
+            return MAX_HOPS
+
+    async def forward_json(self, request: web.Request, raw: bytes, relabel: bool = True) -> web.Response:
+        """Send the request to the leader; the answer's header is replaced by ours (etcd's fill)."""
+        hops = self.hops(request)
+        if hops >= MAX_HOPS:
+            raise etcd_error(14, "etcdserver: leader changed")
+        status, ctype, data = await self.server.forward(request.path, raw, hops)
+        if status != 200 or not relabel:
+            resp = web.Response(status=status, body=data, content_type=ctype.split(";")[0])
+            return resp
+        out = []
+        for obj in iter_json_objects(data):
+            target = obj.get("result", obj)
+            if isinstance(target, dict) and "header" in target:
+                old = target["header"]
+                keep_rev = "revision" in old
+                target["header"] = self.header(self.machine.revision if keep_rev else None)
+            out.append(dumps(obj))
+        return json_response_lines(out) if len(out) > 1 or request.path.endswith("keepalive") else (
+            json_response(json.loads(out[0])) if out else json_response({}))  # fmt: skip
+
+    # -- KV ------------------------------------------------------------------------------
+
+    def kv_write(self, prepare: str, method: str) -> Handler:
+        async def handler(request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+            command = getattr(self.machine, prepare)(body)
+            return self.respond(await self.server.propose(command))
+
+        handler.__name__ = method
+        return handler
+
+    async def kv_range(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        if not bool_field(body, "serializable"):
+            if "key" not in body or not body.get("key"):
+                self.machine.range(body)  # raises 'key is not provided' without a quorum round
+            await self.server.read_barrier()
+        return self.respond(self.machine.range(body))
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def lease_grant(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        command = self.machine.prepare_lease_grant(body, self.server.rng)
+        return self.respond(await self.server.propose(command))
+
+    async def lease_revoke(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.StreamResponse:
+        command = self.machine.prepare_lease_revoke(body)
+        return self.respond(await self.server.propose(command))
+
+    async def _on_primary(self) -> bool:
+        """True when this member answers with its own lease clock (it leads), False to forward."""
+        if not await self.server.wait_primary():
+            return False
+        await self.server.wait_applied_commit()
+        return True
+
+    async def lease_timetolive(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.StreamResponse:
+        int_field(body, "ID")
+        bool_field(body, "keys")
+        if not await self._on_primary():
+            return await self.forward_json(request, raw)
+        return self.respond(self.machine.lease_timetolive(body, time.monotonic()))
+
+    async def lease_keepalive(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.StreamResponse:
+        objects = iter_json_objects(raw)
+        for obj in objects:
+            int_field(obj, "ID")
+        if not await self._on_primary():
+            return await self.forward_json(request, raw)
+        lines = []
+        for obj in objects:
+            lease_id = int_field(obj, "ID")
+            ttl = self.machine.lessor.keepalive(lease_id, time.monotonic())
+            result: dict[str, Any] = {"header": self.header(self.machine.revision)}
+            if lease_id:
+                result["ID"] = str(lease_id)
+            if ttl and ttl > 0:
+                result["TTL"] = str(ttl)
+            lines.append(dumps({"result": result}))
+        return json_response_lines(lines)
+
+    async def lease_leases(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.StreamResponse:
+        return self.respond(self.machine.lease_leases())
+
+    # -- watch ---------------------------------------------------------------------------
+
+    async def watch(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        from examples.kvstore.watch import serve_watch
+
+        return await serve_watch(self.server, request, body)
+
+    # -- cluster -------------------------------------------------------------------------
+
+    async def member_list(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        return json_response({"header": self.header(None), "members": self.server.members()})
+
+    async def _leader_only(self, request: web.Request, raw: bytes) -> web.Response | None:
+        """Forward a membership change to the leader unless this member leads."""
+        node = self.server._node()
+        if node.is_leader:
+            return None
+        try:
+            await node.wait_leader(self.server.config.request_timeout)
+        except raftlib.NotLeader:
+            raise etcd_error(14, "etcdserver: no leader") from None
+        if node.is_leader:
+            return None
+        return await self.forward_json(request, raw)
+
+    async def _conf_change(self, call: Callable[[], Awaitable[Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.config.request_timeout
+        while True:
+            try:
+                await asyncio.wait_for(call(), max(0.1, deadline - loop.time()))
+                return
+            except raftlib.ConfChangeInProgress:
+                if loop.time() >= deadline:
+                    raise etcd_error(14, "etcdserver: request timed out") from None
+                await asyncio.sleep(0.05)
+            except raftlib.NotLeader:
+                raise etcd_error(14, "etcdserver: leader changed") from None
+            except TimeoutError:
+                raise etcd_error(14, "etcdserver: request timed out") from None
+
+    async def member_add(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        urls = body.get("peerURLs") or []
+        learner = bool_field(body, "isLearner")
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise invalid("etcdserver: given member URLs are invalid")
+        try:
+            address = url_address(urls[0])
+            for u in urls:
+                url_address(u)
+        except ValueError:
+            raise invalid("etcdserver: given member URLs are invalid") from None
+        forwarded = await self._leader_only(request, raw)
+        if forwarded is not None:
+            return forwarded
+        server = self.server
+        node = server._node()
+        for m in server.members():
+            if set(m.get("peerURLs", ())) & set(urls):
+                raise etcd_error(9, "etcdserver: Peer URLs already exists")
+        mid = member_id_for(urls, server.config.initial_cluster_token)
+        nid = node_name(mid)
+        await server.propose_attributes(nid, list(urls))
+        if learner:
+            await self._conf_change(lambda: node.add_learner(nid, address))
+        else:
+            # Learner first, promoted by raftlib once it has caught up; answer once it is a member.
+            task = asyncio.ensure_future(node.add_member(nid, address, timeout=None))
+            server.background(task)
+
+            async def added() -> None:
+                while nid not in node.membership().members():
+                    if task.done():
+                        task.result()
+                    await asyncio.sleep(0.02)
+
+            await self._conf_change(added)
+        member: dict[str, Any] = {"ID": str(mid), "peerURLs": list(urls)}
+        if learner:
+            member["isLearner"] = True
+        return json_response({"header": self.header(None), "member": member, "members": server.members()})
+
+    def _member_nid(self, body: dict[str, Any]) -> str:
+        mid = int_field(body, "ID", "uint64")
+        nid = node_name(mid) if mid > 0 else ""
+        if not nid or not any(m["ID"] == str(mid) for m in self.server.members()):
+            raise etcd_error(5, "etcdserver: member not found")
+        return nid
+
+    async def member_remove(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.StreamResponse:
+        nid = self._member_nid(body)
+        forwarded = await self._leader_only(request, raw)
+        if forwarded is not None:
+            return forwarded
+        node = self.server._node()
+        try:
+            await self._conf_change(lambda: node.remove_member(nid))
+        except raftlib.ConfChangeError as exc:
+            raise etcd_error(9, f"etcdserver: {exc}") from None
+        return json_response({"header": self.header(None), "members": self.server.members()})
+
+    async def member_promote(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.StreamResponse:
+        nid = self._member_nid(body)
+        node = self.server._node()
+        if nid not in node.membership().learners:
+            raise etcd_error(9, "etcdserver: can only promote a learner member")
+        forwarded = await self._leader_only(request, raw)
+        if forwarded is not None:
+            return forwarded
+        try:
+            await self._conf_change(lambda: node.promote(nid))
+        except raftlib.ConfChangeError:
+            msg = "etcdserver: can only promote a learner member which is in sync with leader"
+            raise etcd_error(9, msg) from None
+        return json_response({"header": self.header(None), "members": self.server.members()})
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def status(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        st = self.server.status_fields()
+        size = self.machine.db_size()
+        out: dict[str, Any] = {"header": self.header(self.machine.revision), "version": ETCD_VERSION}
+        if size:
+            out["dbSize"] = str(size)
+        if st["leader"]:
+            out["leader"] = str(st["leader"])
+        for key, value in (
+            ("raftIndex", st["commit"]),
+            ("raftTerm", st["term"]),
+            ("raftAppliedIndex", st["applied"]),
+        ):
+            if value:
+                out[key] = str(value)
+        if not st["leader"]:
+            out["errors"] = ["etcdserver: no leader"]
+        if size:
+            out["dbSizeInUse"] = str(size)
+        if self.server.is_learner():
+            out["isLearner"] = True
+        return json_response(out)
+
+    async def snapshot(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        """Stream the member's state snapshot like etcd's Maintenance.Snapshot (blob chunks)."""
+        data = await self.server.snapshot_bytes()
+        resp = web.StreamResponse(status=200)
+        resp.content_type = JSON_CT
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        step = 64 * 1024
+        for offset in range(0, max(1, len(data)), step):
+            blob = data[offset : offset + step]
+            result: dict[str, Any] = {"header": self.header(self.machine.revision)}
+            remaining = len(data) - offset - len(blob)
+            if remaining:
+                result["remaining_bytes"] = str(remaining)
+            if blob:
+                result["blob"] = base64.b64encode(blob).decode()
+            await resp.write(dumps({"result": result}) + b"\n")
+        await resp.write_eof()
+        return resp
+
+    async def health(self) -> web.Response:
+        server = self.server
+        ok = server.node is not None and server.node.leader is not None
+        if ok:
+            try:
+                await asyncio.wait_for(server.read_barrier(), 1.0)
+            except (EtcdError, TimeoutError):
+                ok = False
+        body = dumps({"health": "true" if ok else "false"})
+        return web.Response(status=200 if ok else 503, body=body, content_type="text/plain", charset="utf-8")
+
+
+def json_response_lines(lines: list[bytes]) -> web.Response:
+    """Newline-delimited JSON objects (a gateway stream that has ended)."""
+    resp = web.Response(status=200, body=b"".join(line + b"\n" for line in lines), content_type=JSON_CT)
+    resp.headers["Grpc-Metadata-Content-Type"] = "application/grpc"
+    return resp
+
+
+async def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
+    for k, v in CORS_HEADERS.items():
+        response.headers.setdefault(k, v)
+
+
+def build_app(server: KVServer) -> web.Application:
+    """The aiohttp application serving etcd's gateway for ``server``."""
+    api = GatewayAPI(server)
+    app = web.Application(client_max_size=_READ_CAP + 1)
+    app.on_response_prepare.append(_add_cors)
+    app.router.add_route("*", "/{tail:.*}", api.dispatch)
+    app["api"] = api
+    return app
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+__all__ = ["GatewayAPI", "build_app", "dumps", "parse_json_object", "proto_size", "binascii", "_b64"]

@@ -1,0 +1,254 @@
+"""``/metrics``: Prometheus text exposition with etcd's metric names where they exist.
+
+Each server has its own :class:`prometheus_client.CollectorRegistry` (several
+servers can live in one process, as in the tests). Values owned by raftlib and
+the KVMachine are read at scrape time by a custom collector; request counters
+and latencies are ordinary prometheus-client metrics.
+
+| metric | type | source |
+|---|---|---|
+| etcd_server_has_leader | gauge | 1 when this member knows a leader |
+| etcd_server_is_leader | gauge | 1 on the leader |
+| etcd_server_is_learner | gauge | 1 on a learner |
+| etcd_server_leader_changes_seen_total | counter | leader changes observed by this member |
+| etcd_server_proposals_committed_total | gauge | raftlib: proposals of this member committed |
+| etcd_server_proposals_applied_total | gauge | raftlib: entries applied to the state machine |
+| etcd_server_proposals_pending | gauge | proposals of this member in flight |
+| etcd_server_proposals_failed_total | counter | raftlib failures + requests that failed (timeouts, ...) |
+| etcd_server_id, etcd_server_version | gauge | labels server_id / server_version, value 1 |
+| etcd_disk_wal_fsync_duration_seconds | summary | raftlib: count and sum of WAL fsyncs |
+| etcd_mvcc_db_total_size_in_bytes | gauge | KVMachine.db_size() |
+| etcd_mvcc_db_total_size_in_use_in_bytes | gauge | same (no free pages here) |
+| etcd_debugging_mvcc_current_revision | gauge | store revision |
+| etcd_debugging_mvcc_compact_revision | gauge | last compaction revision |
+| etcd_debugging_mvcc_watcher_total | gauge | watchers registered on this member |
+| etcd_debugging_snap_save_total_duration_seconds | (not exported) | |
+| etcd_network_client_grpc_received_bytes_total / _sent_bytes_total | counter | request / response bytes |
+| grpc_server_handled_total | counter | per gRPC method and code |
+| grpc_server_handling_seconds | histogram | per gRPC method |
+| process_* | | prometheus-client's process collector |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from examples.kvstore.server import KVServer
+
+#: route -> (gRPC service, method) as etcd's interceptors label them.
+GRPC_METHODS: dict[str, tuple[str, str]] = {
+    "kv/put": ("etcdserverpb.KV", "Put"),
+    "kv/range": ("etcdserverpb.KV", "Range"),
+    "kv/deleterange": ("etcdserverpb.KV", "DeleteRange"),
+    "kv/txn": ("etcdserverpb.KV", "Txn"),
+    "kv/compaction": ("etcdserverpb.KV", "Compact"),
+    "watch": ("etcdserverpb.Watch", "Watch"),
+    "lease/grant": ("etcdserverpb.Lease", "LeaseGrant"),
+    "lease/revoke": ("etcdserverpb.Lease", "LeaseRevoke"),
+    "kv/lease/revoke": ("etcdserverpb.Lease", "LeaseRevoke"),
+    "lease/keepalive": ("etcdserverpb.Lease", "LeaseKeepAlive"),
+    "lease/timetolive": ("etcdserverpb.Lease", "LeaseTimeToLive"),
+    "kv/lease/timetolive": ("etcdserverpb.Lease", "LeaseTimeToLive"),
+    "lease/leases": ("etcdserverpb.Lease", "LeaseLeases"),
+    "kv/lease/leases": ("etcdserverpb.Lease", "LeaseLeases"),
+    "cluster/member/list": ("etcdserverpb.Cluster", "MemberList"),
+    "cluster/member/add": ("etcdserverpb.Cluster", "MemberAdd"),
+    "cluster/member/remove": ("etcdserverpb.Cluster", "MemberRemove"),
+    "cluster/member/promote": ("etcdserverpb.Cluster", "MemberPromote"),
+    "maintenance/status": ("etcdserverpb.Maintenance", "Status"),
+    "maintenance/snapshot": ("etcdserverpb.Maintenance", "Snapshot"),
+}
+GRPC_CODE_NAMES = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+]
+STREAMING = {"Watch", "LeaseKeepAlive", "Snapshot"}
+
+
+class _LiveCollector(Collector):
+    """Reads raftlib's and the KVMachine's numbers at scrape time."""
+
+    def __init__(self, server: KVServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Any]:
+        s = self.server
+        node = s.node
+        nm: dict[str, float] = dict(node.metrics) if node is not None else {}
+        is_leader = 1 if s.is_leader else 0
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield gauge(
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            1 if node is not None and node.leader is not None else 0,
+        )
+        yield gauge(
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            is_leader,
+        )
+        yield gauge(
+            "etcd_server_is_learner",
+            "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+            1 if s.is_learner() else 0,
+        )
+        yield CounterMetricFamily(
+            "etcd_server_leader_changes_seen",
+            "The number of leader changes seen.",
+            value=s.leader_changes_seen,
+        )
+        yield gauge(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+            nm.get("proposals_committed", 0),
+        )
+        yield gauge(
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied.",
+            nm.get("proposals_applied", 0),
+        )
+        yield gauge(
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            s.pending_proposals,
+        )
+        yield CounterMetricFamily(
+            "etcd_server_proposals_failed",
+            "The total number of failed proposals seen.",
+            value=nm.get("proposals_failed", 0) + s.failed_proposals,
+        )
+        sid = GaugeMetricFamily(
+            "etcd_server_id",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+            labels=["server_id"],
+        )
+        sid.add_metric([f"{s.member_id:x}"], 1)
+        yield sid
+        ver = GaugeMetricFamily(
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version.",
+            labels=["server_version"],
+        )
+        from examples.kvstore.server import ETCD_VERSION
+
+        ver.add_metric([ETCD_VERSION], 1)
+        yield ver
+        yield SummaryMetricFamily(
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL (count and sum only).",
+            count_value=nm.get("fsync_count", 0),
+            sum_value=nm.get("fsync_seconds_total", 0.0),
+        )
+        yield CounterMetricFamily(
+            "etcd_debugging_snap_save_total",
+            "Snapshots taken by this member.",
+            value=nm.get("snapshots_taken", 0),
+        )
+        m = s.machine
+        try:
+            size = m.db_size()
+        except Exception:
+            size = 0
+        yield gauge(
+            "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database in bytes.", size
+        )
+        yield gauge(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            size,
+        )
+        yield gauge("etcd_debugging_mvcc_current_revision", "The current revision of store.", m.revision)
+        yield gauge(
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction in store.",
+            m.compact_revision,
+        )
+        yield gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.", len(s.hub.watchers))
+        yield gauge(
+            "etcd_debugging_mvcc_watch_stream_total",
+            "Total number of watch streams.",
+            s.metrics.watch_streams,
+        )
+
+
+class ServerMetrics:
+    """The registry of one server and the request-side instruments the API updates."""
+
+    def __init__(self, server: KVServer) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_LiveCollector(server))
+        ProcessCollector(registry=self.registry)
+        self.watch_streams = 0
+        self.handled_total = Counter(
+            "grpc_server_handled",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            registry=self.registry,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled.",
+            ["grpc_type", "grpc_service", "grpc_method"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.received = Counter(
+            "etcd_network_client_grpc_received_bytes",
+            "The total number of bytes received from grpc clients.",
+            registry=self.registry,
+        )
+        self.sent = Counter(
+            "etcd_network_client_grpc_sent_bytes",
+            "The total number of bytes sent to grpc clients.",
+            registry=self.registry,
+        )
+
+    def received_bytes(self, n: int) -> None:
+        self.received.inc(n)
+
+    def sent_bytes(self, n: int) -> None:
+        self.sent.inc(n)
+
+    def handled(self, route: str, code: int, seconds: float) -> None:
+        service, method = GRPC_METHODS.get(route, ("unknown", route))
+        kind = "bidi_stream" if method in STREAMING else "unary"
+        name = GRPC_CODE_NAMES[code] if 0 <= code < len(GRPC_CODE_NAMES) else str(code)
+        self.handled_total.labels(kind, service, method, name).inc()
+        if method not in STREAMING:
+            self.handling_seconds.labels(kind, service, method).observe(seconds)
+
+    def watch_started(self) -> None:
+        self.watch_streams += 1
+
+    def watch_ended(self) -> None:
+        self.watch_streams -= 1
+
+    def response(self) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

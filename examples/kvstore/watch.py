@@ -1,0 +1,370 @@
+"""Watches: a hub fed by the local apply stream, and the ``/v3/watch`` HTTP stream.
+
+Guarantees (docs/kvstore.md):
+
+* A watch is registered before the response headers are sent, at the store's
+  current revision R with no ``await`` in between: without ``start_revision``
+  it receives exactly the events of revisions after R; with ``start_revision``
+  S it first receives the history from S (batched) and then the live events,
+  each revision exactly once and in order.
+* Events come from this member's own apply stream, so leader changes do not
+  matter; if the member's state is replaced by a snapshot, every watcher is
+  caught up from the history (or cancelled with ``compact_revision`` when that
+  history was compacted away).
+* All events of one revision go out in one message; one message is one HTTP
+  chunk (one ``write()``) holding one JSON object and a newline.
+* A watcher whose queue exceeds ``queue_limit`` messages (a client not
+  reading) is cancelled with a ``cancel_reason`` and its stream ends; if the
+  client still does not read, the connection is closed after a grace period.
+* A client disconnect cancels the watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from examples.kvstore.errors import EtcdError
+
+if TYPE_CHECKING:
+    from examples.kvstore.machine import KVMachine
+    from examples.kvstore.server import KVServer
+
+log = logging.getLogger("kvstore.watch")
+
+HISTORY_BATCH = 1000
+"""At most this many history events per catch-up message (whole revisions are never split)."""
+SLOW_GRACE = 5.0
+"""Seconds a cancelled slow watcher's connection may stay blocked before it is closed."""
+DELETE = 1  # mvccpb.Event_EventType
+FILTERS = {"NOPUT": "NOPUT", "NODELETE": "NODELETE", 0: "NOPUT", 1: "NODELETE"}
+
+
+class Watcher:
+    """One watch: its key range, options and the bounded queue of messages not yet written.
+
+    Queue items are ``("events", header_revision, events)``, ``("progress", revision)``
+    and ``("cancel", reason, compact_revision)``.
+    """
+
+    def __init__(
+        self,
+        hub: WatchHub,
+        key: bytes,
+        range_end: bytes,
+        *,
+        prev_kv: bool = False,
+        filters: frozenset[str] = frozenset(),
+        progress_notify: bool = False,
+        next_rev: int = 0,
+        queue_limit: int = 1024,
+    ) -> None:
+        self.hub = hub
+        self.key = key
+        self.range_end = range_end
+        self.prev_kv = prev_kv
+        self.filters = filters
+        self.progress_notify = progress_notify
+        self.next_rev = next_rev
+        """The smallest revision not yet queued: events below it were delivered or precede the watch."""
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.queue_limit = queue_limit
+        self.wakeup = asyncio.Event()
+        self.closed = False
+        self.overflowed = False
+
+    def matches(self, key: bytes) -> bool:
+        if not self.range_end:
+            return key == self.key
+        if self.range_end == b"\0":
+            return key >= self.key
+        return self.key <= key < self.range_end
+
+    def select(self, events: list[Any]) -> list[dict[str, Any]]:
+        """The events of one revision this watcher wants, rendered for it (prev_kv only when asked)."""
+        out = []
+        for ev in events:
+            key, is_delete = event_key(ev)
+            if not self.matches(key):
+                continue
+            if ("NODELETE" if is_delete else "NOPUT") in self.filters:
+                continue
+            rendered = ev if isinstance(ev, dict) else ev.render()
+            if not self.prev_kv and "prev_kv" in rendered:
+                rendered = {k: v for k, v in rendered.items() if k != "prev_kv"}
+            out.append(rendered)
+        return out
+
+    def push(self, item: tuple[Any, ...]) -> None:
+        if self.closed:
+            return
+        if len(self.queue) >= self.queue_limit:
+            self.overflow()
+            return
+        self.queue.append(item)
+        self.wakeup.set()
+
+    def offer(self, revision: int, events: list[Any]) -> None:
+        """Called on the apply path with every revision's events, in order."""
+        if self.closed or revision < self.next_rev:
+            return
+        self.next_rev = revision + 1
+        selected = self.select(events)
+        if selected:
+            self.push(("events", revision, selected))
+
+    def overflow(self) -> None:
+        """Too slow: drop what is queued, cancel with a reason and stop receiving events."""
+        self.overflowed = True
+        self.queue.clear()
+        self.queue.append(
+            (
+                "cancel",
+                f"watcher is too slow: more than {self.queue_limit} messages were waiting to be sent",
+                0,
+            )
+        )
+        self.closed = True
+        self.hub.remove(self)
+        self.wakeup.set()
+
+    def cancel(self, reason: str = "", compact_revision: int = 0) -> None:
+        if self.closed:
+            return
+        self.queue.append(("cancel", reason, compact_revision))
+        self.closed = True
+        self.hub.remove(self)
+        self.wakeup.set()
+
+    async def get(self, timeout: float | None) -> tuple[Any, ...] | None:
+        """The next queued item, or None when ``timeout`` passed with nothing queued."""
+        while not self.queue:
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout)
+            except TimeoutError:
+                return None
+        return self.queue.popleft()
+
+
+def event_key(ev: Any) -> tuple[bytes, bool]:
+    """(raw key, is a DELETE) of an event: an mvcc ``Event`` tuple or its rendered JSON dict."""
+    if isinstance(ev, dict):
+        kv = ev.get("kv") or {}
+        return base64.b64decode(kv.get("key", "")), ev.get("type") == "DELETE"
+    return ev.kv.key, ev.type == DELETE
+
+
+class WatchHub:
+    """All watchers of one member, fed by the KVMachine's apply listener."""
+
+    def __init__(
+        self, machine: KVMachine, *, queue_limit: int = 1024, progress_interval: float = 600.0
+    ) -> None:
+        self.machine = machine
+        self.queue_limit = queue_limit
+        self.progress_interval = progress_interval
+        self.watchers: set[Watcher] = set()
+        self.last_seen = 0
+        self._attached = False
+
+    def attach(self) -> None:
+        if not self._attached:
+            self.machine.add_listener(self._on_apply)
+            self._attached = True
+            self.last_seen = self.machine.revision
+
+    def close(self) -> None:
+        """Server shutdown: end every stream."""
+        for w in list(self.watchers):
+            w.cancel("server shutting down")
+
+    def remove(self, w: Watcher) -> None:
+        self.watchers.discard(w)
+
+    def _on_apply(self, revision: int, events: list[Any]) -> None:
+        if revision > self.last_seen + 1:
+            self._catch_up(revision - 1)
+        if revision > self.last_seen:
+            self.last_seen = revision
+        for w in list(self.watchers):
+            w.offer(revision, events)
+
+    def resync(self) -> None:
+        """After a snapshot restore: queue the revisions the watchers missed (or cancel them)."""
+        self._catch_up(self.machine.revision)
+        self.last_seen = self.machine.revision
+
+    def _catch_up(self, upto: int) -> None:
+        for w in list(self.watchers):
+            if w.next_rev > upto:
+                continue
+            try:
+                batches = self.machine.history(w.key, w.range_end, w.next_rev)
+            except EtcdError as exc:
+                w.cancel("", exc.compact_revision or self.machine.compact_revision)
+                continue
+            for rev, events in batches:
+                if rev <= upto:
+                    w.offer(rev, events)
+            w.next_rev = max(w.next_rev, upto + 1)
+
+    def create(
+        self,
+        key: bytes,
+        range_end: bytes,
+        *,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: frozenset[str] = frozenset(),
+        progress_notify: bool = False,
+    ) -> tuple[Watcher, int]:
+        """Register a watcher now (synchronously); returns it and the revision it was created at.
+
+        A compacted ``start_revision`` returns a watcher already holding its cancel message.
+        """
+        current = self.machine.revision
+        w = Watcher(
+            self,
+            key,
+            range_end,
+            prev_kv=prev_kv,
+            filters=filters,
+            progress_notify=progress_notify,
+            next_rev=current + 1,
+            queue_limit=self.queue_limit,
+        )
+        self.watchers.add(w)
+        if start_revision > current:
+            w.next_rev = start_revision
+        elif start_revision > 0:
+            try:
+                batches = self.machine.history(key, range_end, start_revision)
+            except EtcdError as exc:
+                w.cancel("", exc.compact_revision or self.machine.compact_revision)
+                return w, current
+            w.next_rev = start_revision
+            pending: list[dict[str, Any]] = []
+            for rev, events in batches:
+                if rev > current:
+                    break
+                w.next_rev = rev + 1
+                pending.extend(w.select(events))
+                if len(pending) >= HISTORY_BATCH:
+                    w.push(("events", current, pending))
+                    pending = []
+            if pending:
+                w.push(("events", current, pending))
+            w.next_rev = current + 1
+        return w, current
+
+
+# ------------------------------------------------------------------------------- HTTP stream
+
+
+def parse_create_request(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A WatchRequest body -> keyword arguments for :meth:`WatchHub.create` (None: no create_request)."""
+    from examples.kvstore import codec
+
+    cr = codec.parse_watch_request(body).get("create_request")
+    if cr is None:
+        return None
+    return {
+        "key": cr.get("key", b""),
+        "range_end": cr.get("range_end", b""),
+        "start_revision": cr.get("start_revision", 0),
+        "prev_kv": cr.get("prev_kv", False),
+        "progress_notify": cr.get("progress_notify", False),
+        "filters": frozenset(FILTERS.get(f, "") for f in cr.get("filters", ())) - {""},
+    }
+
+
+async def hold_until_gone(request: web.Request) -> web.StreamResponse:
+    """etcd sends nothing at all for a watch body without create_request: wait for the client to leave.
+
+    (The handler is also cancelled by aiohttp when the client disconnects.)
+    """
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return web.Response(status=499)  # never sent: the client is gone
+        await asyncio.sleep(0.5)
+
+
+async def serve_watch(server: KVServer, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """The ``/v3/watch`` handler: register, then stream one chunk per message until cancelled."""
+    from examples.kvstore.api import dumps
+
+    options = parse_create_request(body)
+    if options is None:
+        return await hold_until_gone(request)
+    hub = server.hub
+    watcher, created_at = hub.create(**options)
+    server.metrics.watch_started()
+    resp = web.StreamResponse(status=200)
+    resp.content_type = "application/json"
+    resp.headers["Grpc-Metadata-Content-Type"] = "application/grpc"
+    resp.enable_chunked_encoding()
+    loop = asyncio.get_running_loop()
+    closer: asyncio.TimerHandle | None = None
+
+    async def send(result: dict[str, Any]) -> None:
+        await resp.write(dumps({"result": result}) + b"\n")
+
+    try:
+        await resp.prepare(request)
+        await send({"header": server.header(created_at), "created": True})
+        interval = server.config.progress_notify_interval if watcher.progress_notify else None
+        next_progress = loop.time() + interval if interval else None
+        while True:
+            timeout = 1.0 if next_progress is None else max(0.0, min(1.0, next_progress - loop.time()))
+            item = await watcher.get(timeout)
+            if item is None:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client went away
+                if next_progress is not None and loop.time() >= next_progress:
+                    next_progress = loop.time() + (interval or 0)
+                    await send({"header": server.header(server.machine.revision)})
+                continue
+            kind = item[0]
+            if kind == "events":
+                await send({"header": server.header(item[1]), "events": item[2]})
+            elif kind == "cancel":
+                _, reason, compact_revision = item
+                result: dict[str, Any] = {"header": server.header(None), "canceled": True}
+                if compact_revision:
+                    result["compact_revision"] = str(compact_revision)
+                if reason:
+                    result["cancel_reason"] = reason
+                if watcher.overflowed:
+                    transport = request.transport
+                    if transport is not None:
+                        closer = loop.call_later(SLOW_GRACE, transport.close)
+                    await send(result)
+                    await resp.write_eof()
+                    break
+                await send(result)
+                if reason:  # server shutdown
+                    await resp.write_eof()
+                    break
+                # compacted start revision: etcd keeps the stream open
+                await hold_until_gone(request)
+                break
+    except ConnectionError:
+        pass
+    finally:
+        if closer is not None:
+            closer.cancel()
+        watcher.closed = True
+        hub.remove(watcher)
+        server.metrics.watch_ended()
+    return resp
+
+
+__all__ = ["WatchHub", "Watcher", "parse_create_request", "serve_watch"]
