@@ -1,81 +1,384 @@
-"""KVMachine: the raftlib state machine of the etcd-compatible store (skeleton; see docs/kvstore-data.md)."""
+"""KVMachine: the raftlib state machine of the etcd-compatible store.
+
+The member that receives an HTTP request validates it with a ``prepare_*`` method
+(raising :class:`~examples.kvstore.errors.EtcdError` exactly as etcd would, before
+anything is proposed) and gets a command: versioned JSON holding the already
+validated request, with bytes as base64 and any random choice (a lease ID) made
+here. ``apply(command, index)`` then runs on every member, deterministically (no
+clock, no randomness), and returns the etcd response body without ``header`` plus
+``"revision"`` (the store revision after the command) for the header. Errors that
+depend on the replicated state (a lease that no longer exists, a lease ID already
+taken, a compacted revision...) are returned as ``{"error": EtcdError, "revision": N}``;
+apply never raises for a bad request.
+
+See docs/kvstore-data.md for the data model and the snapshot format.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import random
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import raftlib
+from examples.kvstore import codec, errors
+from examples.kvstore.errors import EtcdError
+from examples.kvstore.lease import MAX_LEASE_TTL, LeaseTable, Lessor
+from examples.kvstore.mvcc import (
+    MVCC,
+    Event,
+    check_intervals,
+    check_path,
+    check_put_request,
+    check_txn_request,
+    compare_to_path,
+    do_delete,
+    do_put,
+    do_range,
+    run_path,
+)
 
+log = logging.getLogger("kvstore.machine")
+
+#: fn(revision, events): called after each apply that produced events.
 Listener = Callable[[int, list[dict[str, Any]]], None]
+
+_Handler = Callable[["KVMachine", dict[str, Any]], tuple[dict[str, Any], list[Event]]]
+
+COMMAND_VERSION = 1
+SNAPSHOT_VERSION = 1
+_BYTES_FIELDS = frozenset(("key", "range_end", "value"))
+
+
+def _to_wire(obj: Any) -> Any:
+    """A parsed request made JSON-able: bytes fields become base64 strings."""
+    if isinstance(obj, dict):
+        return {k: (codec.b64(v) if isinstance(v, bytes) else _to_wire(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_wire(v) for v in obj]
+    return obj
+
+
+def _from_wire(obj: Any) -> Any:
+    """The inverse of :func:`_to_wire`."""
+    if isinstance(obj, dict):
+        return {
+            k: (base64.b64decode(v) if k in _BYTES_FIELDS and isinstance(v, str) else _from_wire(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_from_wire(v) for v in obj]
+    return obj
 
 
 class KVMachine(raftlib.StateMachine):
-    """MVCC keys + leases, applied deterministically from validated commands."""
+    """MVCC keys and leases, applied deterministically from validated commands.
 
-    def __init__(self, min_lease_ttl: int = 2, max_request_bytes: int = 1_572_864) -> None:
+    ``min_lease_ttl``: the minimum lease TTL in seconds (etcd: ``ceil(1.5 * election
+    timeout)``); grants below it are raised to it when prepared. ``max_request_bytes``:
+    a command larger than this is refused with ``etcdserver: request is too large``.
+    ``clock`` stamps leases granted at apply for the leader-local :attr:`lessor`.
+    """
+
+    def __init__(
+        self,
+        min_lease_ttl: int = 2,
+        max_request_bytes: int = 1_572_864,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.min_lease_ttl = min_lease_ttl
         self.max_request_bytes = max_request_bytes
-        self.revision = 1
-        self.compact_revision = 0
-        self.lessor: Any = None
+        self.store = MVCC()
+        self.leases = LeaseTable()
+        self.lessor = Lessor(clock)
+        self.applied_index = 0
+        self._listeners: list[Listener] = []
 
-    # -- validation on the receiving member (raise EtcdError) -----------------------------------
-    def prepare_put(self, body: Any) -> bytes:
-        raise NotImplementedError
+    # -- state ----------------------------------------------------------------------------------
 
-    def prepare_deleterange(self, body: Any) -> bytes:
-        raise NotImplementedError
+    @property
+    def revision(self) -> int:
+        """The current store revision (1 on a fresh store)."""
+        return self.store.revision
 
-    def prepare_txn(self, body: Any) -> bytes:
-        raise NotImplementedError
-
-    def prepare_compaction(self, body: Any) -> bytes:
-        raise NotImplementedError
-
-    def prepare_lease_grant(self, body: Any, rng: random.Random) -> bytes:
-        raise NotImplementedError
-
-    def prepare_lease_revoke(self, body: Any) -> bytes:
-        raise NotImplementedError
-
-    def lease_expire_command(self, lease_id: int) -> bytes:
-        raise NotImplementedError
-
-    # -- raft apply -----------------------------------------------------------------------------
-    def apply(self, command: bytes, index: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    # -- local reads ----------------------------------------------------------------------------
-    def range(self, body: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def lease_timetolive(self, body: Any, now: float) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def lease_keepalive(self, body: Any, now: float) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def lease_leases(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @property
+    def compact_revision(self) -> int:
+        """The last compaction revision (0 when never compacted)."""
+        return self.store.compact_revision
 
     def db_size(self) -> int:
-        raise NotImplementedError
+        """Approximate bytes of state (all kept key versions and the leases)."""
+        return self.store.db_size() + 32 * len(self.leases)
 
-    # -- watch support --------------------------------------------------------------------------
+    # -- validation on the receiving member ------------------------------------------------------------
+
+    def _command(self, op: str, req: dict[str, Any]) -> bytes:
+        cmd = json.dumps({"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}, separators=(",", ":")).encode()
+        if len(cmd) > self.max_request_bytes:
+            raise errors.request_too_large()
+        return cmd
+
+    def prepare_put(self, body: Any) -> bytes:
+        """Validate a PutRequest body (parsed JSON); the put command."""
+        req = codec.parse_put(body)
+        check_put_request(req)
+        return self._command("put", req)
+
+    def prepare_deleterange(self, body: Any) -> bytes:
+        """Validate a DeleteRangeRequest body; the deleterange command."""
+        req = codec.parse_delete(body)
+        if not req.get("key"):
+            raise errors.empty_key()
+        return self._command("delete", req)
+
+    def prepare_txn(self, body: Any) -> bytes:
+        """Validate a TxnRequest body (op counts, keys, duplicate keys); the txn command."""
+        req = codec.parse_txn(body)
+        check_txn_request(req)
+        check_intervals(req.get("success", []))
+        check_intervals(req.get("failure", []))
+        return self._command("txn", req)
+
+    def prepare_compaction(self, body: Any) -> bytes:
+        """Validate a CompactionRequest body; the compaction command."""
+        req = codec.parse_compaction(body)
+        return self._command("compact", {"revision": int(req.get("revision", 0))})
+
+    def prepare_lease_grant(self, body: Any, rng: random.Random) -> bytes:
+        """Validate a LeaseGrantRequest; ID 0 gets a random non-zero int63 ID from ``rng`` here.
+
+        The TTL is raised to ``min_lease_ttl``; above 9,000,000,000 is ``too large lease TTL``.
+        """
+        req = codec.parse_lease_grant(body)
+        ttl = int(req.get("TTL", 0))
+        if ttl > MAX_LEASE_TTL:
+            raise errors.lease_ttl_too_large()
+        lease_id = int(req.get("ID", 0))
+        while lease_id == 0 or (int(req.get("ID", 0)) == 0 and lease_id in self.leases):
+            lease_id = rng.getrandbits(63)
+        return self._command("grant", {"ID": lease_id, "TTL": max(ttl, self.min_lease_ttl)})
+
+    def prepare_lease_revoke(self, body: Any) -> bytes:
+        """Validate a LeaseRevokeRequest; the revoke command."""
+        req = codec.parse_lease_id(body)
+        return self._command("revoke", {"ID": int(req.get("ID", 0))})
+
+    def lease_expire_command(self, lease_id: int) -> bytes:
+        """The command the leader proposes when ``lease_id`` expired (a revoke)."""
+        return self._command("revoke", {"ID": int(lease_id), "expired": True})
+
+    # -- apply ----------------------------------------------------------------------------------------------
+
+    def apply(self, command: bytes, index: int) -> dict[str, Any]:
+        """Apply a command (deterministic); the response body without header, plus ``revision``."""
+        self.applied_index = index
+        try:
+            cmd = json.loads(command)
+            op = cmd["op"]
+            req = _from_wire(cmd["r"])
+            handler = self._HANDLERS[op]
+        except (ValueError, KeyError, TypeError):
+            log.error("unknown command at index %d: %r", index, command[:200])
+            return self._error(EtcdError(errors.INTERNAL, "etcdserver: unknown command"))
+        try:
+            body, events = handler(self, req)
+        except EtcdError as exc:
+            self.store.rollback()
+            return self._error(exc)
+        if events:
+            self._notify(events)
+        body["revision"] = self.store.revision
+        return body
+
+    def _error(self, exc: EtcdError) -> dict[str, Any]:
+        return {"error": exc, "revision": self.store.revision}
+
+    def _notify(self, events: list[Event]) -> None:
+        if not self._listeners:
+            return
+        rendered = [ev.render() for ev in events]
+        rev = self.store.revision
+        for fn in list(self._listeners):
+            try:
+                fn(rev, rendered)
+            except Exception:  # a watcher must not stop the node
+                log.exception("watch listener failed")
+
+    def _apply_put(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        lease = int(req.get("lease", 0))
+        if lease and lease not in self.leases:
+            raise errors.lease_not_found()
+        self.store.begin()
+        body, _rev = do_put(self.store, req)
+        return body, self.store.commit()
+
+    def _apply_delete(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        self.store.begin()
+        body, _rev = do_delete(self.store, req)
+        return body, self.store.commit()
+
+    def _apply_txn(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        store = self.store
+        store.begin()
+        path = compare_to_path(store, req)
+        check_path(store, path, self.leases.__contains__)
+        body = run_path(store, path, top=True)
+        return body, store.commit()
+
+    def _apply_compact(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        self.store.begin()
+        self.store.compact(int(req.get("revision", 0)))
+        return {}, []
+
+    def _apply_grant(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        self.store.begin()
+        lease_id, ttl = int(req["ID"]), int(req["TTL"])
+        if lease_id == 0:
+            raise errors.lease_not_found()
+        if ttl > MAX_LEASE_TTL:
+            raise errors.lease_ttl_too_large()
+        if lease_id in self.leases:
+            raise errors.lease_exists()
+        self.leases.grant(lease_id, ttl)
+        self.lessor.granted(lease_id, ttl)
+        return {"ID": str(lease_id), "TTL": str(ttl)}, []
+
+    def _apply_revoke(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        store = self.store
+        store.begin()
+        lease_id = int(req["ID"])
+        if lease_id not in self.leases:
+            raise errors.lease_not_found()
+        for key in store.lease_keys(lease_id):
+            store.delete_range(key, b"")
+        events = store.commit()
+        self.leases.revoke(lease_id)
+        self.lessor.revoked(lease_id)
+        return {}, events
+
+    _HANDLERS: ClassVar[dict[str, _Handler]] = {
+        "put": _apply_put,
+        "delete": _apply_delete,
+        "txn": _apply_txn,
+        "compact": _apply_compact,
+        "grant": _apply_grant,
+        "revoke": _apply_revoke,
+    }
+
+    # -- local reads ----------------------------------------------------------------------------------------
+
+    def range(self, body: Any) -> dict[str, Any]:
+        """Serve a RangeRequest body from local state: the response body without header, plus
+        ``revision`` (the current store revision). Raises EtcdError (bad request, compacted,
+        future revision). The caller does the read barrier unless ``serializable``."""
+        req = codec.parse_range(body)
+        if not req.get("key"):
+            raise errors.empty_key()
+        out, rev = do_range(self.store, req)
+        out["revision"] = rev
+        return out
+
+    def lease_timetolive(self, body: Any, now: float) -> dict[str, Any]:
+        """A LeaseTimeToLive answer from the leader-local clock (``TTL`` -1 when unknown/expired).
+
+        ``TTL`` is the remaining whole seconds rounded down (0 is omitted, as etcd does);
+        ``grantedTTL`` the granted one; ``keys`` (when asked) the attached keys, sorted.
+        """
+        req = codec.parse_lease_timetolive(body)
+        lease_id = int(req.get("ID", 0))
+        remaining = self.lessor.remaining(lease_id, now) if lease_id in self.leases else None
+        out: dict[str, Any] = {}
+        if lease_id:
+            out["ID"] = str(lease_id)
+        if remaining is None or remaining <= 0:
+            out["TTL"] = "-1"
+        else:
+            if int(remaining):
+                out["TTL"] = str(int(remaining))
+            out["grantedTTL"] = str(self.leases.ttl[lease_id])
+            if req.get("keys"):
+                keys = [codec.b64(k) for k in self.store.lease_keys(lease_id)]
+                if keys:
+                    out["keys"] = keys
+        out["revision"] = self.store.revision
+        return out
+
+    def lease_keepalive(self, body: Any, now: float) -> dict[str, Any]:
+        """A LeaseKeepAlive answer (inner ``result`` object without header): ``TTL`` omitted when the
+        lease is unknown or expired. Leader only (the lessor's clock)."""
+        req = codec.parse_lease_id(body)
+        lease_id = int(req.get("ID", 0))
+        ttl = self.lessor.keepalive(lease_id, now) if lease_id in self.leases else -1
+        out: dict[str, Any] = {}
+        if lease_id:
+            out["ID"] = str(lease_id)
+        if ttl > 0:
+            out["TTL"] = str(ttl)
+        out["revision"] = self.store.revision
+        return out
+
+    def lease_leases(self) -> dict[str, Any]:
+        """A LeaseLeases answer: every lease ID, ordered by expiry."""
+        order = [lid for lid in self.lessor.by_expiry() if lid in self.leases]
+        seen = set(order)
+        order += [lid for lid in self.leases.ids() if lid not in seen]
+        out: dict[str, Any] = {}
+        if order:
+            out["leases"] = [{"ID": str(lid)} for lid in order]
+        out["revision"] = self.store.revision
+        return out
+
+    # -- watch support ----------------------------------------------------------------------------------
+
     def add_listener(self, fn: Listener) -> None:
-        raise NotImplementedError
+        """Call ``fn(revision, events)`` synchronously after each apply that produced events.
+
+        Events are rendered etcd-style and shared between listeners (treat them as
+        read-only): ``{"kv": {...}}`` for a PUT, ``{"type": "DELETE", "kv": {"key", "mod_revision"}}``
+        for a DELETE, each with ``"prev_kv"`` when the key had a previous version.
+        """
+        self._listeners.append(fn)
 
     def remove_listener(self, fn: Listener) -> None:
-        raise NotImplementedError
+        """Stop calling ``fn``."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
 
-    def history(self, key: bytes, range_end: bytes, start_revision: int) -> list[tuple[int, list[dict[str, Any]]]]:
-        raise NotImplementedError
+    def history(
+        self, key: bytes, range_end: bytes, start_revision: int
+    ) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Rendered events on ``[key, range_end)`` from ``start_revision`` on, grouped by revision.
 
-    # -- snapshots ------------------------------------------------------------------------------
+        Raises EtcdError ``compacted`` (``.compact_revision`` set) when ``start_revision`` is
+        below the compaction revision.
+        """
+        found = self.store.history(key, range_end, start_revision)
+        return [(rev, [ev.render() for ev in evs]) for rev, evs in found]
+
+    # -- snapshots ------------------------------------------------------------------------------------
+
     def snapshot(self) -> bytes:
-        raise NotImplementedError
+        """The whole state as deterministic JSON bytes (see docs/kvstore-data.md)."""
+        image = {
+            "v": SNAPSHOT_VERSION,
+            "applied_index": self.applied_index,
+            "mvcc": self.store.dump(),
+            "leases": [[lid, self.leases.ttl[lid]] for lid in self.leases.ids()],
+        }
+        return json.dumps(image, separators=(",", ":")).encode()
 
     def restore(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Replace the whole state with a snapshot's; every lease gets a full TTL on the lessor."""
+        image = json.loads(data)
+        if image.get("v") != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported kvstore snapshot version {image.get('v')!r}")
+        self.store = MVCC.load(image["mvcc"])
+        self.leases = LeaseTable()
+        for lid, ttl in image["leases"]:
+            self.leases.grant(int(lid), int(ttl))
+        self.lessor.reset((lid, ttl) for lid, ttl in self.leases.ttl.items())
+        self.applied_index = int(image.get("applied_index", 0))
