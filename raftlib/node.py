@@ -208,6 +208,7 @@ class RaftNode:
         self._main_tasks: list[asyncio.Task[Any]] = []
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._snapshotter: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._pending_ctx: dict[bytes, asyncio.Future[Any]] = {}
         self._pending_reads: dict[bytes, asyncio.Future[tuple[int, bool]]] = {}
@@ -247,6 +248,9 @@ class RaftNode:
         self._snapshot_lock = asyncio.Lock()
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-io")
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-rd")
+        self._snapshotter = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"raft-{self.id}-snap"
+        )
         if self._storage is None:
             from raftlib.storage import DiskStorage, MemoryStorage
 
@@ -315,10 +319,10 @@ class RaftNode:
             hs, self._unsaved_hard_state = self._unsaved_hard_state, None
             with contextlib.suppress(OSError, RaftError):
                 await loop.run_in_executor(self._io, self._storage.save, hs, [])
-        for ex in (self._io, self._reader):
+        for ex in (self._io, self._reader, self._snapshotter):
             if ex is not None:
                 await loop.run_in_executor(None, ex.shutdown, True)
-        self._io = self._reader = None
+        self._io = self._reader = self._snapshotter = None
         if self._storage is not None and was_running:
             self._storage.close()
         self._fail_pending(NodeStopped("failed" if self._failure else "stopped"))
@@ -818,7 +822,8 @@ class RaftNode:
         meta = core.snapshot_meta_at(index)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._io, self._write_snapshot, meta, header, captured)
+            # Not the WAL's thread: appends and acks go on while the snapshot is written.
+            await loop.run_in_executor(self._snapshotter, self._write_snapshot, meta, header, captured)
         finally:
             if isinstance(captured, SnapshotWriter):
                 captured.release()

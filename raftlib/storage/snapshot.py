@@ -231,6 +231,10 @@ class SnapshotStore:
         """Indexes of the stored snapshots, oldest first."""
         return sorted(self._metas)
 
+    def path(self, index: int) -> str:
+        """Path of the stored snapshot at ``index`` (FileNotFoundError if there is none)."""
+        return self._path(index)
+
     def _path(self, index: int) -> str:
         path = self._paths.get(index)
         if path is None:
@@ -239,7 +243,10 @@ class SnapshotStore:
 
     def open(self, index: int) -> BinaryIO:
         """A file object positioned at the body, after checking the whole file."""
-        path = self._path(index)
+        return self.open_path(self._path(index))
+
+    def open_path(self, path: str) -> BinaryIO:
+        """Like :meth:`open` for a path found earlier (reads no shared state)."""
         f = self.ops.open_read(path)
         try:
             h = parse_header(f, path)
@@ -252,9 +259,12 @@ class SnapshotStore:
 
     def read_chunk(self, index: int, offset: int, size: int) -> tuple[bytes, bool]:
         """``size`` bytes of the stored file at ``offset``, and whether they reach its end."""
+        return self.read_chunk_path(self._path(index), offset, size)
+
+    def read_chunk_path(self, path: str, offset: int, size: int) -> tuple[bytes, bool]:
+        """Like :meth:`read_chunk` for a path found earlier (reads no shared state)."""
         if offset < 0 or size <= 0:
             raise ValueError("offset must be >= 0 and size > 0")
-        path = self._path(index)
         with self.ops.open_read(path) as f:
             f.seek(0, os.SEEK_END)
             total = f.tell()
@@ -276,6 +286,12 @@ class SnapshotStore:
 
     def save(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
         """Stream a local snapshot to a temp file, fsync, rename, fsync the directory."""
+        tmp = self.write_temp(meta, chunks)
+        self.commit_temp(meta, tmp)
+
+    def write_temp(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> str:
+        """Phase 1 of :meth:`save`: the durable temp file. Touches no shared state,
+        so it may run while the WAL keeps being written."""
         self.ops.makedirs(self.dir)
         final = os.path.join(self.dir, snapshot_name(meta))
         tmp = final + ".tmp"
@@ -298,10 +314,19 @@ class SnapshotStore:
                 self.ops.fsync(fd)
             self.ops.close(fd)
             fd = None
+        except OSError as e:
+            self._abandon(fd, tmp)
+            raise StorageError(tmp, e.errno, f"writing snapshot {meta.index}@{meta.term} failed: {e}") from e
+        return tmp
+
+    def commit_temp(self, meta: SnapshotMeta, tmp: str) -> None:
+        """Phase 2 of :meth:`save`: rename into place, fsync the directory, apply retention."""
+        final = os.path.join(self.dir, snapshot_name(meta))
+        try:
             self.ops.rename(tmp, final)
             self._sync_dir()
         except OSError as e:
-            self._abandon(fd, tmp)
+            self._abandon(None, tmp)
             raise StorageError(tmp, e.errno, f"writing snapshot {meta.index}@{meta.term} failed: {e}") from e
         self._metas[meta.index] = meta
         self._paths[meta.index] = final

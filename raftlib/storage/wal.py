@@ -271,6 +271,7 @@ class DiskStorage:
                 self.data_dir,
             )
         self._lock = threading.RLock()
+        self._snapshot_write_lock = threading.Lock()
         self._loaded = False
         self._closed = False
         self._failed: str | None = None
@@ -676,10 +677,18 @@ class DiskStorage:
     # -- snapshots -----------------------------------------------------------------------
 
     def save_snapshot(self, meta: SnapshotMeta, chunks: Iterable[bytes]) -> None:
-        """Stream a local snapshot to disk (temp file, fsync, rename, directory fsync)."""
+        """Stream a local snapshot to disk (temp file, fsync, rename, directory fsync).
+
+        The temp file is written without holding the WAL's lock, so appends
+        (and the acknowledgements waiting on them) go on while a large
+        snapshot is written; only the rename and retention take the lock.
+        """
         with self._lock:
             self._check_writable()
-            self.snapshots.save(meta, chunks)
+        with self._snapshot_write_lock:
+            tmp = self.snapshots.write_temp(meta, chunks)
+            with self._lock:
+                self.snapshots.commit_temp(meta, tmp)
 
     def begin_incoming_snapshot(self, meta: SnapshotMeta) -> None:
         """Start receiving a snapshot from the leader (discarding any partial one)."""
@@ -718,13 +727,16 @@ class DiskStorage:
         """A checked file object positioned at the state-machine bytes of snapshot ``index``."""
         with self._lock:
             self._ensure_loaded()
-            return self.snapshots.open(index)
+            path = self.snapshots.path(index)
+        # Checking a large file's CRC must not hold up WAL appends.
+        return self.snapshots.open_path(path)
 
     def read_snapshot_chunk(self, index: int, offset: int, size: int) -> tuple[bytes, bool]:
         """Raw bytes of the stored snapshot file for sending, and whether they reach its end."""
         with self._lock:
             self._ensure_loaded()
-            return self.snapshots.read_chunk(index, offset, size)
+            path = self.snapshots.path(index)
+        return self.snapshots.read_chunk_path(path, offset, size)
 
     def close(self) -> None:
         """Close the files (a partial incoming snapshot is discarded at the next start)."""
