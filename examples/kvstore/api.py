@@ -494,7 +494,7 @@ class GatewayAPI:
 
     async def status(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
         st = self.server.status_fields()
-        size = self.machine.db_size()
+        size = self.server.db_size()
         out: dict[str, Any] = {"header": self.header(self.machine.revision), "version": ETCD_VERSION}
         if size:
             out["dbSize"] = str(size)
@@ -565,7 +565,6 @@ def build_app(server: KVServer) -> web.Application:
     app = web.Application(client_max_size=_READ_CAP + 1)
     app.on_response_prepare.append(_add_cors)
     app.router.add_route("*", "/{tail:.*}", api.dispatch)
-    app["api"] = api
     return app
 
 

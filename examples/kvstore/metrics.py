@@ -91,8 +91,9 @@ STREAMING = {"Watch", "LeaseKeepAlive", "Snapshot"}
 class _LiveCollector(Collector):
     """Reads raftlib's and the KVMachine's numbers at scrape time."""
 
-    def __init__(self, server: KVServer) -> None:
+    def __init__(self, server: KVServer, owner: ServerMetrics) -> None:
         self.server = server
+        self.owner = owner
 
     def collect(self) -> Iterator[Any]:
         s = self.server
@@ -172,7 +173,7 @@ class _LiveCollector(Collector):
         )
         m = s.machine
         try:
-            size = m.db_size()
+            size = s.db_size()
         except Exception:
             size = 0
         yield gauge(
@@ -193,7 +194,7 @@ class _LiveCollector(Collector):
         yield gauge(
             "etcd_debugging_mvcc_watch_stream_total",
             "Total number of watch streams.",
-            s.metrics.watch_streams,
+            self.owner.watch_streams,
         )
 
 
@@ -202,9 +203,9 @@ class ServerMetrics:
 
     def __init__(self, server: KVServer) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_LiveCollector(server))
-        ProcessCollector(registry=self.registry)
         self.watch_streams = 0
+        self.registry.register(_LiveCollector(server, self))
+        ProcessCollector(registry=self.registry)
         self.handled_total = Counter(
             "grpc_server_handled",
             "Total number of RPCs completed on the server, regardless of success or failure.",

@@ -720,6 +720,10 @@ class KVServer:
             writer.release()
         return buf.getvalue()
 
+    def db_size(self) -> int:
+        """The KVMachine's size estimate plus one 4 KiB page (etcd's bolt file is never empty)."""
+        return int(self.machine.db_size()) + 4096
+
     def status_fields(self) -> dict[str, Any]:
         """raft index/term/applied and leader, for maintenance/status."""
         st = self.node.status() if self.node is not None else {}

@@ -41,7 +41,6 @@ HISTORY_BATCH = 1000
 """At most this many history events per catch-up message (whole revisions are never split)."""
 SLOW_GRACE = 5.0
 """Seconds a cancelled slow watcher's connection may stay blocked before it is closed."""
-DELETE = 1  # mvccpb.Event_EventType
 FILTERS = {"NOPUT": "NOPUT", "NODELETE": "NODELETE", 0: "NOPUT", 1: "NODELETE"}
 
 
@@ -85,19 +84,20 @@ class Watcher:
             return key >= self.key
         return self.key <= key < self.range_end
 
-    def select(self, events: list[Any]) -> list[dict[str, Any]]:
-        """The events of one revision this watcher wants, rendered for it (prev_kv only when asked)."""
+    def select(self, events: list[tuple[bytes, bool, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The events of one revision this watcher wants (prev_kv only when asked).
+
+        ``events`` are ``(raw key, is a DELETE, rendered event)`` triples (see :func:`decode_events`).
+        """
         out = []
-        for ev in events:
-            key, is_delete = event_key(ev)
+        for key, is_delete, ev in events:
             if not self.matches(key):
                 continue
             if ("NODELETE" if is_delete else "NOPUT") in self.filters:
                 continue
-            rendered = ev if isinstance(ev, dict) else ev.render()
-            if not self.prev_kv and "prev_kv" in rendered:
-                rendered = {k: v for k, v in rendered.items() if k != "prev_kv"}
-            out.append(rendered)
+            if not self.prev_kv and "prev_kv" in ev:
+                ev = {k: v for k, v in ev.items() if k != "prev_kv"}
+            out.append(ev)
         return out
 
     def push(self, item: tuple[Any, ...]) -> None:
@@ -109,7 +109,7 @@ class Watcher:
         self.queue.append(item)
         self.wakeup.set()
 
-    def offer(self, revision: int, events: list[Any]) -> None:
+    def offer(self, revision: int, events: list[tuple[bytes, bool, dict[str, Any]]]) -> None:
         """Called on the apply path with every revision's events, in order."""
         if self.closed or revision < self.next_rev:
             return
@@ -152,12 +152,9 @@ class Watcher:
         return self.queue.popleft()
 
 
-def event_key(ev: Any) -> tuple[bytes, bool]:
-    """(raw key, is a DELETE) of an event: an mvcc ``Event`` tuple or its rendered JSON dict."""
-    if isinstance(ev, dict):
-        kv = ev.get("kv") or {}
-        return base64.b64decode(kv.get("key", "")), ev.get("type") == "DELETE"
-    return ev.kv.key, ev.type == DELETE
+def decode_events(events: list[dict[str, Any]]) -> list[tuple[bytes, bool, dict[str, Any]]]:
+    """``(raw key, is a DELETE, event)`` for each rendered event (keys decoded once for all watchers)."""
+    return [(base64.b64decode(ev["kv"].get("key", "")), ev.get("type") == "DELETE", ev) for ev in events]
 
 
 class WatchHub:
@@ -192,8 +189,10 @@ class WatchHub:
             self._catch_up(revision - 1)
         if revision > self.last_seen:
             self.last_seen = revision
-        for w in list(self.watchers):
-            w.offer(revision, events)
+        if self.watchers:
+            decoded = decode_events(events)
+            for w in list(self.watchers):
+                w.offer(revision, decoded)
 
     def resync(self) -> None:
         """After a snapshot restore: queue the revisions the watchers missed (or cancel them)."""
@@ -211,7 +210,7 @@ class WatchHub:
                 continue
             for rev, events in batches:
                 if rev <= upto:
-                    w.offer(rev, events)
+                    w.offer(rev, decode_events(events))
             w.next_rev = max(w.next_rev, upto + 1)
 
     def create(
@@ -254,7 +253,7 @@ class WatchHub:
                 if rev > current:
                     break
                 w.next_rev = rev + 1
-                pending.extend(w.select(events))
+                pending.extend(w.select(decode_events(events)))
                 if len(pending) >= HISTORY_BATCH:
                     w.push(("events", current, pending))
                     pending = []
