@@ -197,7 +197,13 @@ def test_history_grouped_by_revision_with_prev_kv() -> None:
     assert dele[0].render() == {
         "type": "DELETE",
         "kv": {"key": "dy9h", "mod_revision": "5"},
-        "prev_kv": {"key": "dy9h", "create_revision": "2", "mod_revision": "3", "version": "2", "value": "Mg=="},
+        "prev_kv": {
+            "key": "dy9h",
+            "create_revision": "2",
+            "mod_revision": "3",
+            "version": "2",
+            "value": "Mg==",
+        },
     }
     assert s.history(b"w/", b"w0", 6)[0][0] == 6
     assert s.history(b"w/", b"w0", 7) == []
