@@ -32,8 +32,20 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from raftlib.core import Config, HardState, MessageType, PersistentState, RawNode, Role
-from raftlib.errors import NotLeader, ProposalDropped
+from raftlib.core import (
+    Change,
+    ChangeKind,
+    ConfChange,
+    Config,
+    HardState,
+    Membership,
+    MessageType,
+    PersistentState,
+    RawNode,
+    Role,
+    Transition,
+)
+from raftlib.errors import ConfChangeError, ConfChangeInProgress, NotLeader, ProposalDropped
 from raftlib.testing.events import CALL, DELIVER, PERSIST, TICK, EventQueue
 from raftlib.testing.invariants import InvariantChecker, SimTimeout, SimulationError
 from raftlib.testing.network import SimNetwork
@@ -256,6 +268,13 @@ class SimCluster:
         if len(set(ids)) != len(ids) or not ids:
             raise ValueError(f"ids must be distinct and non-empty, got {ids!r}")
         self.ids: list[str] = list(ids)
+        """Every node this cluster ever had (initial ones first, then added ones, removed ones stay)."""
+        self.initial_ids: list[str] = list(ids)
+        """The initial voters: the configuration before any change commits."""
+        self.joined: set[str] = set()
+        """Nodes added with :meth:`add_node` (started with ``Config(join=True)``)."""
+        self.removed: set[str] = set()
+        """Nodes removed from the configuration and detached: nothing is delivered to or from them."""
         self.seed = seed
         self._replay = self._replay_call(
             n,
@@ -303,7 +322,9 @@ class SimCluster:
             fifo=fifo,
         )
         self.checker: InvariantChecker | None = (
-            InvariantChecker(self.ids, full_check_every=full_check_every) if check_invariants else None
+            InvariantChecker(self.ids, full_check_every=full_check_every, check_votes=True)
+            if check_invariants
+            else None
         )
         self.nodes: dict[str, SimNode] = {i: SimNode(i) for i in self.ids}
         if self.checker is not None:
@@ -383,7 +404,10 @@ class SimCluster:
         return int(self._config(self.ids[0]).snapshot_chunk_bytes)
 
     def _config(self, node_id: str) -> Config:
-        cfg = Config(node_id, voters=list(self.ids))
+        if node_id in self.joined:
+            cfg = Config(node_id, join=True)
+        else:
+            cfg = Config(node_id, voters=list(self.initial_ids))
         for k, v in self.config_overrides.items():
             if not hasattr(cfg, k):
                 raise TypeError(f"Config has no field {k!r}")
@@ -590,6 +614,9 @@ class SimCluster:
                 return
             if not self.network.arrives(msg):
                 return
+            if self.removed and (msg.to in self.removed or msg.frm in self.removed):
+                self.network.dropped[msg.type] += 1  # a removed node is detached from the cluster
+                return
             if not dest.up:
                 self.network.dropped[msg.type] += 1
                 return
@@ -728,6 +755,8 @@ class SimCluster:
         node = self.nodes[node_id]
         if node.up:
             raise ValueError(f"{node_id} is running; crash it first")
+        if node_id in self.removed:
+            raise ValueError(f"{node_id} was removed from the cluster; it cannot be restarted")
         node.restarts += 1
         self._note(
             "restart",
@@ -749,7 +778,8 @@ class SimCluster:
         return self.nodes[node_id].up
 
     def up_ids(self) -> list[str]:
-        return [i for i in self.ids if self.nodes[i].up]
+        """The running nodes that are not removed."""
+        return [i for i in self.ids if self.nodes[i].up and i not in self.removed]
 
     def partition(self, *groups: Iterable[str]) -> None:
         """See :meth:`SimNetwork.partition`."""
@@ -772,6 +802,141 @@ class SimCluster:
         self.network.heal()
         self._note("net", "-", "healed")
 
+    # ============================================================= membership
+    def membership(self) -> Membership:
+        """The configuration of the latest committed configuration entry (the initial voters before
+        any). Without the invariant checker: the highest-term leader's configuration."""
+        if self.checker is not None:
+            return self.checker.current_config
+        lead = self.leader()
+        if lead is not None:
+            return self.nodes[lead].raw.membership
+        return Membership(frozenset(self.initial_ids))
+
+    def voters(self) -> list[str]:
+        """The voters of :meth:`membership` (both sets while joint), sorted."""
+        return sorted(self.membership().all_voters())
+
+    def members(self) -> list[str]:
+        """Voters and learners of :meth:`membership`, in the order of :attr:`ids`."""
+        conf = self.membership().members()
+        return [i for i in self.ids if i in conf]
+
+    def add_node(self, node_id: str) -> None:
+        """Start a new, empty node that joins the cluster (``Config(node_id, join=True)``).
+
+        It has no configuration and never campaigns until it learns one from the leader (a
+        configuration entry in the log, or a snapshot): add it with :meth:`change_membership`
+        (``ADD_MEMBER``, ``ADD_LEARNER`` or ``ADD_VOTER``) for the leader to replicate to it.
+        """
+        if node_id in self.nodes:
+            raise ValueError(f"{node_id!r} already exists")
+        node = SimNode(node_id)
+        self.nodes[node_id] = node
+        self.ids.append(node_id)
+        self.joined.add(node_id)
+        if self.network.ids is not self.ids:
+            self.network.ids.append(node_id)
+        if self.checker is not None:
+            self.checker.storages[node_id] = node.storage
+        self._note("add", node_id, "started empty, joining")
+        self._guard(self._start, node, True)
+        if self.auto_tick:
+            self.queue.push(self.now + self.rng.randrange(self.steps_per_tick), TICK, node_id)
+        self._after((node_id,))
+
+    def propose_conf_change(
+        self,
+        *changes: tuple[ChangeKind, str],
+        transition: Transition = Transition.AUTO,
+        node_id: str | None = None,
+    ) -> tuple[int, int]:
+        """Propose one configuration change on ``node_id`` (default: the leader).
+
+        ``changes`` are ``(ChangeKind, id)`` pairs. Raises :class:`NotLeader`,
+        :class:`ConfChangeInProgress`, :class:`ProposalDropped` (a transfer is pending) or
+        :class:`ConfChangeError` as :meth:`RawNode.propose_conf_change` does.
+        """
+        if node_id is None:
+            node_id = self.leader()
+            if node_id is None:
+                raise NotLeader(None)
+        node = self.nodes[node_id]
+        if not node.up:
+            raise NotLeader(None)
+        cc = ConfChange(tuple(Change(kind, nid) for kind, nid in changes), transition)
+        index, term = node.raw.propose_conf_change(cc)
+        what = [(k.value, n) for k, n in changes]
+        self._note("confchange", node_id, f"{what} -> index {index} term {term}")
+        self._guard(self._settle_node, node)
+        return index, term
+
+    def change_membership(
+        self,
+        *changes: tuple[ChangeKind, str],
+        transition: Transition = Transition.AUTO,
+        max_ticks: float = 400,
+        settle: bool = True,
+    ) -> tuple[int, int]:
+        """Propose a configuration change through the leader until it commits; return its ``(index, term)``.
+
+        Retries on ``NotLeader``, ``ConfChangeInProgress`` and ``ProposalDropped`` (and when a
+        leader change loses the entry). With ``settle`` (the default) it then waits until the
+        configuration is final: not joint (the leader leaves a joint configuration by itself)
+        and no member still being promoted; nodes it removed are then detached
+        (see :meth:`detach`) once they no longer lead.
+        """
+        deadline = self.now + int(max_ticks * self.steps_per_tick)
+
+        def left() -> float:
+            t = (deadline - self.now) / self.steps_per_tick
+            if t <= 0:
+                raise self._fail(
+                    SimTimeout(f"change_membership{changes!r}: not done within {max_ticks} ticks")
+                )
+            return t
+
+        while True:
+            try:
+                lead = self.run_until(self.leader, left(), "a leader")
+                index, term = self.propose_conf_change(*changes, transition=transition, node_id=lead)
+                outcome = self.run_until(
+                    functools.partial(self._outcome, index, term), left(), f"conf change committed at {index}"
+                )
+                if outcome == "committed":
+                    break
+            except (NotLeader, ConfChangeInProgress, ProposalDropped):
+                self.run(1)
+        if settle:
+            removed = [nid for kind, nid in changes if kind is ChangeKind.REMOVE]
+            self.run_until(lambda: self._settled(removed), left(), "the configuration change settled")
+            for nid in removed:
+                self.detach(nid)
+        return index, term
+
+    def _settled(self, removed: Sequence[str]) -> bool:
+        conf = self.membership()
+        if conf.is_joint() or conf.promoting:
+            return False
+        lead = self.leader()
+        return lead is not None and lead not in removed
+
+    def detach(self, node_id: str) -> None:
+        """Stop delivering messages to and from ``node_id`` (a node removed from the configuration).
+
+        Refuses a node that is still a member of the committed configuration.
+        """
+        if node_id in self.membership().members():
+            raise ConfChangeError(f"{node_id!r} is still a member ({self.membership().describe()})")
+        if node_id not in self.removed:
+            self.removed.add(node_id)
+            self._note("detach", node_id, "removed from the cluster: no more messages")
+
+    def shutdown(self, node_id: str) -> None:
+        """Stop a removed node for good (it is detached first; it cannot be restarted)."""
+        self.detach(node_id)
+        self.crash(node_id)
+
     # ================================================================ clients
     def raw(self, node_id: str) -> RawNode:
         """The running core of a node (raises if it is down)."""
@@ -781,12 +946,13 @@ class SimCluster:
         return node.raw
 
     def leader(self) -> str | None:
-        """The running leader with the highest term, or None."""
+        """The running leader with the highest term (removed nodes aside), or None."""
         best = None
         for i in self.ids:
             node = self.nodes[i]
             if (
                 node.up
+                and i not in self.removed
                 and node.raw.role is Role.LEADER
                 and (best is None or node.raw.term > self.nodes[best].raw.term)
             ):
@@ -851,14 +1017,21 @@ class SimCluster:
         return ctx
 
     def committed(self, index: int, term: int | None = None, node_ids: Iterable[str] | None = None) -> bool:
-        """Whether every given running node (default: a quorum of all) committed ``index`` (with ``term``)."""
+        """Whether every given running node (default: a majority of the voters of :meth:`membership`,
+        of both sets while joint) committed ``index`` (with ``term``)."""
         if node_ids is None:
-            n = sum(1 for i in self.ids if self._has_committed(i, index, term))
-            return n >= len(self.ids) // 2 + 1
+            conf = self.membership()
+            for voters in (conf.voters, conf.outgoing):
+                have = sum(1 for i in voters if self._has_committed(i, index, term))
+                if voters and have <= len(voters) // 2:
+                    return False
+            return True
         return all(self._has_committed(i, index, term) for i in node_ids)
 
     def _has_committed(self, node_id: str, index: int, term: int | None) -> bool:
-        node = self.nodes[node_id]
+        node = self.nodes.get(node_id)
+        if node is None:
+            return False
         if not node.up or node.raw.commit_index < index:
             return False
         return term is None or node.raw.term_at(index) == term

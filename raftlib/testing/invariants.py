@@ -21,8 +21,21 @@ The rules (Raft paper §5, Figure 3, and the durability rules of the design):
 ``committed-agreement``
     Every node's committed prefix agrees with the cluster's committed log.
 ``commit-durability``
-    When an index first becomes committed, a majority of the voters hold that
-    entry in durable storage (ack only after fsync, §3 of the design).
+    When an index first becomes committed, a majority of the voters of the
+    configuration in force on the committing node hold that entry in durable
+    storage (ack only after fsync, §3 of the design); in a joint configuration
+    a majority of both ``voters`` and ``outgoing``. Learners never count.
+    A configuration is in force on a node once the node has applied its entry
+    (as in etcd's raft); the checker rebuilds the configuration history from
+    the committed log itself, independently of the cores.
+``election-quorum``
+    A node that becomes leader of a term holds durable votes for that term
+    from a majority of the voters of the configuration in force on it (of both
+    sets when joint): learners' and strangers' votes never elect anyone.
+``learner-never-campaigns``
+    A node that is not a voter of the configuration in force on it (a learner,
+    a node that joined and has no configuration yet, a removed node) never
+    becomes pre-candidate, candidate or leader.
 ``state-machine-safety``
     No two nodes apply different entries at the same index; entries are
     applied in order, and only once committed (§5.4.3).
@@ -38,6 +51,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from raftlib._accel import ENTRY_CONF_CHANGE
+from raftlib.core.confchange import ConfChange, apply_change
+from raftlib.core.membership import Membership
+from raftlib.errors import ConfChangeError
 
 __all__ = ["InvariantChecker", "InvariantViolation", "SimulationError", "SimTimeout"]
 
@@ -109,10 +127,20 @@ class InvariantChecker:
     ``entries`` ...), never changes them.
     """
 
-    def __init__(self, voters: Sequence[str], *, full_check_every: int = 500) -> None:
+    def __init__(
+        self, voters: Sequence[str], *, full_check_every: int = 500, check_votes: bool = False
+    ) -> None:
         self.voters = list(voters)
+        """The initial voters (the configuration before any change is committed)."""
         self.quorum = len(self.voters) // 2 + 1
         self.full_check_every = full_check_every
+        self.check_votes = check_votes
+        """Check ``election-quorum`` (needs every durable vote to pass through :meth:`on_persist`)."""
+        self.configs: list[tuple[int, Membership]] = [(0, Membership(frozenset(self.voters)))]
+        """The cluster's configuration history: ``(index of its entry, configuration)``, from the
+        committed log (index 0: the initial voters)."""
+        self.votes: dict[int, dict[str, Any]] = {}
+        """term -> {node: the node it durably voted for in that term}."""
         self.leaders: dict[int, str] = {}
         """term -> the node that led it."""
         self.committed: list[tuple[int, bytes]] = [(0, b"")]
@@ -218,6 +246,8 @@ class InvariantChecker:
         self._durable_commit[node_id] = hs.commit
         self._durable_term[node_id] = hs.term
         self._durable_vote[node_id] = (hs.term, hs.vote)
+        if hs.vote is not None:
+            self.votes.setdefault(hs.term, {})[node_id] = hs.vote
 
     def on_apply(self, node_id: str, raw: Any, entry: Any) -> None:
         """A committed entry is about to be applied to ``node_id``'s state machine."""
@@ -336,11 +366,22 @@ class InvariantChecker:
         role = raw.role
         term = raw.term
         if role is not self._role.get(node_id):
+            if role.name in ("PRE_CANDIDATE", "CANDIDATE", "LEADER"):
+                conf = self.config_for(node_id)
+                if not conf.is_voter(node_id):
+                    raise InvariantViolation(
+                        "learner-never-campaigns",
+                        f"becomes {role.name.lower()} in term {term} but is not a voter of the "
+                        f"configuration in force on it ({conf.describe()})",
+                        nodes=[node_id],
+                    )
             if role.name == "LEADER":
                 holder = self.leaders.get(term)
                 if holder is None:
                     self.leaders[term] = node_id
                     self._check_leader_completeness(node_id, raw)
+                    if self.check_votes:
+                        self._check_election_quorum(node_id, term)
                 elif holder != node_id:
                     raise InvariantViolation(
                         "election-safety",
@@ -412,23 +453,79 @@ class InvariantChecker:
         for e in raw.entries(known + 1, commit + 1):
             self.committed.append((e.term, bytes(e.data)))
             self._check_durable_quorum(node_id, e.index, e.term)
+            if e.type == ENTRY_CONF_CHANGE:
+                self._record_config(e.index, bytes(e.data))
+
+    # --------------------------------------------------------- configurations
+    def applied_of(self, node_id: str) -> int:
+        """The index ``node_id``'s state machine reflects, as the checker saw it applied."""
+        return self._next_apply.get(node_id, 1) - 1
+
+    def config_at(self, index: int) -> Membership:
+        """The configuration in force once the committed log is applied up to ``index``."""
+        found = self.configs[0][1]
+        for at, conf in self.configs:
+            if at > index:
+                break
+            found = conf
+        return found
+
+    def config_for(self, node_id: str) -> Membership:
+        """The configuration in force on ``node_id`` (by the index it has applied)."""
+        return self.config_at(self.applied_of(node_id))
+
+    @property
+    def current_config(self) -> Membership:
+        """The configuration of the latest committed configuration entry."""
+        return self.configs[-1][1]
+
+    def _record_config(self, index: int, data: bytes) -> None:
+        try:
+            conf = apply_change(self.configs[-1][1], ConfChange.decode(data))
+        except ConfChangeError:
+            return  # applied as a no-op by every node alike
+        self.configs.append((index, conf))
+
+    def _holders(self, index: int, term: int) -> list[str]:
+        out = []
+        for vid, st in self.storages.items():
+            if st.term_at(index) == term or (st.snapshot is not None and st.snapshot.index >= index):
+                out.append(vid)
+        return out
 
     def _check_durable_quorum(self, node_id: str, index: int, term: int) -> None:
-        holders = []
-        for vid in self.voters:
-            st = self.storages.get(vid)
-            if st is None:
+        conf = self.config_for(node_id)
+        held = set(self._holders(index, term))
+        for voters in (conf.voters, conf.outgoing):
+            if not voters:
                 continue
-            if st.term_at(index) == term or (st.snapshot is not None and st.snapshot.index >= index):
-                holders.append(vid)
-        if len(holders) < self.quorum:
-            raise InvariantViolation(
-                "commit-durability",
-                f"{node_id} commits index {index} (term {term}) but only {holders or 'no node'} "
-                f"hold it durably; a quorum is {self.quorum}",
-                nodes=[node_id, *(h for h in holders if h != node_id)],
-                indexes=[index],
-            )
+            have = sorted(held & voters)
+            need = len(voters) // 2 + 1
+            if len(have) < need:
+                raise InvariantViolation(
+                    "commit-durability",
+                    f"{node_id} commits index {index} (term {term}) but only {have or 'no voter'} of "
+                    f"{sorted(voters)} hold it durably; a quorum is {need} ({conf.describe()})",
+                    nodes=[node_id, *(h for h in have if h != node_id)],
+                    indexes=[index],
+                )
+
+    def _check_election_quorum(self, node_id: str, term: int) -> None:
+        conf = self.config_for(node_id)
+        granted = {v for v, to in self.votes.get(term, {}).items() if to == node_id}
+        for voters in (conf.voters, conf.outgoing):
+            if not voters:
+                continue
+            have = sorted(granted & voters)
+            need = len(voters) // 2 + 1
+            if len(have) < need:
+                raise InvariantViolation(
+                    "election-quorum",
+                    f"becomes leader of term {term} with durable votes from {have or 'no voter'} of "
+                    f"{sorted(voters)} (all votes for it: {sorted(granted)}); a quorum is {need} "
+                    f"({conf.describe()})",
+                    nodes=[node_id],
+                )
 
     def _check_leader_completeness(self, node_id: str, raw: Any) -> None:
         last = raw.last_index()
