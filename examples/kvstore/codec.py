@@ -172,7 +172,6 @@ def decode_json_stream(raw: bytes | str) -> list[Any]:
     return out
 
 
-
 def _json_kind(value: Any) -> str:
     """How Go's encoding/json names a JSON value in an UnmarshalTypeError."""
     if isinstance(value, bool):
