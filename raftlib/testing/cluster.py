@@ -336,6 +336,8 @@ class SimCluster:
         """Events processed so far."""
         self._read_callbacks: dict[bytes, Callable[[bool, Any], Any]] = {}
         self._reads_issued = 0
+        self._proposal_callbacks: dict[bytes, Callable[[Any], Any]] = {}
+        self._forwarded = 0
         self.observers: list[Callable[[Any], Any]] = []
         """Callables given every message just before it is delivered (for counting, asserting)."""
         self.proposals: list[tuple[str, int, int, bytes]] = []
@@ -506,6 +508,11 @@ class SimCluster:
             node.applied = e.index
         raw.advance(rd)
         node.pending = None
+        for pr in rd.proposal_results:
+            pcb = self._proposal_callbacks.pop(pr.context, None)
+            if pcb is not None:
+                self._note("proposal", node.id, f"{pr.context!r} -> {pr.error or (pr.index, pr.term)}")
+                pcb(pr)
         for rs in rd.read_states:
             if rs.ok:
                 node.reads.append((rs.index, rs.context))
@@ -991,6 +998,30 @@ class SimCluster:
         self._note("propose", node_id, f"{data!r} -> index {index} term {term}")
         self._guard(self._settle_node, node)
         return index, term
+
+    def propose_with_context(self, data: bytes, node_id: str, callback: Callable[[Any], Any]) -> bytes:
+        """Propose ``data`` from any node with :meth:`RawNode.propose_with_context` (a follower forwards
+        it to the leader when ``config={"forward_proposals": True}``).
+
+        ``callback(ProposalResult)`` runs when the node learns where the entry landed
+        (``index``, ``term``) or why it was refused (``error``); never if the forwarded proposal
+        or its answer is lost, or the node crashes (use a timeout). Raises :class:`NotLeader`
+        when the node cannot propose or forward. Returns the proposal's context.
+        """
+        node = self.nodes[node_id]
+        if not node.up:
+            raise NotLeader(None)
+        self._forwarded += 1
+        ctx = b"sim-prop-%d" % self._forwarded
+        self._proposal_callbacks[ctx] = callback
+        try:
+            self._guard(node.raw.propose_with_context, data, ctx)
+        except (NotLeader, ProposalDropped):
+            del self._proposal_callbacks[ctx]
+            raise
+        self._note("propose", node_id, f"{data!r} with context {ctx!r}")
+        self._guard(self._settle_node, node)
+        return ctx
 
     def read(self, node_id: str, callback: Callable[[bool, Any], Any]) -> bytes:
         """Start a linearizable read (ReadIndex, thesis §6.4) on ``node_id``.
