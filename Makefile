@@ -3,7 +3,7 @@
 #
 #   make test        fast suite twice (compiled core, then RAFTLIB_PURE=1), mypy, ruff
 #   make test-slow   long sweeps marked @pytest.mark.slow (compiled core only)
-#   make demo        python -m raftlib.testing.demo
+#   make demo        python -m examples.kvstore.demo (a 3-process etcd-compatible cluster tour)
 #   make bench       core hot-path micro-benchmarks (compiled vs pure)
 #   make clean       build artefacts and caches;  make distclean also removes .venv
 #
@@ -74,7 +74,7 @@ test-slow: build
 	exit $$status
 
 demo: build
-	$(VPY) -m raftlib.testing.demo
+	$(VPY) -m examples.kvstore.demo
 
 bench: build
 	$(VPY) benchmarks/bench_core.py $(BENCH_ARGS)
