@@ -22,7 +22,7 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("prometheus_client")
 
-from examples.kvstore.server import KVServer, ServerConfig  # noqa: E402
+from examples.kvstore.server import KVServer, ServerConfig, member_id_for  # noqa: E402
 from raftlib.testing.proccluster import free_ports  # noqa: E402
 
 UINT = re.compile(r"[0-9]+")
@@ -605,5 +605,49 @@ async def test_three_members_forwarding_reads_and_quorum_loss() -> None:
         assert "leader" not in out and out["errors"] == ["etcdserver: no leader"]
         async with c.session.get(c.url("/health", f2)) as r:
             assert r.status == 503 and await r.read() == b'{"health":"false"}'
+    finally:
+        await c.stop()
+
+
+async def test_member_add_promote_remove() -> None:
+    """member/add (learner) -> the new member starts with state existing -> promote -> remove."""
+    c = Cluster(1)
+    await c.start()
+    ports = free_ports(2)
+    names, all_ports = ["m0", "m1"], [*c.ports, *ports]
+    joiner = KVServer(config_for(names, all_ports, 1, initial_cluster_state="existing"))
+    try:
+        peer = joiner.config.initial_advertise_peer_urls
+        out = await c.ok("/v3/cluster/member/add", {"peerURLs": peer, "isLearner": True})
+        new_id = out["member"]["ID"]
+        assert out["member"] == {"ID": new_id, "peerURLs": peer, "isLearner": True}
+        # the joiner derives the same ID from its peer URLs and the token
+        assert new_id == str(member_id_for(peer, joiner.config.initial_cluster_token))
+        assert [m["ID"] for m in out["members"]] == sorted((m["ID"] for m in out["members"]), key=int)
+        assert {"ID": new_id, "peerURLs": peer, "isLearner": True} in out["members"]  # unstarted: no name
+        await assert_error(c, "/v3/cluster/member/add", 412, 9, "etcdserver: Peer URLs already exists",
+                           body={"peerURLs": peer})  # fmt: skip
+        await assert_error(c, "/v3/cluster/member/promote", 404, 5, "etcdserver: member not found",
+                           body={"ID": "12345"})  # fmt: skip
+        await joiner.start()
+        c.servers.append(joiner)
+        assert str(joiner.member_id) == new_id
+        deadline = time.monotonic() + 10
+        while joiner.machine.revision < c.servers[0].machine.revision or not joiner.state.attributes.get(
+            joiner.node_id, {}
+        ).get("name"):
+            assert time.monotonic() < deadline, "the learner did not catch up"
+            await asyncio.sleep(0.05)
+        listed = (await c.ok("/v3/cluster/member/list", {}, i=1))["members"]
+        assert {m["name"] for m in listed} == {"m0", "m1"}
+        st = await c.ok("/v3/maintenance/status", {}, i=1)
+        assert st["isLearner"] is True and st["header"]["member_id"] == new_id
+        out = await c.ok("/v3/cluster/member/promote", {"ID": int(new_id)}, i=1)  # forwarded to the leader
+        assert all("isLearner" not in m for m in out["members"])
+        msg = "etcdserver: can only promote a learner member"
+        await assert_error(c, "/v3/cluster/member/promote", 412, 9, msg, body={"ID": new_id})
+        await c.put("two", "voters")
+        out = await c.ok("/v3/cluster/member/remove", {"ID": new_id})
+        assert [m["ID"] for m in out["members"]] == [str(c.servers[0].member_id)]
     finally:
         await c.stop()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -92,8 +91,14 @@ def as_object(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        kind = "array" if isinstance(value, list) else "string" if isinstance(value, str) else (
-            "bool" if isinstance(value, bool) else "number")  # fmt: skip
+        if isinstance(value, list):
+            kind = "array"
+        elif isinstance(value, bool):
+            kind = "bool"
+        elif isinstance(value, str) and not isinstance(value, codec.RawFloat):
+            kind = "string"
+        else:
+            kind = "number"
         raise errors.cannot_unmarshal(kind, "map[string]json.RawMessage")
     return value
 
@@ -280,25 +285,28 @@ class GatewayAPI:
         except ValueError:
             return MAX_HOPS
 
-    async def forward_json(self, request: web.Request, raw: bytes, relabel: bool = True) -> web.Response:
-        """Send the request to the leader; the answer's header is replaced by ours (etcd's fill)."""
+    async def forward_json(self, request: web.Request, raw: bytes, stream: bool = False) -> web.Response:
+        """Send the request to the leader's client URL and relay its answer.
+
+        The answer's header is replaced by this member's (etcd fills the header
+        of a forwarded lease call locally too). ``stream``: the answer is
+        newline-delimited ``{"result": ...}`` objects (keepalive).
+        """
         hops = self.hops(request)
         if hops >= MAX_HOPS:
-            raise etcd_error(14, "etcdserver: leader changed")
+            raise errors.leader_changed()
         status, ctype, data = await self.server.forward(request.path, raw, hops)
-        if status != 200 or not relabel:
-            resp = web.Response(status=status, body=data, content_type=ctype.split(";")[0])
-            return resp
-        out = []
-        for obj in iter_json_objects(data):
+        if status != 200:
+            return web.Response(status=status, body=data, content_type=ctype.split(";")[0])
+        objects = iter_json_objects(data)
+        for obj in objects:
             target = obj.get("result", obj)
-            if isinstance(target, dict) and "header" in target:
-                old = target["header"]
-                keep_rev = "revision" in old
-                target["header"] = self.header(self.machine.revision if keep_rev else None)
-            out.append(dumps(obj))
-        return json_response_lines(out) if len(out) > 1 or request.path.endswith("keepalive") else (
-            json_response(json.loads(out[0])) if out else json_response({}))  # fmt: skip
+            if isinstance(target, dict) and isinstance(target.get("header"), dict):
+                with_revision = "revision" in target["header"]
+                target["header"] = self.header(self.machine.revision if with_revision else None)
+        if stream:
+            return json_response_lines([dumps(obj) for obj in objects])
+        return json_response(objects[0] if objects else {})
 
     # -- KV ------------------------------------------------------------------------------
 
@@ -311,9 +319,10 @@ class GatewayAPI:
         return handler
 
     async def kv_range(self, request: web.Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-        if not bool_field(body, "serializable"):
-            if "key" not in body or not body.get("key"):
-                self.machine.range(body)  # raises 'key is not provided' without a quorum round
+        req = codec.parse_range(body)  # bad requests fail before any quorum round
+        if not req.get("key"):
+            raise errors.empty_key()
+        if not req.get("serializable"):
             await self.server.read_barrier()
         return self.respond(self.machine.range(body))
 
@@ -352,17 +361,12 @@ class GatewayAPI:
         for obj in objects:
             int_field(obj, "ID")
         if not await self._on_primary():
-            return await self.forward_json(request, raw)
+            return await self.forward_json(request, raw, stream=True)
         lines = []
         for obj in objects:
-            lease_id = int_field(obj, "ID")
-            ttl = self.machine.lessor.keepalive(lease_id, time.monotonic())
-            result: dict[str, Any] = {"header": self.header(self.machine.revision)}
-            if lease_id:
-                result["ID"] = str(lease_id)
-            if ttl and ttl > 0:
-                result["TTL"] = str(ttl)
-            lines.append(dumps({"result": result}))
+            result = self.machine.lease_keepalive(obj, time.monotonic())
+            revision = result.pop("revision", self.machine.revision)
+            lines.append(dumps({"result": {"header": self.header(revision), **result}}))
         return json_response_lines(lines)
 
     async def lease_leases(
@@ -568,8 +572,4 @@ def build_app(server: KVServer) -> web.Application:
     return app
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-__all__ = ["GatewayAPI", "build_app", "dumps", "parse_json_object", "proto_size", "binascii", "_b64"]
+__all__ = ["GatewayAPI", "build_app", "dumps", "parse_json_object", "proto_size"]

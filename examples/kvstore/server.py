@@ -373,6 +373,7 @@ class KVServer:
         )
         self._loop = asyncio.get_running_loop()
         await self.node.start()
+        self.term = max(self.term, int(self.node.status().get("term", 0) or 0))
         import aiohttp
 
         connector_ssl: Any = cfg.client_tls.client_context() if cfg.client_tls else None
