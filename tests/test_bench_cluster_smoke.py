@@ -1,7 +1,7 @@
 """Smoke test of benchmarks/bench_cluster.py's plumbing: tiny durations, one round, one concurrency.
 
-It starts real 3-process clusters of both systems (about 8 s), and is skipped when PySyncObj is not
-installed.
+It starts real 3-process clusters of both systems (6-15 s, so it is marked slow: `make test-slow`), and
+is skipped when PySyncObj is not installed.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_cluster.py"
 
 
+@pytest.mark.slow  # 6-15 s on the shared 2-CPU VM: two 3-process clusters
 def test_bench_cluster_runs_and_reports(tmp_path: Path) -> None:
     args = [sys.executable, str(SCRIPT), "--seconds", "0.3", "--warmup", "0.1", "--rounds", "1",
-            "--concurrency", "4", "--pso-variants", "nobatch,batch-1ms"]
+            "--concurrency", "4", "--pso-variants", "nobatch"]
     plot = tmp_path / "plot.png"
     try:
         import matplotlib  # noqa: F401
@@ -39,7 +40,7 @@ def test_bench_cluster_runs_and_reports(tmp_path: Path) -> None:
         assert x["writes_per_s"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"]
     assert raft["durable"] is True and pso["durable"] is False
     assert raft["ratio"] == pytest.approx(raft["writes_per_s"] / pso["writes_per_s"], rel=0.01)
-    assert pso["config"] in ("nobatch", "batch-1ms")
+    assert pso["config"] == "nobatch" and set(pso["variants"]) == {"nobatch"}
     assert "identical on 3 replicas" in proc.stderr
     if plot is not None:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
