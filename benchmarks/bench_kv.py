@@ -38,6 +38,8 @@ import base64
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,7 +87,13 @@ OP_PATH = {"put": "/v3/kv/put", "range": "/v3/kv/range"}
 
 
 async def run_load(
-    url: str, op: str, concurrency: int, warmup: float, seconds: float, value_bytes: int
+    url: str,
+    op: str,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+    value_bytes: int,
+    profile: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     """Closed-loop load: returns ops/s and latency percentiles of the measured window."""
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -103,8 +111,19 @@ async def run_load(
     async def cpu_probe() -> None:
         await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
         cpu_marks["start"] = time.process_time()
+        spy = None
+        if profile is not None:  # sample the server process for the measured window
+            pid, out = profile
+            exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            spy = subprocess.Popen(
+                [exe, "record", "-p", str(pid), "-f", "raw", "-r", "100", "-d", str(int(seconds)), "-o", out],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         cpu_marks["end"] = time.process_time()
+        if spy is not None:
+            await asyncio.get_running_loop().run_in_executor(None, spy.wait)
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
@@ -125,7 +144,7 @@ async def run_load(
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     ok = False
                 t1 = time.perf_counter()
-                if t0 >= t_measure and t1 <= t_end:
+                if t_measure <= t1 <= t_end:  # completions inside the measured window
                     if ok:
                         latencies.append(t1 - t0)
                     else:
@@ -164,7 +183,12 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "?"
     return {
+        "loadavg": load,
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
@@ -226,6 +250,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="repeat every configuration; report the best round")
     ap.add_argument("--plot", metavar="PNG", help="write a plot of the results (needs matplotlib)")
     ap.add_argument("--keep-dir", action="store_true", help="keep the clusters' data dirs and logs")
+    ap.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        help="record the store's leader with py-spy (-f raw) during its first measured round of every "
+        "configuration, into DIR/<op>-c<concurrency>.txt",
+    )
     args = ap.parse_args()
     concs = [int(c) for c in args.concurrency.split(",") if c]
     ops = [o for o in args.ops.split(",") if o]
@@ -244,6 +274,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="bench_kv-"))
     clusters: dict[str, KVCluster] = {}
     urls: dict[str, str] = {}
+    leader_pids: dict[str, int] = {}
     for system in [s for s in args.systems.split(",") if s]:
         reason = backend_unavailable_reason(system)
         if reason:
@@ -261,6 +292,7 @@ def main() -> int:
             continue
         clusters[system] = cluster
         lm = cluster.members[leader]
+        leader_pids[system] = lm.pid or 0
         log(f"{system}: leader {lm.name} at {urls[system]} (pid {lm.pid})")
     if not clusters:
         log("nothing to benchmark")
@@ -269,7 +301,7 @@ def main() -> int:
     info = machine_info()
     log(
         f"machine: nproc={info['nproc']}, {info['cpu']}, Python {info['python']}, "
-        f"load generator on {loop_name}; "
+        f"load average {info['loadavg']}, load generator on {loop_name}; "
         f"{args.warmup:g} s warm-up + {args.seconds:g} s per configuration"
     )
     results: list[dict[str, Any]] = []
@@ -284,7 +316,13 @@ def main() -> int:
                 row: dict[str, dict[str, Any]] = {}
                 for rnd in range(args.rounds):
                     for system in order if rnd % 2 == 0 else order[::-1]:
-                        load = run_load(urls[system], op, conc, args.warmup, args.seconds, args.value_bytes)
+                        profile = None
+                        if args.py_spy and system == "raftlib" and rnd == 0:
+                            Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+                            profile = (leader_pids[system], f"{args.py_spy}/{op}-c{conc}.txt")
+                        load = run_load(
+                            urls[system], op, conc, args.warmup, args.seconds, args.value_bytes, profile
+                        )
                         res = asyncio.run(load)
                         if system not in row or res["ops_per_s"] > row[system]["ops_per_s"]:
                             row[system] = {"system": system, "op": op, "concurrency": conc, **res}
@@ -310,8 +348,6 @@ def main() -> int:
         if args.keep_dir:
             log(f"data dirs and logs kept in {base}")
         else:
-            import shutil
-
             shutil.rmtree(base, ignore_errors=True)
 
     if args.plot:
