@@ -55,6 +55,7 @@ from raftlib.errors import (
 
 _VOTE_REQUESTS = (MessageType.VOTE, MessageType.PRE_VOTE)
 _FROM_LEADER = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+_ANSWERS_TO_US = (MessageType.READ_INDEX_RESP, MessageType.PROPOSE_RESP)
 
 
 class Raft:
@@ -124,6 +125,13 @@ class Raft:
         self.lead_transferee: str | None = None
         self.transfer_elapsed = 0
         self.read_only = ReadOnly()
+        self.lease_clock = 0
+        """Ticks this node has seen (the leader lease is measured on it)."""
+        self._round_sent_at: dict[int, int] = {}
+        """Lease mode: heartbeat round -> ``lease_clock`` when it was broadcast."""
+        self._became_leader_at = 0
+        self._lease_start: int | None = None
+        """Lease mode: ``lease_clock`` at which the latest message a quorum acknowledged was sent."""
         self._broadcast_pending = False
         self.become_follower(self.term, None)
 
@@ -159,6 +167,8 @@ class Raft:
         self.lead_transferee = None
         self.transfer_elapsed = 0
         self._broadcast_pending = False
+        self._round_sent_at.clear()
+        self._lease_start = None
         # Reads waiting for this node's leadership can no longer be confirmed.
         for ctx, requester in self.read_only.drop_all():
             self._answer_read(requester, ReadState(0, ctx, ok=False))
@@ -190,6 +200,7 @@ class Raft:
         self._reset(self.term)
         self.role = Role.LEADER
         self.lead = self.id
+        self._became_leader_at = self.lease_clock
         # We know our own log up to what is durable; followers are probed.
         me = self.tracker.progress.get(self.id)
         if me is not None:
@@ -208,6 +219,7 @@ class Raft:
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self.lease_clock += 1
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
@@ -360,6 +372,8 @@ class Raft:
             self._handle_forwarded_proposal(m)
         elif m.type is MessageType.READ_INDEX:
             self._handle_read_index_request(m)
+        elif m.type in _ANSWERS_TO_US:
+            self._handle_answer(m)
         elif self.role is Role.LEADER:
             self._step_leader(m)
         elif self.role is Role.FOLLOWER:
@@ -388,6 +402,10 @@ class Raft:
                     context=m.context, reject=True,
                 )
             )
+        elif m.type in _ANSWERS_TO_US:
+            # A read index confirmed, or a proposal placed, by the leader of an
+            # older term is still a valid answer to what we asked then.
+            self._handle_answer(m)
         # Anything else from an older term is ignored (§5.1).
 
     def _step_follower(self, m: Message) -> None:
@@ -399,10 +417,6 @@ class Raft:
             # Thesis §3.10: the leader chose us; start an election at once, skipping
             # the pre-vote, and ask voters to ignore their lease.
             self.campaign(force=True)
-        elif m.type is MessageType.READ_INDEX_RESP:
-            self.read_states.append(ReadState(m.index, m.context, ok=not m.reject))
-        elif m.type is MessageType.PROPOSE_RESP:
-            self.proposal_results.append(self._proposal_result_from(m))
         # Responses addressed to a former role are stale: ignore them.
 
     def _step_candidate(self, m: Message) -> None:
@@ -414,9 +428,12 @@ class Raft:
             m.type is MessageType.VOTE_RESP and self.role is Role.CANDIDATE
         ):
             self._handle_vote_response(m)
-        elif m.type is MessageType.READ_INDEX_RESP:
+
+    def _handle_answer(self, m: Message) -> None:
+        """The leader answered a read index request or a forwarded proposal of ours."""
+        if m.type is MessageType.READ_INDEX_RESP:
             self.read_states.append(ReadState(m.index, m.context, ok=not m.reject))
-        elif m.type is MessageType.PROPOSE_RESP:
+        else:
             self.proposal_results.append(self._proposal_result_from(m))
 
     def _handle_from_leader(self, m: Message) -> None:
@@ -626,6 +643,8 @@ class Raft:
         # Followers learn the new commit index with the next AppendEntries.
         self._broadcast_pending = True
         if first_of_term:
+            # A quorum acknowledged appends sent since we became leader: the lease starts then.
+            self._lease_start = self._became_leader_at
             # Thesis §6.4: reads wait until the leader has committed an entry of
             # its own term, which proves its commit index is current.
             for ctx, requester in self.read_only.release_waiting():
@@ -685,7 +704,10 @@ class Raft:
 
     def _broadcast_heartbeat(self) -> None:
         self.heartbeat_elapsed = 0
-        read_round = self.read_only.send_round()
+        lease = self.config.read_only == "lease"
+        read_round = self.read_only.send_round(always=lease)
+        if lease:
+            self._round_sent_at[read_round] = self.lease_clock
         for peer in sorted(self.tracker.progress):
             if peer == self.id:
                 continue
@@ -935,17 +957,37 @@ class Raft:
 
     def _start_read(self, ctx: bytes, requester: str) -> None:
         index = self.log.committed
-        if self.config.read_only == "lease" or self.membership.all_voters() == {self.id}:
-            # Lease: CheckQuorum guarantees no other leader can exist yet.
+        if self.membership.all_voters() == {self.id} or (
+            self.config.read_only == "lease" and self._lease_holds()
+        ):
             self._answer_read(requester, ReadState(index, ctx))
             return
         self.read_only.add(ctx, requester, index)
+
+    def _lease_holds(self) -> bool:
+        """Thesis §6.4.1: no other leader can exist yet. A voter that heard from us ignores vote
+        requests for an election timeout (the leader lease of §4.2.3), so a quorum that
+        acknowledged a message we sent at ``_lease_start`` elects nobody before
+        ``_lease_start + election_tick`` (minus a tick of phase difference between clocks, and
+        one of margin). Not while a transfer is pending: its target campaigns with ``force``."""
+        start = self._lease_start
+        return (
+            start is not None
+            and self.lead_transferee is None
+            and self.lease_clock - start < self.config.election_tick - 2
+        )
 
     def _confirm_read_round(self, peer: str, read_round: int) -> None:
         self.read_only.ack(peer, read_round)
         rounds = dict(self.read_only.acked_rounds())
         rounds[self.id] = self.read_only.sent_round
         confirmed = self.tracker.quorum_index(rounds)
+        sent_at = self._round_sent_at
+        if confirmed in sent_at:
+            if self._lease_start is None or sent_at[confirmed] > self._lease_start:
+                self._lease_start = sent_at[confirmed]
+            for old in [r for r in sent_at if r < confirmed]:
+                del sent_at[old]
         for ctx, requester, index in self.read_only.release(confirmed):
             self._answer_read(requester, ReadState(index, ctx))
 

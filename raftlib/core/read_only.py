@@ -48,14 +48,16 @@ class ReadOnly:
     def has_unsent_round(self) -> bool:
         return bool(self._unsent)
 
-    def send_round(self) -> int:
-        """Round number for the heartbeat about to be broadcast (0: no read pending)."""
-        if self._unsent:
+    def send_round(self, always: bool = False) -> int:
+        """Round number for the heartbeat about to be broadcast (0: no read pending).
+
+        ``always`` numbers every broadcast (lease mode measures the lease on them)."""
+        if self._unsent or always:
             self.sent_round += 1
             for ctx, requester, index in self._unsent:
                 self._pending.append((self.sent_round, ctx, requester, index))
             self._unsent = []
-        return self.sent_round if self._pending else 0
+        return self.sent_round if self._pending or always else 0
 
     def ack(self, peer: str, read_round: int) -> None:
         if read_round > self._acked.get(peer, 0):
