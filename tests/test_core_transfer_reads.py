@@ -245,3 +245,24 @@ def test_forwarded_proposal_refused_by_a_transferring_leader_reports_why() -> No
     h.run()
     [res] = h.proposal_results["b"]
     assert res.error == "transfer_pending" and res.leader == "a"
+
+
+def test_6_4_a_read_index_answered_by_an_older_terms_leader_is_still_delivered() -> None:
+    # The leader confirmed its leadership for our request before a new term
+    # began: the answer is still a valid read index for it.
+    h = Harness(list(ABC))
+    h.elect("a")
+    b = h.nodes["b"]
+    b.read_index(b"old")
+    rd = b.ready()
+    [req] = [m for m in rd.messages if m.type is MessageType.READ_INDEX]
+    b.advance(rd)
+    a = h.nodes["a"]
+    a.step(req)
+    h.run()  # the answer reaches b...
+    assert [rs.context for rs in h.read_states["b"]] == [b"old"]
+    # ...and one that arrives after b moved to a later term is delivered too.
+    stale = type(req)(MessageType.READ_INDEX_RESP, "a", "b", 1, index=1, context=b"late")
+    b.raft.term = 7
+    b.step(stale)
+    assert b.raft.read_states[-1] == ReadState(1, b"late")
