@@ -178,6 +178,27 @@ class EventSink:
         self.watcher.stop()
 
 
+def while_putting(kv: Backend, key: str, value: str, call: Any) -> Any:
+    """Run a blocking watch call while putting key=value every 0.3 s until it returns.
+
+    A *_once watch returns only after its first event, so the write must come after the watch is
+    registered; repeating it makes the test independent of how long registration takes.
+    """
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.wait(0.3):
+            kv.clients[1].put(key, value)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        return call()
+    finally:
+        stop.set()
+        t.join()
+
+
 # ============================================================== §1 transport, discovery, routing
 
 
@@ -806,12 +827,7 @@ def test_watch_once_live_and_from_history(kv: Backend, ns: str) -> None:
     c.put(ns + "h", "newer")
     ev = c.watch_once(ns + "h", timeout=5, start_revision=rev)
     assert ev["kv"]["value"] == b"old" and int(ev["kv"]["mod_revision"]) == rev
-    timer = threading.Timer(0.5, c.put, args=(ns + "live", "v"))
-    timer.start()
-    try:
-        ev = c.watch_once(ns + "live", timeout=5)
-    finally:
-        timer.join()
+    ev = while_putting(kv, ns + "live", "v", lambda: c.watch_once(ns + "live", timeout=TIMEOUT))
     assert ev["kv"]["key"] == (ns + "live").encode() and ev["kv"]["value"] == b"v"
     with pytest.raises(gw_exc.WatchTimedOut):
         c.watch_once(ns + "never", timeout=0.5)
@@ -918,12 +934,7 @@ def test_watch_prefix_once_keeps_plain_range_semantics(kv: Backend, ns: str) -> 
     c = kv.c
     wide_end = base64.b64encode(prefix_end(ns + "a/").encode()).decode()
     assert (ns + "b").encode() < wide_end.encode()  # "/compat/..." sorts before "L2NvbXBh..."
-    timer = threading.Timer(0.5, c.put, args=(ns + "b", "outside the prefix"))
-    timer.start()
-    try:
-        ev = c.watch_prefix_once(ns + "a/", timeout=5)
-    finally:
-        timer.join()
+    ev = while_putting(kv, ns + "b", "outside", lambda: c.watch_prefix_once(ns + "a/", timeout=TIMEOUT))
     assert ev["kv"]["key"] == (ns + "b").encode()
 
 
