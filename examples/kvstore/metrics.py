@@ -22,7 +22,7 @@ and latencies are ordinary prometheus-client metrics.
 | etcd_debugging_mvcc_current_revision | gauge | store revision |
 | etcd_debugging_mvcc_compact_revision | gauge | last compaction revision |
 | etcd_debugging_mvcc_watcher_total | gauge | watchers registered on this member |
-| etcd_debugging_snap_save_total_duration_seconds | (not exported) | |
+| raftlib_snapshots_installed_total | counter | snapshots installed from the leader (raftlib) |
 | etcd_network_client_grpc_received_bytes_total / _sent_bytes_total | counter | request / response bytes |
 | grpc_server_handled_total | counter | per gRPC method and code |
 | grpc_server_handling_seconds | histogram | per gRPC method |
@@ -170,6 +170,11 @@ class _LiveCollector(Collector):
             "etcd_debugging_snap_save_total",
             "Snapshots taken by this member.",
             value=nm.get("snapshots_taken", 0),
+        )
+        yield CounterMetricFamily(
+            "raftlib_snapshots_installed",
+            "Snapshots received from the leader and installed by this member (not an etcd metric).",
+            value=nm.get("snapshots_installed", 0),
         )
         m = s.machine
         try:
