@@ -163,7 +163,7 @@ class _LiveCollector(Collector):
         yield SummaryMetricFamily(
             "etcd_disk_wal_fsync_duration_seconds",
             "The latency distributions of fsync called by WAL (count and sum only).",
-            count_value=nm.get("fsync_count", 0),
+            count_value=int(nm.get("fsync_count", 0)),
             sum_value=nm.get("fsync_seconds_total", 0.0),
         )
         yield CounterMetricFamily(

@@ -407,7 +407,8 @@ class KVServer:
                 reuse_address=True,
             )
             await site.start()
-            for sock in site._server.sockets or ():
+            listener: Any = getattr(site, "_server", None)  # aiohttp keeps the asyncio server private
+            for sock in getattr(listener, "sockets", None) or ():
                 host, port = sock.getsockname()[:2]
                 bound.append(f"{parts.scheme}://{host}:{port}")
         self.client_urls = bound
