@@ -57,8 +57,8 @@ def encode_write(key: bytes, value: bytes, client: str = "", seq: int = 0) -> by
 
 def encode_cas(key: bytes, expected: bytes | None, value: bytes, client: str = "", seq: int = 0) -> bytes:
     """A compare-and-set command: ``if key == expected: key := value`` (``None``: absent)."""
-    cmd = {"k": key.hex(), "v": value.hex(), "o": None if expected is None else expected.hex()}
-    cmd.update(c=client, s=seq)
+    old = None if expected is None else expected.hex()
+    cmd: dict[str, Any] = {"k": key.hex(), "v": value.hex(), "o": old, "c": client, "s": seq}
     return json.dumps(cmd, sort_keys=True).encode()
 
 
