@@ -73,6 +73,18 @@ test-slow: build
 	if [ $$status -eq 5 ]; then echo "test-slow: no slow tests collected"; exit 0; fi; \
 	exit $$status
 
+# Jepsen-style tests (tests/jepsen, docs/reliability.md): kvstore members in network namespaces,
+# real partitions, kill -9, pauses; needs root, ip and iptables (scripts/install-netem.sh).
+# jepsen-short is what CI runs inside `make test-slow` (3 x 60 s + the stale-read control);
+# jepsen runs 5 x 5 min, alternating 3- and 5-member clusters.  Summaries go to build/jepsen-*.jsonl.
+.PHONY: jepsen jepsen-short
+jepsen-short: build
+	RAFTLIB_JEPSEN_LOG=build/jepsen-short.jsonl $(VPY) -m pytest -q -s -m slow tests/jepsen $(PYTEST_ARGS)
+
+jepsen: build
+	RAFTLIB_JEPSEN_RUNS=5 RAFTLIB_JEPSEN_DURATION=300 RAFTLIB_JEPSEN_MEMBERS=3,5 \
+	RAFTLIB_JEPSEN_LOG=build/jepsen.jsonl $(VPY) -m pytest -q -s -m slow tests/jepsen $(PYTEST_ARGS)
+
 demo: build
 	$(VPY) -m examples.kvstore.demo
 

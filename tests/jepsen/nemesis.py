@@ -156,7 +156,7 @@ class Nemesis:
             undo = self._undo.pop()
             try:
                 undo()
-            except Exception as e:  # noqa: BLE001 - keep healing the rest
+            except Exception as e:  # keep healing the rest
                 self.log(f"[nemesis] heal step failed: {e}")
                 if self.records:
                     self.records[-1].error = f"heal: {e}"
@@ -199,7 +199,7 @@ class Nemesis:
                 name = self.rng.choice(list(self.faults))
                 try:
                     rec = await asyncio.to_thread(self.inject, name)
-                except Exception as e:  # noqa: BLE001 - a fault that could not be injected is logged
+                except Exception as e:  # a fault that could not be injected is logged
                     self.log(f"[nemesis] {name} failed: {e}")
                     self.records.append(FaultRecord(name, self.now(), self.now(), error=str(e)))
                     await asyncio.to_thread(self.heal)
@@ -207,7 +207,7 @@ class Nemesis:
                 await sleep_until(min(end, time.monotonic() + self.rng.uniform(*self.hold)))
                 await asyncio.to_thread(self.heal)
                 rec.recovery = await asyncio.to_thread(self.measure_recovery)
-                self.log(f"[nemesis {self.now():6.1f}s] healed {name}; writes accepted again after "
-                         f"{'%.2f s' % rec.recovery if rec.recovery is not None else 'NOT within bound'}")
+                took = f"{rec.recovery:.2f} s" if rec.recovery is not None else "NOT within bound"
+                self.log(f"[nemesis {self.now():6.1f}s] healed {name}; writes accepted again after {took}")
         finally:
             await asyncio.to_thread(self.heal)

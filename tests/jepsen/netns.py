@@ -40,7 +40,8 @@ class NetError(RuntimeError):
 def run(argv: Sequence[str], check: bool = True, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise NetError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        why = proc.stderr.strip() or proc.stdout.strip()
+        raise NetError(f"{' '.join(argv)} failed ({proc.returncode}): {why}")
     return proc
 
 
@@ -56,8 +57,8 @@ def unavailable_reason() -> str | None:
         r = run(["ip", "netns", "add", probe], check=False)
         if r.returncode != 0:
             return f"`ip netns add` fails here (no CAP_NET_ADMIN?): {r.stderr.strip()}"
-        r = run(["ip", "netns", "exec", probe, "iptables", "-A", "INPUT", "-s", "10.213.255.254", "-j", "DROP"],
-                check=False)
+        rule = ["iptables", "-A", "INPUT", "-s", "10.213.255.254", "-j", "DROP"]
+        r = run(["ip", "netns", "exec", probe, *rule], check=False)
         if r.returncode != 0:
             return f"iptables does not work inside a namespace: {r.stderr.strip()}"
         r = run(["ip", "link", "add", f"{probe}b", "type", "bridge"], check=False)

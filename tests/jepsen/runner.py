@@ -263,7 +263,7 @@ class NsCluster:
         self.kill(i)
 
     def add_member_back(self, i: int) -> None:
-        """Add member i again (new identity, empty data dir), started with --initial-cluster-state existing."""
+        """Add member i again (new identity, empty data dir), run with --initial-cluster-state existing."""
         if i not in self.removed:
             return
         via = next(j for j in range(self.size) if j != i and self.alive(j) and j not in self.paused)
@@ -359,7 +359,7 @@ async def _drive(cfg: RunConfig, cluster: NsCluster, history: History, log) -> t
 
 def run_once(cfg: RunConfig, log=print) -> RunResult:
     """One complete run; never leaves namespaces, links or processes behind."""
-    res = RunResult(config={k: (list(v) if isinstance(v, tuple | list) else v) for k, v in cfg.__dict__.items()})
+    res = RunResult(config={k: list(v) if isinstance(v, tuple | list) else v for k, v in vars(cfg).items()})
     t_start = time.monotonic()
     base = Path(cfg.keep_dir) if cfg.keep_dir else Path(tempfile.mkdtemp(prefix="raftlib-jepsen-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -428,8 +428,8 @@ def run_once(cfg: RunConfig, log=print) -> RunResult:
         with open(base / "history.txt", "w") as f:
             for op in history.ops:
                 f.write(f"{op}\n")
-        log(f"[run] seed {cfg.seed}: {len(history.ops)} ops, check {verdict.status} in {res.check_elapsed_s} s; "
-            f"history in {base / 'history.txt'}")
+        log(f"[run] seed {cfg.seed}: {len(history.ops)} ops, check {verdict.status} "
+            f"in {res.check_elapsed_s} s; history in {base / 'history.txt'}")
     except BaseException as e:
         if cluster is not None:
             res.problems.append(f"run aborted: {type(e).__name__}: {e}\n{cluster.describe()}")
@@ -460,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--keys", type=int, default=5)
     p.add_argument("--timeout", type=float, default=1.0, help="client request timeout (s)")
-    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS), help=f"comma-separated subset of {ALL_FAULTS}")
+    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
+                   help=f"comma-separated subset of {', '.join(ALL_FAULTS)}")
     p.add_argument("--serializable-reads", action="store_true", help="local reads (the stale-read control)")
     p.add_argument("--quiet", default="2,4", help="min,max seconds between faults")
     p.add_argument("--hold", default="3,6", help="min,max seconds a fault lasts")

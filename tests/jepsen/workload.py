@@ -144,6 +144,7 @@ class Workload:
         self.acked: dict[bytes, list[bytes]] = {k: [] for k in self.keys}  # acknowledged writes per key
         self._stop = asyncio.Event()
         self._counter = 0
+        self._failed = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -161,8 +162,11 @@ class Workload:
                 key = rng.choice(self.keys)
                 r = rng.random()
                 kind = "read" if r < self.mix[0] else "write" if r < self.mix[0] + self.mix[1] else "cas"
+                failed_before = self._failed
                 await self.one(client, proc, kind, key, rng, last_seen)
-                if self.think:
+                if self._failed > failed_before:  # e.g. connection refused by a killed member
+                    await asyncio.sleep(0.1)
+                elif self.think:
                     await asyncio.sleep(rng.uniform(0, 2 * self.think))
 
     async def one(
@@ -222,6 +226,8 @@ class Workload:
                     last_seen[key] = value
 
     def _note(self, kind: str, outcome: str, err: Exception) -> None:
+        if outcome == "fail":
+            self._failed += 1
         self.stats.outcomes[f"{kind}:{outcome}"] += 1
         self.stats.errors[str(err).split(":")[0][:40]] += 1
 
