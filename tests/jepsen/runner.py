@@ -255,10 +255,16 @@ class NsCluster:
         mid = self.member_ids.get(i) or (self.status(i) or {}).get("header", {}).get("member_id")
         if not mid:
             raise RuntimeError(f"member id of m{i} unknown")
-        via = next(j for j in range(self.size) if j != i and self.alive(j) and j not in self.paused)
-        code, body = http_json(self.client_url(via) + "/v3/cluster/member/remove", {"ID": mid}, 10.0)
-        if code != 200:
-            raise RuntimeError(f"member remove of m{i} via m{via}: HTTP {code} {body}")
+        # Through the leader first (a freshly re-added member may not have applied the member list yet).
+        lead = self.leader(timeout=2.0)
+        vias = [j for j in range(self.size) if j != i and self.alive(j) and j not in self.paused]
+        vias.sort(key=lambda j: j != lead)
+        for via in vias:
+            code, body = http_json(self.client_url(via) + "/v3/cluster/member/remove", {"ID": mid}, 10.0)
+            if code == 200:
+                break
+        else:
+            raise RuntimeError(f"member remove of m{i} via {vias}: HTTP {code} {body}")
         self.removed.add(i)
         self.kill(i)
 
@@ -484,7 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     quiet=tuple(float(x) for x in a.quiet.split(",")),  # type: ignore[arg-type]
                     hold=tuple(float(x) for x in a.hold.split(",")),  # type: ignore[arg-type]
                     recovery_bound=a.recovery_bound, keep_dir=a.keep_dir)
-    res = run_once(cfg)
+    try:
+        res = run_once(cfg)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e}); namespaces, links and members removed", file=sys.stderr)
+        return 130
     summary = json.dumps(res.as_dict(), indent=2, default=str)
     print(summary)
     if a.json:
