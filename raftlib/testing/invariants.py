@@ -139,6 +139,8 @@ class InvariantChecker:
         self.configs: list[tuple[int, Membership]] = [(0, Membership(frozenset(self.voters)))]
         """The cluster's configuration history: ``(index of its entry, configuration)``, from the
         committed log (index 0: the initial voters)."""
+        self._applied_seen: dict[str, int] = {}
+        """node -> its applied index when the checker last looked at it (end of the last event)."""
         self.votes: dict[int, dict[str, Any]] = {}
         """term -> {node: the node it durably voted for in that term}."""
         self.leaders: dict[int, str] = {}
@@ -168,6 +170,7 @@ class InvariantChecker:
         self._role[node_id] = None
         self._commit[node_id] = raw.commit_index
         self._next_apply[node_id] = raw.applied_index + 1
+        self._applied_seen[node_id] = raw.applied_index
 
     def on_crash(self, node_id: str) -> None:
         self.cores.pop(node_id, None)
@@ -409,6 +412,7 @@ class InvariantChecker:
                 )
             self._commit[node_id] = commit
             self._observe_commit(node_id, raw, commit)
+        self._applied_seen[node_id] = self.applied_of(node_id)
         applied = raw.applied_index
         if applied > commit:
             raise InvariantViolation(
@@ -494,8 +498,17 @@ class InvariantChecker:
         return out
 
     def _check_durable_quorum(self, node_id: str, index: int, term: int) -> None:
-        conf = self.config_for(node_id)
+        # The node may have applied configuration entries within the event that committed
+        # `index` (before or after counting): any configuration in force on it during the
+        # event will do, the one in force when the event began first.
+        lo = self._applied_seen.get(node_id, self.applied_of(node_id))
+        hi = self.applied_of(node_id)
+        confs = [self.config_at(lo)] + [c for at, c in self.configs if lo < at <= hi]
         held = set(self._holders(index, term))
+        for conf in confs:
+            if all(len(held & v) > len(v) // 2 for v in (conf.voters, conf.outgoing) if v):
+                return
+        conf = confs[-1]
         for voters in (conf.voters, conf.outgoing):
             if not voters:
                 continue
