@@ -1203,6 +1203,14 @@ BAD_INPUT = [
     ),
     ("missing-key", "/v3/kv/put", '{"value":"eA=="}', 400, 3, "etcdserver: key is not provided"),
     ("empty-body", "/v3/kv/range", "", 400, 3, "etcdserver: key is not provided"),
+    (
+        "ignore-value-on-missing-key",
+        "/v3/kv/put",
+        '{"key":"L2NvbXBhdC1uZXZlci1wdXQ=","ignore_value":true}',  # "/compat-never-put"
+        400,
+        3,
+        "etcdserver: key not found",
+    ),
     ("empty-object", "/v3/kv/deleterange", "{}", 400, 3, "etcdserver: key is not provided"),
 ]
 
@@ -1225,6 +1233,9 @@ def test_lenient_input(kv: Backend, ns: str) -> None:
     # newlines inside base64 are ignored (Go's decoder)
     kv.ok("/v3/kv/put", {"key": b64(ns + "nl") + "\n", "value": b64("v")})
     assert kv.c.get(ns + "nl") == [b"v"]
+    k = b64(ns + "crlf")
+    kv.ok("/v3/kv/put", {"key": k[:4] + "\r\n" + k[4:], "value": b64("w")})
+    assert kv.c.get(ns + "crlf") == [b"w"]
     # the lease ID as a decimal string
     lease = kv.c.lease(ttl=30)
     try:
