@@ -10,7 +10,7 @@ over keep-alive connections to the gateway of the cluster's leader (found via
 
 Operations (``--ops``):
 
-* ``put``:   ``POST /v3/kv/put`` of a 100-byte value (``--value-bytes``) to one of 1000 keys per worker;
+* ``put``:   ``POST /v3/kv/put`` of a 100-byte value (``--value-bytes``) to one of 1000 keys;
 * ``range``: ``POST /v3/kv/range`` of one pre-written key with a 100-byte value, linearizable (the
   default: no ``serializable``), so every read costs a quorum round trip (ReadIndex) on both systems.
 
@@ -20,8 +20,9 @@ started once at the beginning; the best round (highest ops/s, with its latencies
 the machine may be shared.  Every request must answer 200; errors are counted and reported.
 
 Output: a table on stderr; one JSON object per line on stdout with ``system``, ``op``,
-``concurrency``, ``ops_per_s``, ``p50_ms``, ``p99_ms``, ``errors``, ``client_cpu`` (CPU seconds the
-load generator used per second: near 1.0 it was the bottleneck), and on the store's lines
+``concurrency``, ``ops_per_s``, ``p50_ms``, ``p99_ms``, ``errors``, ``client_cpu``, ``leader_cpu`` and
+``cluster_cpu`` (CPU seconds per second used by the load generator, the leader, and all three members
+together, from /proc: a value near 1.0 for one process means it was CPU-bound), and on the store's lines
 ``ratio`` (its ops/s / etcd's) and ``p50_ratio`` (its p50 / etcd's: below 1 is better).  Without an
 ``etcd`` binary the etcd side is skipped with a message (no ratios); ``--plot PATH`` writes a PNG
 (needs matplotlib).
@@ -70,16 +71,26 @@ def percentile(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
 
 
-def request_bodies(op: str, worker: int, value_bytes: int) -> list[bytes]:
-    """Pre-encoded request bodies a worker cycles through (no JSON encoding in the timed loop)."""
-    if op == "put":
-        value = b64((b"v%d-" % worker).ljust(value_bytes, b"x")[:value_bytes])
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process `pid` (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def request_bodies(op: str, value_bytes: int) -> list[bytes]:
+    """Pre-encoded request bodies the workers cycle through, built before the clock starts."""
+    if op == "put":  # 1000 keys, 100-byte values
         return [
-            json.dumps({"key": b64(b"/bench/put/%d/%d" % (worker, i)), "value": value}).encode()
+            json.dumps(
+                {"key": b64(b"/bench/put/%d" % i), "value": b64((b"v%d-" % i).ljust(value_bytes, b"x"))}
+            ).encode()
             for i in range(1000)
         ]
-    if op == "range":
-        return [json.dumps({"key": b64(b"/bench/range/%d" % (worker % 64))}).encode()]
+    if op == "range":  # the 64 keys written by prepare()
+        return [json.dumps({"key": b64(b"/bench/range/%d" % k)}).encode() for k in range(64)]
     raise ValueError(op)
 
 
@@ -94,6 +105,7 @@ async def run_load(
     seconds: float,
     value_bytes: int,
     profile: tuple[int, str] | None = None,
+    pids: list[int] | None = None,
 ) -> dict[str, Any]:
     """Closed-loop load: returns ops/s and latency percentiles of the measured window."""
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -101,16 +113,19 @@ async def run_load(
     headers = {"Content-Type": "application/json"}
     latencies: list[float] = []
     errors = 0
+    bodies = request_bodies(op, value_bytes)
     t_start = time.perf_counter()
     t_measure = t_start + warmup
     t_end = t_measure + seconds
     target = url + OP_PATH[op]
 
     cpu_marks: dict[str, float] = {}
+    server_cpu: list[float] = []
 
     async def cpu_probe() -> None:
         await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
         cpu_marks["start"] = time.process_time()
+        server_start = [proc_cpu_seconds(p) for p in pids or []]
         spy = None
         if profile is not None:  # sample the server process for the measured window
             pid, out = profile
@@ -122,6 +137,7 @@ async def run_load(
             )
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         cpu_marks["end"] = time.process_time()
+        server_cpu.extend(proc_cpu_seconds(p) - t for p, t in zip(pids or [], server_start, strict=True))
         if spy is not None:
             await asyncio.get_running_loop().run_in_executor(None, spy.wait)
 
@@ -129,8 +145,7 @@ async def run_load(
 
         async def worker(w: int) -> None:
             nonlocal errors
-            bodies = request_bodies(op, w, value_bytes)
-            i = 0
+            i = w * 31
             while True:
                 t0 = time.perf_counter()
                 if t0 >= t_end:
@@ -161,6 +176,9 @@ async def run_load(
         "ops": len(latencies),
         # CPU seconds the load generator used per measured second: near 1.0 means it was saturated
         "client_cpu": round((cpu_marks["end"] - cpu_marks["start"]) / seconds, 2),
+        # the same for the leader (first pid) and for all three members together
+        "leader_cpu": round(server_cpu[0] / seconds, 2) if server_cpu else None,
+        "cluster_cpu": round(sum(server_cpu) / seconds, 2) if server_cpu else None,
     }
 
 
@@ -320,8 +338,11 @@ def main() -> int:
                         if args.py_spy and system == "raftlib" and rnd == 0:
                             Path(args.py_spy).mkdir(parents=True, exist_ok=True)
                             profile = (leader_pids[system], f"{args.py_spy}/{op}-c{conc}.txt")
+                        pids = [leader_pids[system]] + [
+                            m.pid or 0 for m in clusters[system].members if m.pid != leader_pids[system]
+                        ]
                         load = run_load(
-                            urls[system], op, conc, args.warmup, args.seconds, args.value_bytes, profile
+                            urls[system], op, conc, args.warmup, args.seconds, args.value_bytes, profile, pids
                         )
                         res = asyncio.run(load)
                         if system not in row or res["ops_per_s"] > row[system]["ops_per_s"]:
@@ -340,7 +361,8 @@ def main() -> int:
                         log(
                             f"{LABEL[system]:>16} {op:>5} c={conc:<4} {out['ops_per_s']:>9.0f} ops/s  "
                             f"p50 {out['p50_ms']:>8.2f} ms  p99 {out['p99_ms']:>8.2f} ms  "
-                            f"client cpu {out['client_cpu']:.2f}  errors {out['errors']}{extra}"
+                            f"cpu: client {out['client_cpu']:.2f} leader {out['leader_cpu']:.2f} "
+                            f"cluster {out['cluster_cpu']:.2f}  errors {out['errors']}{extra}"
                         )
     finally:
         for cluster in clusters.values():
