@@ -328,6 +328,7 @@ class RunResult:
     faults: list[dict[str, Any]] = field(default_factory=list)
     final_recovery_s: float | None = None
     max_recovery_s: float | None = None
+    all_members_ready_s: float | None = None
     check_status: str = "not run"
     check_detail: str = ""
     check_elapsed_s: float = 0.0
@@ -406,8 +407,15 @@ def run_once(cfg: RunConfig, log=print) -> RunResult:
         if late:
             res.problems.append(f"{len(late)} heal(s) not followed by an accepted write within "
                                 f"{cfg.recovery_bound} s: {[r.as_dict() for r in late]}")
+        # Every member (a member restarted by the last heal may still be replaying its log) must
+        # be back and agree on a leader before the final reads.
+        t_ready = time.monotonic()
+        try:
+            cluster.wait_ready(30)
+            res.all_members_ready_s = round(time.monotonic() - t_ready, 2)
+        except RuntimeError as e:
+            res.problems.append(f"members not all ready 30 s after the final heal: {e}")
         # Final reads (recorded in the history, linearizable, through every member).
-        time.sleep(0.5)
         res.final_reads = asyncio.run(wl.final_reads(rounds=5))
         for key, per_member in res.final_reads.items():
             for m, v in per_member.items():

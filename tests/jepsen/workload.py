@@ -251,6 +251,7 @@ class Workload:
                         await self.one(client, proc, "read", key, self.rng, {}, serializable=False)
                         if self.stats.outcomes["read:ok"] > before:
                             break
+                        await asyncio.sleep(0.5)
                     ops = [o for o in self.history.ops if o.process == proc and o.key == key]
                     res = ops[-1].result if ops and ops[-1].status == "ok" else "(no answer)"
                     out.setdefault(key.decode(), {})[f"m{m}"] = (
