@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,16 +236,27 @@ class NsCluster:
         raise RuntimeError("cluster not ready\n" + self.describe())
 
     def probe_write(self, timeout: float) -> bool:
-        """One put of a probe key (outside the checked keys) through some member; True if acknowledged."""
+        """A put of a probe key (outside the checked keys) through every running member at once;
+        True if any member acknowledged it (the cluster accepts writes)."""
         self.probe_counter += 1
-        i = self.probe_counter % self.size
-        try:
-            code, _ = http_json(self.client_url(i) + "/v3/kv/put",
-                                {"key": b64(b"jepsen-probe"), "value": b64(str(self.probe_counter).encode())},
-                                timeout)
-        except (OSError, ValueError):
+        body = {"key": b64(b"jepsen-probe"), "value": b64(str(self.probe_counter).encode())}
+        targets = [i for i in range(self.size) if self.alive(i) and i not in self.paused]
+
+        def put(i: int) -> bool:
+            try:
+                code, _ = http_json(self.client_url(i) + "/v3/kv/put", body, timeout)
+            except (OSError, ValueError):
+                return False
+            return code == 200
+
+        if not targets:
             return False
-        return code == 200
+        pool = ThreadPoolExecutor(len(targets))
+        try:
+            futures = [pool.submit(put, i) for i in targets]
+            return any(f.result() for f in as_completed(futures))  # stops at the first success
+        finally:
+            pool.shutdown(wait=False)  # slower answers are not waited for
 
     # ----------------------------------------------------------------------------- membership
 
