@@ -34,3 +34,26 @@ def test_lease_read_is_not_served_once_the_lease_has_run_out() -> None:
     h.down.clear()
     h.tick(2)  # a heartbeat round confirms it: now served
     assert [rs.context for rs in h.read_states["a"]] == [b"fresh", b"late"]
+
+
+def test_lease_mode_a_restarted_node_waits_an_election_timeout_before_voting() -> None:
+    """A follower that restarts forgets it heard from the leader; in lease mode its vote
+    could help elect a new leader while the old leader still serves lease reads. It
+    ignores vote requests for one election timeout after start (found by review of the
+    lease fix above)."""
+    from raftlib.core import Message, MessageType
+
+    h = Harness(list(ABC), read_only="lease", election_tick=10)
+    a = h.elect("a")
+    h.tick(2)
+    b = h.restart("b")
+    vote = Message(MessageType.VOTE, "c", "b", a.term + 1, index=100, log_term=a.term)
+    b.step(vote)
+    assert b.term == a.term
+    answers = b.ready().persisted_messages if b.has_ready() else []
+    assert not [m for m in answers if m.type is MessageType.VOTE_RESP]
+    h2 = Harness(list(ABC), election_tick=10)  # without lease reads a restarted node votes at once
+    a2 = h2.elect("a")
+    b2 = h2.restart("b")
+    b2.step(Message(MessageType.VOTE, "c", "b", a2.term + 1, index=100, log_term=a2.term))
+    assert b2.term == a2.term + 1

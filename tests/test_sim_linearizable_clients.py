@@ -69,7 +69,9 @@ def run_history(seed: int, mode: str, *, read_mode: str = "read_index", rounds: 
     for i in c.ids:
         if not c.is_up(i):
             c.restart(i)
-    w.run(10)
+    # A healed phase long enough for an election (up to two election timeouts) and
+    # some work, so that every seed checks completed reads and writes.
+    w.run(60)
     w.finish()
     res = check(w.history, time_budget=30.0)
     OPS[f"{mode}/{read_mode}"] += res.ops_checked

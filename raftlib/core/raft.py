@@ -76,6 +76,9 @@ class Raft:
         hs = state.hard_state
         self.term = hs.term
         self.vote = hs.vote
+        # Lease reads: a restarted node (it had a term) may have heard from a leader
+        # whose lease is still running, and must not help replace it too early.
+        self._restarted_in_lease_mode = config.read_only == "lease" and hs.term > 0
         snap = state.snapshot
         if snap is not None:
             membership = snap.membership
@@ -348,10 +351,12 @@ class Raft:
                 # Thesis §4.2.3: a node that heard from a live leader within the
                 # minimum election timeout ignores disruptive vote requests
                 # (sound because CheckQuorum makes a cut-off leader step down).
-                in_lease = (
-                    self.config.check_quorum
-                    and self.lead is not None
-                    and self.election_elapsed < self.config.election_tick
+                in_lease = self.config.check_quorum and (
+                    (self.lead is not None and self.election_elapsed < self.config.election_tick)
+                    # Lease reads: a node that just (re)started may have heard from a
+                    # leader whose lease is still running; it forgot, so it waits out
+                    # one election timeout before voting.
+                    or (self._restarted_in_lease_mode and self.lease_clock < self.config.election_tick)
                 )
                 if in_lease:
                     return
