@@ -330,11 +330,33 @@ class KVCluster:
                 st = self.wait_member(i, max(0.5, deadline - time.monotonic()))
                 leaders.add(st["leader"])
             running_ids = {m.member_id for m in self.members if m.alive()}
-            if len(leaders) == 1 and leaders <= running_ids:
+            if len(leaders) == 1 and leaders <= running_ids and self._published():
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(f"members disagree on the leader: {leaders}\n" + self.describe())
             time.sleep(0.1)
+
+    def _published(self) -> bool:
+        """Every running member lists every member with its name and client URLs.
+
+        A member publishes its attributes through the log after it starts (etcd does the same); until
+        then the member list shows it with its peer URLs only.
+        """
+        for i, m in enumerate(self.members):
+            if not m.alive():
+                continue
+            try:
+                code, body = http_json(self.url(i, "/v3/cluster/member/list"), {}, timeout=1.0)
+            except (OSError, ValueError):
+                return False
+            if code != 200 or not isinstance(body, dict):
+                return False
+            listed = body.get("members", [])
+            if len(listed) != len(self.members):
+                return False
+            if not all(x.get("name") and x.get("clientURLs") for x in listed):
+                return False
+        return True
 
     def leader(self, timeout: float = 15.0, exclude: set[int] | None = None) -> int:
         """Index of the member that running members report as leader (via /v3/maintenance/status)."""
