@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 
-from raftlib._accel import ENTRY_CONF_CHANGE, VOTE_LOST, VOTE_WON, Entry
+from raftlib._accel import ENTRY_CONF_CHANGE, ENTRY_OVERHEAD, VOTE_LOST, VOTE_WON, Entry
 from raftlib.core.confchange import Change, ChangeKind, ConfChange, apply_change
 from raftlib.core.config import Config
 from raftlib.core.log import RaftLog
@@ -1038,17 +1038,18 @@ class Raft:
             raise ValueError("use propose_conf_change for configuration changes")
         if not datas:
             return []
-        entries = [Entry(0, 0, d, entry_type) for d in datas]
         limit = self.config.max_uncommitted_bytes
         if limit:
             pending = self.log.uncommitted_bytes()
-            size = sum(e.size for e in entries)
             # An idle leader always takes one batch, however large, so progress is possible.
-            if pending and pending + size > limit:
+            if pending and pending + sum(map(len, datas)) + ENTRY_OVERHEAD * len(datas) > limit:
                 raise UncommittedLimitExceeded(limit, pending)
-        last, term = self._append_entries(entries)
-        first = last - len(entries) + 1
-        return [(i, term) for i in range(first, last + 1)]
+        # The per-proposal hot path: build each entry once, already stamped.
+        first = self.log.last_index() + 1
+        term = self.term
+        self.log.append([Entry(first + i, term, d, entry_type) for i, d in enumerate(datas)])
+        self._broadcast_pending = True
+        return [(first + i, term) for i in range(len(datas))]
 
     def propose_with_context(self, data: bytes, ctx: bytes) -> None:
         """Propose from any node; the outcome comes back as a ProposalResult with ``ctx``.

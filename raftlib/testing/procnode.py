@@ -34,13 +34,14 @@ import os
 import struct
 import sys
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 import raftlib
 from raftlib.node import NodeConfig, RaftNode
-from raftlib.statemachine import StateMachine
+from raftlib.statemachine import SnapshotWriter, StateMachine
 
 _KEYLEN = struct.Struct("<H")
+_PAIR = struct.Struct("<II")
 
 
 def encode_put(key: bytes, value: bytes) -> bytes:
@@ -59,11 +60,28 @@ class DictMachine(StateMachine):
         self.data[command[2 : 2 + n]] = command[2 + n :]
         return index
 
-    def snapshot(self) -> bytes:
-        return json.dumps({k.hex(): v.hex() for k, v in self.data.items()}).encode()
+    def snapshot(self) -> SnapshotWriter:
+        # Cheap on the loop (a C-level copy of the dict); serialised in a worker thread.
+        view = dict(self.data)
 
-    def restore(self, data: bytes) -> None:
-        self.data = {bytes.fromhex(k): bytes.fromhex(v) for k, v in json.loads(data).items()}
+        class Writer(SnapshotWriter):
+            def write(self, out: BinaryIO) -> None:
+                pack = _PAIR.pack
+                for k, v in view.items():
+                    out.write(pack(len(k), len(v)))
+                    out.write(k)
+                    out.write(v)
+
+        return Writer()
+
+    def restore_stream(self, stream: BinaryIO) -> None:
+        data: dict[bytes, bytes] = {}
+        read = stream.read
+        size = _PAIR.size
+        while head := read(size):
+            klen, vlen = _PAIR.unpack(head)
+            data[read(klen)] = read(vlen)
+        self.data = data
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
