@@ -820,6 +820,35 @@ def test_watch_iterator_and_cancel(kv: Backend, ns: str) -> None:
     assert [e["kv"]["value"] for e in got] == [b"1", b"2"]
 
 
+def test_watch_prefix_iterator(kv: Backend, ns: str) -> None:
+    c = kv.c
+    events, cancel = c.watch_prefix(ns + "p/")
+    got: list[Any] = []
+
+    def consume() -> None:
+        for e in events:
+            got.append(e)
+            if len(got) == 3:
+                return
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    try:
+        c.put(ns + "p/1", "a")
+        c.put(ns + "q", "outside")
+        c.put(ns + "p/2", "b")
+        c.delete(ns + "p/1")
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    finally:
+        cancel()
+    assert [(e.get("type", "PUT"), e["kv"]["key"]) for e in got] == [
+        ("PUT", (ns + "p/1").encode()),
+        ("PUT", (ns + "p/2").encode()),
+        ("DELETE", (ns + "p/1").encode()),
+    ]
+
+
 def test_watch_once_live_and_from_history(kv: Backend, ns: str) -> None:
     c = kv.c
     c.put(ns + "h", "old")
