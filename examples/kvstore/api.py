@@ -219,6 +219,7 @@ class GatewayAPI:
             "cluster/member/promote": self.member_promote,
             "maintenance/status": self.status,
             "maintenance/snapshot": self.snapshot,
+            "maintenance/transfer-leadership": self.transfer_leadership,
         }
 
     # -- plumbing ------------------------------------------------------------------------
@@ -538,6 +539,27 @@ class GatewayAPI:
             await resp.write(dumps({"result": result}) + b"\n")
         await resp.write_eof()
         return resp
+
+    async def transfer_leadership(
+        self, request: web.Request, body: dict[str, Any], raw: bytes
+    ) -> web.StreamResponse:
+        """etcd's MoveLeader (``{"targetID": <member ID>}``): the leader hands leadership to a voter."""
+        mid = int_field(body, "targetID", "uint64")
+        nid = node_name(mid) if mid > 0 else ""
+        node = self.server._node()
+        if not nid or nid not in node.membership().voters:
+            raise etcd_error(9, "etcdserver: bad leader transferee")
+        forwarded = await self._leader_only(request, raw)
+        if forwarded is not None:
+            return forwarded
+        if node.leader != nid:
+            try:
+                await node.transfer_leadership(nid, timeout=self.server.config.request_timeout)
+            except TimeoutError:
+                raise etcd_error(14, "etcdserver: request timed out, leader transfer took too long") from None
+            except raftlib.RaftError as exc:
+                raise etcd_error(9, f"etcdserver: {exc}") from None
+        return json_response({"header": self.header(None)})
 
     async def health(self) -> web.Response:
         server = self.server
