@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("peer-trusted-ca-file", default="", help="path to the peer server TLS trusted CA file")
     flag("peer-client-cert-auth", type=_bool, nargs="?", const=True, default=True, help="(always on)")
     flag("unsafe-no-fsync", type=_bool, nargs="?", const=True, default=False, help="disable fsync (unsafe)")
+    flag(
+        "restore-snapshot",
+        default=None,
+        help="(extension) seed a new member's keys from a /v3/maintenance/snapshot file "
+        "(with --initial-cluster-state new; ignored once the data dir holds a member)",
+    )
     flag("log-level", default="info", choices=sorted(LOG_LEVELS), help="debug, info, warn or error")
     return p
 
@@ -169,6 +175,13 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
         raise FlagError(
             f"--election-timeout[{a.election_timeout}ms] is too long, and should be set less than 50000ms"
         )
+    if a.restore_snapshot:
+        if a.initial_cluster_state != "new":
+            raise FlagError("--restore-snapshot needs --initial-cluster-state new")
+        import os.path
+
+        if not os.path.isfile(a.restore_snapshot):
+            raise FlagError(f"--restore-snapshot: no such file {a.restore_snapshot!r}")
     client_tls = None
     if a.cert_file or a.key_file:
         if not (a.cert_file and a.key_file):
@@ -208,6 +221,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
         client_tls=client_tls,
         peer_tls=peer_tls,
         fsync=not a.unsafe_no_fsync,
+        restore_snapshot=a.restore_snapshot,
     )
     return config, a.log_level
 

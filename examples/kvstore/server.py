@@ -50,6 +50,8 @@ CLUSTER_VERSION = "3.4.0"
 KV_TAG = b"K"
 ATTR_TAG = b"A"
 _STATE_FILE = "kvstore-member.json"
+_RESTORE_FILE = "restore-pending.snap"
+"""--restore-snapshot: the seed, kept in the data dir until a raftlib snapshot holds the restored state."""
 _SNAP_HEADER = struct.Struct("<4sI")
 _SNAP_MAGIC = b"KVS1"
 
@@ -112,6 +114,8 @@ class ServerConfig:
     client_tls: ClientTls | None = None
     peer_tls: TlsConfig | None = None
     fsync: bool = True
+    restore_snapshot: str | None = None
+    """A file from ``/v3/maintenance/snapshot`` to seed a NEW member's state with (--restore-snapshot)."""
 
     def cluster_map(self) -> dict[str, list[str]]:
         return self.initial_cluster or {self.name: list(self.initial_advertise_peer_urls)}
@@ -337,6 +341,7 @@ class KVServer:
         """Start the raft node, the background tasks and the HTTP listeners."""
         cfg = self.config
         self.node_id, members, join = self._load_identity()
+        restoring = self._prepare_restore()
         tick = cfg.heartbeat_interval_ms / 1000.0
         election_tick = max(2, round(cfg.election_timeout_ms / cfg.heartbeat_interval_ms))
         node_cfg = raftlib.NodeConfig(
@@ -385,7 +390,51 @@ class KVServer:
             asyncio.create_task(self._publish_attributes(), name="kv-publish"),
             asyncio.create_task(self._lease_expiry_loop(), name="kv-lease-expiry"),
         ]
+        if restoring:
+            self._tasks.append(asyncio.create_task(self._seal_restore(), name="kv-restore-snapshot"))
         await self._start_http()
+
+    def _prepare_restore(self) -> bool:
+        """--restore-snapshot: load the seed into the state machine before the raft log is replayed.
+
+        On the first start the file is copied into the data dir; until a raftlib snapshot holds the
+        restored state (see :meth:`_seal_restore`) every start loads the copy again and replays the
+        (short) log on top of it, so a crash in between loses nothing.
+        """
+        cfg = self.config
+        if not cfg.data_dir:
+            if cfg.restore_snapshot:
+                raise raftlib.ConfigError("--restore-snapshot needs a data dir")
+            return False
+        pending = Path(cfg.data_dir) / _RESTORE_FILE
+        if cfg.restore_snapshot and not pending.exists() and not (Path(cfg.data_dir) / "member").exists():
+            if cfg.initial_cluster_state != "new":
+                raise raftlib.ConfigError("--restore-snapshot needs --initial-cluster-state new")
+            import shutil
+
+            tmp = pending.with_suffix(".tmp")
+            shutil.copyfile(cfg.restore_snapshot, tmp)
+            os.replace(tmp, pending)
+        if not pending.exists():
+            return False
+        with open(pending, "rb") as f:
+            self.state.restore_stream(f)
+        # Only the keys come from the old cluster: its member attributes and cluster ID do not apply.
+        self.state.attributes = {}
+        self.state.cluster_id = 0
+        log.info("member %s: state restored from %s (revision %d)", cfg.name, pending, self.machine.revision)
+        return True
+
+    async def _seal_restore(self) -> None:
+        """Once something is applied, snapshot (raftlib) the restored state and drop the seed file."""
+        node = self._node()
+        while int(node.status().get("applied", 0) or 0) < 1:
+            await asyncio.sleep(0.05)
+        await node.snapshot()
+        assert self.config.data_dir
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(Path(self.config.data_dir) / _RESTORE_FILE)
+        log.info("member %s: restored state sealed in a raft snapshot", self.config.name)
 
     async def _start_http(self) -> None:
         from aiohttp import web
