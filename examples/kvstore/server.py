@@ -350,7 +350,9 @@ class KVServer:
             heartbeat_tick=1,
             forward_proposals=True,
             snapshot_entries=max(1, cfg.snapshot_count),
-            snapshot_trailing_entries=max(1, min(5000, cfg.snapshot_count // 2)),
+            # A restored member compacts its whole log into the sealing snapshot: the entries before
+            # it were applied on top of the seed, so a member that joins must start from the snapshot.
+            snapshot_trailing_entries=0 if restoring else max(1, min(5000, cfg.snapshot_count // 2)),
             cluster_id=cfg.initial_cluster_token,
             tls=cfg.peer_tls,
             fsync=cfg.fsync,
