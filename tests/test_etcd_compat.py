@@ -1281,6 +1281,18 @@ def test_request_too_large(kv: Backend, ns: str) -> None:
     assert kv.c.get(ns + "big") == []
 
 
+def test_request_size_limit_counts_decoded_bytes(kv: Backend, ns: str) -> None:
+    # etcd's --max-request-bytes (1.5 MiB by default) applies to the decoded request, not to the
+    # base64 JSON text: a 1.4 MB value (1.87 MB of base64) is accepted, a 1.6 MB one is refused with
+    # 400 code 3 (between 1.5 and 2 MiB; above 2 MiB the gRPC limit answers 429, see above).
+    value = b"v" * 1_400_000
+    kv.ok("/v3/kv/put", {"key": b64(ns + "big"), "value": b64(value)})
+    assert kv.c.get(ns + "big") == [value]
+    kv.c.delete(ns + "big")
+    r = kv.post("/v3/kv/put", {"key": b64(ns + "big"), "value": b64(b"v" * 1_600_000)})
+    assert_error(r, 400, 3, "etcdserver: request is too large")
+
+
 # ============================================== compaction (last: it discards shared history)
 
 
