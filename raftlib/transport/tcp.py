@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket as _socket
 import ssl as _ssl
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -131,8 +132,9 @@ class TcpTransport:
         max_queue_bytes: int = 64 * 1024 * 1024,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
         handshake_timeout: float = 5.0,
+        user_timeout: float = 3.0,
         warning_interval: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -152,6 +154,7 @@ class TcpTransport:
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
+        self.user_timeout = user_timeout
         self.warning_interval = warning_interval
         self.stats: dict[str, int] = new_stats()
         self._rng = rng if rng is not None else random.Random()
@@ -364,6 +367,7 @@ class TcpTransport:
                     self.connect_timeout,
                 )
                 writer = w
+                self._tune(w)
                 w.write(encode_handshake(Handshake(self.cluster_id, self.node_id, p.node_id)))
                 ok, reason = await asyncio.wait_for(self._read_answer(reader), self.handshake_timeout)
                 if not ok:
@@ -467,7 +471,34 @@ class TcpTransport:
         self._incoming[writer] = None
         self._start_task(self._serve(reader, writer))
 
+    def _tune(self, writer: asyncio.StreamWriter) -> None:
+        """Make a connection that silently stopped working fail fast.
+
+        After a network partition the kernel keeps retransmitting into the void
+        with exponential back-off, and when the network heals the connection
+        may sit out many more seconds before its next retry: the peer then
+        hears nothing although it is reachable again. TCP_USER_TIMEOUT closes
+        a connection whose sent data stays unacknowledged for ``user_timeout``
+        seconds (we then reconnect with our own, capped, back-off), and
+        keep-alives reap idle receiving ends whose sender vanished.
+        """
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            if hasattr(_socket, "TCP_USER_TIMEOUT"):
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_USER_TIMEOUT, int(self.user_timeout * 1000))
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+            if hasattr(_socket, "TCP_KEEPIDLE"):
+                idle = max(1, int(self.user_timeout))
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, idle)
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, idle)
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, 3)
+        except OSError as exc:  # not fatal: only slower failure detection
+            log.debug("%s: cannot tune socket options: %s", self.node_id, exc)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tune(writer)
         peer = writer.get_extra_info("peername")
         try:
             try:
