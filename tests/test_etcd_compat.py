@@ -636,6 +636,21 @@ def test_lease_grant_ttl_keys_refresh_revoke(kv: Backend, ns: str) -> None:
     assert json.loads(ei.value.detail_text)["code"] == 5
 
 
+def test_lease_keys_follow_deletes_and_puts_without_the_lease(kv: Backend, ns: str) -> None:
+    lease = kv.clients[1].lease(ttl=30)
+    try:
+        kv.clients[2].put(ns + "l1", "v", lease=lease)
+        kv.c.put(ns + "l2", "v", lease=lease)
+        kv.c.put(ns + "l3", "v", lease=lease)
+        kv.c.delete(ns + "l2")
+        kv.c.put(ns + "l3", "v2")  # a put without the lease detaches the key
+        assert "lease" not in kv.range1(ns + "l3")["kvs"][0]
+        assert Lease(lease.id, kv.clients[2]).keys() == [(ns + "l1").encode()]
+    finally:
+        lease.revoke()
+    assert kv.c.get(ns + "l1") == [] and kv.c.get(ns + "l3") == [b"v2"]
+
+
 def test_lease_expiry_deletes_attached_keys_in_one_revision(kv: Backend, ns: str) -> None:
     c = kv.c
     sink = EventSink(c, ns, range_end=prefix_end(ns))
@@ -965,6 +980,32 @@ def test_watch_prefix_once_keeps_plain_range_semantics(kv: Backend, ns: str) -> 
     assert (ns + "b").encode() < wide_end.encode()  # "/compat/..." sorts before "L2NvbXBh..."
     ev = while_putting(kv, ns + "b", "outside", lambda: c.watch_prefix_once(ns + "a/", timeout=TIMEOUT))
     assert ev["kv"]["key"] == (ns + "b").encode()
+
+
+def test_watch_live_prev_kv_on_a_follower_and_future_start(kv: Backend, ns: str) -> None:
+    kv.c.put(ns + "w", "1")
+    r = _raw_watch(kv, {"key": b64(ns + "w"), "prev_kv": True}, member=1)
+    try:
+        kv.c.put(ns + "w", "2")
+        kv.c.delete(ns + "w")
+        msgs = _messages(r, 3)
+        put, dele = msgs[1]["result"]["events"], msgs[2]["result"]["events"]
+    finally:
+        r.close()
+    assert unb64(put[0]["kv"]["value"]) == b"2" and unb64(put[0]["prev_kv"]["value"]) == b"1"
+    assert dele[0]["type"] == "DELETE" and unb64(dele[0]["prev_kv"]["value"]) == b"2"
+    assert dele[0]["prev_kv"]["version"] == "2"
+    # a start revision in the future: nothing until the store gets there
+    start = kv.revision() + 2
+    r = _raw_watch(kv, {"key": b64(ns + "f"), "start_revision": start})
+    try:
+        kv.c.put(ns + "f", "1")
+        kv.c.put(ns + "f", "2")
+        _, msg = _messages(r, 2)
+    finally:
+        r.close()
+    [ev] = msg["result"]["events"]
+    assert unb64(ev["kv"]["value"]) == b"2" and int(ev["kv"]["mod_revision"]) == start
 
 
 def test_watch_history_prev_kv_and_filters(kv: Backend, ns: str) -> None:
