@@ -63,8 +63,10 @@ def test_dead_member_waits_for_grace_then_is_removed_then_replaced() -> None:
     assert one(SPEC, obs(m(0), m(1))).kind == rc.ADD_LEARNER
 
 
-def test_a_dead_learner_is_removed_after_grace() -> None:
+def test_a_learner_that_never_answers_is_removed_after_the_startup_timeout() -> None:
     o = obs(m(0), m(1), m(2, is_learner=True, reachable=False, down_for=12.0))
+    assert one(SPEC, o).kind == rc.WAIT  # past the grace period, within the start-up timeout
+    o = obs(m(0), m(1), m(2, is_learner=True, reachable=False, down_for=31.0))
     assert one(SPEC, o).kind == rc.REMOVE
 
 

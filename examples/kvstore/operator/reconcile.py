@@ -10,7 +10,8 @@ returns, then observes again. One change per round keeps the rules simple and th
 4. Leftovers (a member in the membership the operator does not manage, or a managed record the
    membership no longer has, e.g. after a crash of the operator mid-change): clean them up.
 5. A learner: **promote** it once its applied index is within ``max_lag`` of the leader's commit;
-   remove it if it has been down longer than the grace period; otherwise wait (one at a time).
+   remove it if it has not answered for ``startup_timeout`` (or the grace period, if longer);
+   otherwise wait (one at a time).
 6. A voter down longer than the grace period: **remove** it (the next round adds a fresh member,
    which catches up from a snapshot); only when the remaining voters keep a quorum.
 7. Too few voters: **add** one, as a learner. Too many: move leadership away from the chosen
@@ -211,14 +212,14 @@ def plan(spec: ClusterSpec, obs: Observed) -> list[Action]:
                     reason=f"learner {lrn.name} caught up (lag {lag} <= {spec.max_lag} entries)",
                 )
             ]
-        if not lrn.reachable and lrn.down_for >= spec.grace_period:
+        if not lrn.reachable and lrn.down_for >= max(spec.grace_period, spec.startup_timeout):
             return [
                 Action(
                     REMOVE,
                     member=lrn.name,
                     member_id=lrn.member_id,
                     reason=f"learner {lrn.name} down for {lrn.down_for:.1f} s "
-                    f"(grace {spec.grace_period:g} s)",
+                    f"(start-up timeout {max(spec.grace_period, spec.startup_timeout):g} s)",
                 )
             ]
         state = (

@@ -100,6 +100,8 @@ class ClusterSpec:
     grace_period: float = 10.0
     heartbeat_interval: int = 100
     election_timeout: int = 1000
+    startup_timeout: float = 30.0
+    """How long a newly added learner may take to answer before it is given up (removed)."""
     max_lag: int = 1000
     """A learner is promoted once its applied index is within this many entries of the leader's commit."""
     reconcile_interval: float = 1.0
@@ -378,6 +380,7 @@ def parse_spec(data: dict[str, Any], base: Path = Path("."), source: str = "<spe
         grace_period=_float(data, "grace_period", 10.0, 0.0),
         heartbeat_interval=heartbeat,
         election_timeout=election,
+        startup_timeout=_float(data, "startup_timeout", 30.0, 0.0),
         max_lag=_int(data, "max_lag", 1000, 0),
         reconcile_interval=_float(data, "reconcile_interval", 1.0, 0.05),
         extra_args=tuple(extra),
