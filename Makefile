@@ -85,6 +85,17 @@ jepsen: build
 	RAFTLIB_JEPSEN_RUNS=5 RAFTLIB_JEPSEN_DURATION=300 RAFTLIB_JEPSEN_MEMBERS=3,5 \
 	RAFTLIB_JEPSEN_LOG=build/jepsen.jsonl $(VPY) -m pytest -q -s -m slow tests/jepsen $(PYTEST_ARGS)
 
+# Soak (tests/soak.py, docs/reliability.md "Soak"): 10 minutes of mixed load on a 3-member kvstore
+# cluster with a leader change every minute; RSS and WAL figures printed (CI runs the 2-minute
+# version through `make test-slow`).  fuzz: coverage-guided codec fuzzing with atheris, if it installs.
+.PHONY: soak fuzz
+soak: build
+	mkdir -p build && $(VPY) tests/soak.py --minutes 10 --json build/soak.json
+
+fuzz: build
+	$(VPY) -m pip install --quiet atheris && \
+	$(VPY) benchmarks/fuzz_codec_atheris.py -max_total_time=300
+
 demo: build
 	$(VPY) -m examples.kvstore.demo
 
