@@ -847,3 +847,25 @@ def test_property_same_log_same_state_and_snapshot_replay(ops: list[tuple[str, A
     # revisions only move forward, by at most one per command
     revs = [r["revision"] for r in ra]
     assert all(0 <= y - x <= 1 for x, y in zip([1, *revs], revs, strict=False))
+
+
+def test_request_size_limit_counts_the_decoded_request_not_its_base64() -> None:
+    """etcd's --max-request-bytes applies to the protobuf request: a 1.4 MB value (1.87 MB of
+    base64 text) is accepted at the default 1.5 MiB limit, a 1.6 MB one is refused."""
+    import base64 as _b64
+
+    from examples.kvstore.errors import EtcdError
+    from examples.kvstore.machine import KVMachine
+
+    m = KVMachine()
+
+    def body(n: int) -> dict[str, str]:
+        return {"key": _b64.b64encode(b"k").decode(), "value": _b64.b64encode(b"v" * n).decode()}
+
+    m.prepare_put(body(1_400_000))
+    m.prepare_put(body(1_572_840))  # the largest value etcd 3.4.23 accepts with a 1-byte key
+    with pytest.raises(EtcdError):
+        m.prepare_put(body(1_572_841))
+    with pytest.raises(EtcdError) as err:
+        m.prepare_put(body(1_600_000))
+    assert err.value.grpc_code == 3 and "request is too large" in err.value.message

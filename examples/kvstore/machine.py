@@ -63,6 +63,34 @@ def _to_wire(obj: Any) -> Any:
     return obj
 
 
+# etcd wraps each request in an InternalRaftRequest with a header (request ID, ...):
+# a put with a one-byte key is accepted up to a 1,572,840-byte value at the default
+# 1,572,864-byte limit (observed on etcd 3.4.23).
+_RAFT_REQUEST_OVERHEAD = 13
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (max(n, 0).bit_length() + 6) // 7)
+
+
+def _proto_size(obj: Any) -> int:
+    """An estimate of a parsed request's protobuf encoding size (tag + length + payload per field)."""
+    if isinstance(obj, bytes):
+        return 1 + _varint_len(len(obj)) + len(obj)
+    if isinstance(obj, bool):
+        return 2 if obj else 0
+    if isinstance(obj, int):
+        return 1 + _varint_len(obj) if obj else 0
+    if isinstance(obj, dict):
+        inner = sum(_proto_size(v) for v in obj.values())
+        return 1 + _varint_len(inner) + inner
+    if isinstance(obj, list):
+        return sum(_proto_size(v) for v in obj)
+    if isinstance(obj, str):
+        return 1 + _varint_len(len(obj)) + len(obj)
+    return 0
+
+
 def _from_wire(obj: Any) -> Any:
     """The inverse of :func:`_to_wire`."""
     if isinstance(obj, dict):
@@ -117,10 +145,12 @@ class KVMachine(raftlib.StateMachine):
     # -- validation on the receiving member ------------------------------------------------------------
 
     def _command(self, op: str, req: dict[str, Any]) -> bytes:
-        cmd = json.dumps({"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}, separators=(",", ":")).encode()
-        if len(cmd) > self.max_request_bytes:
+        # etcd compares the *protobuf* size of the request with --max-request-bytes, not
+        # the base64 JSON text: measure the decoded payload the same way.
+        if _proto_size(req) + _RAFT_REQUEST_OVERHEAD > self.max_request_bytes:
             raise errors.request_too_large()
-        return cmd
+        command = {"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}
+        return json.dumps(command, separators=(",", ":")).encode()
 
     def prepare_put(self, body: Any) -> bytes:
         """Validate a PutRequest body (parsed JSON); the put command."""
