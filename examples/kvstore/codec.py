@@ -22,6 +22,7 @@ base64, and zero / false / empty fields omitted.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -376,7 +377,9 @@ EVENT_TYPE = Enum("mvccpb.Event_EventType", ("PUT", "DELETE"))
 # ---------------------------------------------------------------------------- message parsing
 
 
+@functools.cache
 def _camel(name: str) -> str:
+    """proto field name -> its JSON name (cached: called for every field of every request)."""
     parts = name.split("_")
     return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
 
