@@ -66,6 +66,8 @@ class OperatorState:
     last_backup: dict[str, Any] | None = None
     restore_from: str | None = None
     operator_pid: int | None = None
+    down_since: dict[str, float] = field(default_factory=dict)
+    """Member name -> wall-clock time it was first seen unreachable (shared with ``status``)."""
     version: int = STATE_VERSION
 
     @classmethod

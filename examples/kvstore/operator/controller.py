@@ -37,13 +37,14 @@ class Operator:
         self.out = out or sys.stderr
         self.backend = backend or LocalBackend(spec)
         self.state = OperatorState.load(spec.state_file, spec.name)
-        self.down_since: dict[str, float] = {}
+        self.down_since: dict[str, float] = dict(self.state.down_since)
         self._last_note: tuple[str, str | None] | None = None
         self._last_note_at = 0.0
         self._lock_file: IO[str] | None = None
         self.ctx = ssl_context(spec)
         self.last_observation: Observation | None = None
         self._spec_mtime: int | None = None
+        self._saved_mtime: int | None = None
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
@@ -62,6 +63,7 @@ class Operator:
         self._lock_file = f
         self.state = OperatorState.load(self.spec.state_file, self.spec.name)
         self.state.operator_pid = os.getpid()
+        self.down_since = dict(self.state.down_since)
         self.save()
 
     def unlock(self) -> None:
@@ -73,6 +75,19 @@ class Operator:
 
     def save(self) -> None:
         self.state.save(self.spec.state_file)
+        self._saved_mtime = os.stat(self.spec.state_file).st_mtime_ns
+
+    def _adopt_external_changes(self) -> None:
+        """Another command (``restart-stopped``) rewrote the state file: take its records over."""
+        try:
+            mtime = os.stat(self.spec.state_file).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if self._saved_mtime is not None and mtime != self._saved_mtime:
+            self.state = OperatorState.load(self.spec.state_file, self.spec.name)
+            self.state.operator_pid = os.getpid()
+            self.log("state", f"{self.spec.state_file} changed outside this loop; re-read it")
+            self.save()
 
     def log(self, kind: str, message: str, **fields: Any) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -97,10 +112,15 @@ class Operator:
     def observe(self) -> Observation:
         obs = observe(self.spec, self.state, self.backend, self.down_since)
         self.last_observation = obs
+        if self._lock_file is not None and self.down_since != self.state.down_since:
+            self.state.down_since = dict(self.down_since)
+            self.save()
         return obs
 
     def step(self) -> list[rc.Action]:
         """Observe, plan, execute the first mutating action; returns the plan."""
+        if self._lock_file is not None:
+            self._adopt_external_changes()
         obs = self.observe()
         actions = rc.plan(self.spec, obs.observed)
         if not actions:

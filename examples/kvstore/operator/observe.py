@@ -91,8 +91,8 @@ def observe(
     now: float | None = None,
 ) -> Observation:
     """Ask every managed member for its status, the leader for the membership; ``down_since`` is
-    updated in place (name -> monotonic time first seen unreachable)."""
-    now = time.monotonic() if now is None else now
+    updated in place (name -> wall-clock time first seen unreachable)."""
+    now = time.time() if now is None else now
     ctx = ssl_context(spec)
     recs = list(state.members.values())
     with ThreadPoolExecutor(max_workers=max(1, len(recs))) as pool:
