@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -302,6 +303,13 @@ async def serve_watch(server: KVServer, request: web.Request, body: dict[str, An
     options = parse_create_request(body)
     if options is None:
         return await hold_until_gone(request)
+    if not options.get("start_revision"):
+        # Start after every write acknowledged before this request: a follower's
+        # applied revision may lag the leader's, and a watch registered at a stale
+        # revision would report a write its client already saw acknowledged.
+        # Without quorum the watch still starts, at the local revision.
+        with contextlib.suppress(EtcdError):
+            await server.read_barrier()
     hub = server.hub
     watcher, created_at = hub.create(**options)
     server.metrics.watch_started()
