@@ -64,6 +64,7 @@ from raftlib.errors import (
     ProposalDropped,
     RaftError,
     StateMachineError,
+    StorageCorrupted,
 )
 from raftlib.statemachine import SnapshotWriter, StateMachine
 
@@ -71,6 +72,14 @@ log = logging.getLogger("raftlib.node")
 
 _SNAPSHOT_HEADER = struct.Struct("<4sI")
 _SNAPSHOT_MAGIC = b"RLSN"
+
+
+class _TransferRejected(Exception):
+    """A snapshot received from the leader failed its integrity checks when installed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass
@@ -590,13 +599,30 @@ class RaftNode:
                 self._wake.clear()
                 while core.has_ready():
                     rd = core.ready()
-                    await self._handle_ready(rd)
+                    try:
+                        await self._handle_ready(rd)
+                    except _TransferRejected as exc:
+                        # The leader's snapshot arrived damaged. Nothing of this Ready
+                        # was made durable or acknowledged: go back to the durable state,
+                        # exactly as a restart would, and the leader sends it again.
+                        log.error("node %s: rejected a snapshot transfer: %s", self.id, exc.cause)
+                        core = await self._reload_core()
+                        continue
                     core.advance(rd)
                     self._after_advance()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._fatal(exc)
+
+    async def _reload_core(self) -> RawNode:
+        """Rebuild the core from what is durable (as after a restart), keeping the state machine."""
+        loop = asyncio.get_running_loop()
+        state: PersistentState = await loop.run_in_executor(self._io, self._storage.load)
+        assert self._core is not None
+        self._core = RawNode(self._core.raft.config, state, rng=self._core.raft.rng, applied=self._applied)
+        self._wake.set()
+        return self._core
 
     def _fatal(self, exc: BaseException) -> None:
         log.critical("node %s stopped on a fatal error: %r", self.id, exc, exc_info=exc)
@@ -684,7 +710,11 @@ class RaftNode:
                 storage.begin_incoming_snapshot(chunk.meta)
             storage.write_incoming_chunk(chunk.offset, chunk.data)
         if rd.snapshot is not None:
-            storage.install_incoming_snapshot(rd.snapshot)
+            try:
+                storage.install_incoming_snapshot(rd.snapshot)
+            except StorageCorrupted as exc:
+                # The received bytes failed their checks: the transfer is bad, not our disk.
+                raise _TransferRejected(exc) from exc
         if rd.hard_state is not None or rd.entries:
             storage.save(rd.hard_state, rd.entries)
 

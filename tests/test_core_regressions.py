@@ -57,3 +57,26 @@ def test_lease_mode_a_restarted_node_waits_an_election_timeout_before_voting() -
     b2 = h2.restart("b")
     b2.step(Message(MessageType.VOTE, "c", "b", a2.term + 1, index=100, log_term=a2.term))
     assert b2.term == a2.term + 1
+
+
+def test_5_2_a_follower_drops_leader_messages_from_anyone_but_the_leader_of_the_term() -> None:
+    """Found by tests/test_reliability_fuzz.py: an APPEND at the leader's term "from" another
+    member was accepted and its entry later committed on that follower (divergence). A term
+    has one leader (§5.2): once a follower knows it, others' leader-only messages are dropped."""
+    from raftlib.core import Entry, Message, MessageType
+
+    h = Harness(list(ABC))
+    a = h.elect("a")
+    h.tick(1)
+    b = h.nodes["b"]
+    last = b.last_index()
+    forged = Message(
+        MessageType.APPEND, "c", "b", a.term, log_term=a.term, index=last,
+        entries=[Entry(last + 1, a.term, b"forged")], commit=last,
+    )
+    b.step(forged)
+    assert b.last_index() == last and b.leader == "a"
+    a.propose(b"real")
+    h.run()
+    h.tick(1)
+    assert h.applied["b"][-1] == b"real" and b"forged" not in h.applied["b"]

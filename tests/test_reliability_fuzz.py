@@ -513,13 +513,10 @@ async def test_snapshot_chunks_without_a_snapshot() -> None:
         await c.works()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (raftlib/node.py, not fixed here): a complete snapshot whose bytes fail the "
-    "header/CRC check makes install_incoming_snapshot raise StorageCorrupted inside "
-    "RaftNode._persist, which is fatal: the follower stops instead of rejecting the transfer",
-)
 async def test_a_corrupt_snapshot_transfer_is_rejected_not_fatal() -> None:
+    """Found by this suite: a complete snapshot whose bytes fail the header/CRC check used to
+    stop the follower (StorageCorrupted inside RaftNode._persist was fatal). The node now
+    rejects the transfer, reloads its durable state, and keeps serving."""
     async with MemCluster() as c:
         f = c.follower()
         lead = c.leader()
@@ -530,20 +527,13 @@ async def test_a_corrupt_snapshot_transfer_is_rejected_not_fatal() -> None:
         )
         await asyncio.sleep(0.2)
         assert f.running, f.status()["failure"]
+        await c.works()  # and it still replicates
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="FINDING (raftlib/core, not fixed here): the core trusts `frm`; an APPEND at the leader's "
-    "term from another member id is accepted, and its entry (same index and term as the real "
-    "leader's next one) is later committed on that follower: its state machine diverges. Over TCP the "
-    "transport refuses a frame whose frm differs from the handshake sender (tested above), so only a "
-    "member lying about its own role could do this; a defensive check (drop APPEND/HEARTBEAT/SNAPSHOT "
-    "from anyone but the known leader of the term) would cost nothing",
-)
 async def test_messages_claiming_to_be_from_another_id() -> None:
     """At the node level (no transport check): a follower receives an APPEND "from" a node that is
-    not the leader, at the leader's term."""
+    not the leader, at the leader's term. Found by this suite: the core used to accept it; a
+    follower now drops leader-only messages from anyone but the leader it knows for the term."""
     async with MemCluster() as c:
         f = c.follower()
         lead = c.leader()
@@ -558,6 +548,7 @@ async def test_messages_claiming_to_be_from_another_id() -> None:
         )
         await asyncio.sleep(0.1)
         st = f.status()
-        print(f"APPEND from a non-leader at the leader's term: running={f.running}, leader={st['leader']}")
         assert f.running
+        assert st["leader"] == lead.id and st["last_index"] == last  # the forged entry was dropped
         await c.works()
+        assert f.status()["term"] == term

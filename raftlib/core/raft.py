@@ -415,6 +415,10 @@ class Raft:
 
     def _step_follower(self, m: Message) -> None:
         if m.type in _FROM_LEADER:
+            if self.lead is not None and m.frm != self.lead:
+                # §5.2: a term has at most one leader, and we know who it is: a
+                # message claiming leadership from anyone else is forged or broken.
+                return
             self.election_elapsed = 0
             self.lead = m.frm
             self._handle_from_leader(m)
