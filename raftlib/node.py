@@ -534,6 +534,13 @@ class RaftNode:
         return self._check_running().membership
 
     @property
+    def transport_stats(self) -> dict[str, int]:
+        """The transport's counters (sent, received, dropped, reconnects, bad_frames,
+        rejected_handshakes, ...): refused peers and garbage show up here."""
+        stats = getattr(self._transport, "stats", None)
+        return dict(stats) if stats else {}
+
+    @property
     def leader(self) -> str | None:
         return self._core.leader if self._core else None
 

@@ -204,3 +204,12 @@ def test_foreign_members_are_refused_and_logged(cluster: KVCluster, tmp_path: Pa
         proc.wait(10)
     assert revision(cluster) == before
     assert all(m.alive() for m in cluster.members)
+    # ... and visible in the members' metrics.
+    refusals = 0.0
+    for m in cluster.members:
+        with urllib.request.urlopen(m.client_url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for ln in text.splitlines():
+            if ln.startswith("raftlib_transport_rejected_handshakes_total "):
+                refusals += float(ln.split()[1])
+    assert refusals >= 1

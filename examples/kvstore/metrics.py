@@ -23,6 +23,8 @@ and latencies are ordinary prometheus-client metrics.
 | etcd_debugging_mvcc_compact_revision | gauge | last compaction revision |
 | etcd_debugging_mvcc_watcher_total | gauge | watchers registered on this member |
 | raftlib_snapshots_installed_total | counter | snapshots installed from the leader (raftlib) |
+| raftlib_transport_rejected_handshakes_total | counter | peer connections refused at the handshake |
+| raftlib_transport_bad_frames_total | counter | peer connections closed on a bad frame (raftlib transport) |
 | etcd_network_client_grpc_received_bytes_total / _sent_bytes_total | counter | request / response bytes |
 | grpc_server_handled_total | counter | per gRPC method and code |
 | grpc_server_handling_seconds | histogram | per gRPC method |
@@ -175,6 +177,18 @@ class _LiveCollector(Collector):
             "raftlib_snapshots_installed",
             "Snapshots received from the leader and installed by this member (not an etcd metric).",
             value=nm.get("snapshots_installed", 0),
+        )
+        node = s.node
+        ts = node.transport_stats if node is not None else {}
+        yield CounterMetricFamily(
+            "raftlib_transport_rejected_handshakes",
+            "Peer connections refused at the handshake (another cluster, unknown member, bad TLS).",
+            value=ts.get("rejected_handshakes", 0),
+        )
+        yield CounterMetricFamily(
+            "raftlib_transport_bad_frames",
+            "Peer connections closed on a malformed, oversized or spoofed frame.",
+            value=ts.get("bad_frames", 0),
         )
         m = s.machine
         try:
