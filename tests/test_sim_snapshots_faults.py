@@ -199,6 +199,7 @@ def test_receiver_crashes_in_the_middle_of_a_snapshot_transfer(seed: int) -> Non
     # Mid-transfer: some chunks were received, the snapshot is not installed yet.
     assert chunks[1] == 0 and not restores[lagger]
     assert c.nodes[lagger].storage.snapshot is None
+    assert len(c.nodes[lagger].storage.incoming) > 0  # part of the snapshot was received
     c.crash(lagger)
     c.run(5 + seed % 10)
     c.restart(lagger)
@@ -229,37 +230,41 @@ def test_receiver_crashes_twice_during_transfers_with_loss(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_snapshot_racing_with_new_entries(seed: int) -> None:
-    """Proposals keep flowing while the follower receives the snapshot; with a larger count the
-    leader also compacts again mid-transfer (a newer snapshot replaces the one being sent)."""
+    """Proposals keep flowing while the follower receives the snapshot. Even seeds: a trickle.
+    Odd seeds: a flood, so the leader applies more than ``snapshot_entries`` new entries and
+    compacts again in the middle of the transfer (a newer snapshot replaces the one being sent)."""
     every = 100
     c, lagger, restores, cmds, chunks = partition_scenario(seed, 500, every, 128)
     c.heal()
     c.run_until(lambda: chunks[0] >= 1, 300, "the transfer started")
+    lead = c.leader()
+    first_meta = c.raw(lead).snapshot_meta.index
+    flood = seed % 2 == 1
+    quota, burst = (3 * every, 10) if flood else (40, 1)
     during: list[bytes] = []
-    k = 0
-    quota = 30 if seed % 2 == 0 else 2 * every  # even seeds: a few; odd: past another compaction
-    first_meta = c.raw(c.leader()).snapshot_meta.index
-    while not restores[lagger] or k < quota:
+    before_install: int | None = None
+    meta_at_install = first_meta
+    while not restores[lagger] or len(during) < quota:
         assert c.ticks < 5000, "the follower never installed a snapshot while entries kept coming"
-        lead = c.leader()
-        if lead is not None and k < quota:
-            cmd = b"r%d" % k
-            try:
-                c.propose(cmd, lead)
-                during.append(cmd)
-                k += 1
-            except (NotLeader, ProposalDropped):
-                pass
+        for _ in range(burst if len(during) < quota else 0):
+            cmd = b"r%d" % len(during)
+            c.propose(cmd, lead)  # the leader stays: no faults but the past partition
+            during.append(cmd)
         c.run(0.3)
+        if restores[lagger] and before_install is None:
+            before_install = len(during)
+            meta_at_install = c.raw(lead).snapshot_meta.index
+    assert c.leader() == lead
     assert chunks[1] >= 1
-    before_install = restores[lagger][0]
+    assert before_install is not None and before_install > 0  # entries did race with the transfer
+    installed = restores[lagger][0]
+    assert installed >= first_meta
     assert_converged(c, cmds)
-    # Everything proposed during the transfer was committed (the leader never changed) and reached
-    # the follower, whether through the snapshot or through the log after it.
+    # Everything proposed during the transfer was committed and reached the follower, whether
+    # through the snapshot or through the log after it, in order.
     assert c.state_machine(lagger).commands[-len(during) - 1 : -1] == during
-    assert before_install >= first_meta
-    if quota > every:
-        assert c.raw(c.leader()).snapshot_meta.index > first_meta  # it compacted again meanwhile
+    if flood:
+        assert meta_at_install > first_meta  # the leader compacted again before the install
 
 
 def test_racing_entries_reach_the_follower_through_the_log_after_the_snapshot() -> None:
