@@ -130,8 +130,14 @@ def test_no_flags_is_a_single_member_on_2379(tmp_path: Path) -> None:
             time.sleep(0.1)
         code, body = http_json("http://127.0.0.1:2379/version")
         assert body == {"etcdserver": "3.4.23", "etcdcluster": "3.4.0"}
-        code, body = http_json("http://127.0.0.1:2379/v3/cluster/member/list", {})
-        assert [m["name"] for m in body["members"]] == ["default"]
+        # A member publishes its name through raft once it runs (like etcd, whose member list
+        # shows a not-yet-published member without a name): wait for that entry to apply.
+        while True:
+            code, body = http_json("http://127.0.0.1:2379/v3/cluster/member/list", {})
+            if all("name" in m for m in body["members"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [m.get("name") for m in body["members"]] == ["default"]
         assert body["members"][0]["peerURLs"] == ["http://127.0.0.1:2380"]
         assert (tmp_path / "default.etcd").is_dir()
     finally:
