@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from raftlib.testing.proccluster import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("etcd", "raftlib")
@@ -61,20 +62,6 @@ def backend_unavailable_reason(backend: str) -> str | None:
     if backend == "raftlib":
         return None  # a missing store must fail loudly, not skip
     return f"unknown backend {backend!r}"
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def http_json(

@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from raftlib.testing.proccluster import free_ports
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,19 +36,6 @@ def b64(s: str) -> str:
 
 def unb64(s: str | None) -> str:
     return base64.b64decode(s or "").decode()
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def say(text: str = "") -> None:
