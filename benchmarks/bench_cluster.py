@@ -36,7 +36,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raftlib.testing.proccluster import ProcCluster, ProcError, free_ports
+from raftlib.testing.proccluster import ProcCluster, ProcError, control_request, free_ports
 
 HERE = Path(__file__).resolve().parent
 
@@ -112,17 +111,7 @@ class PsoCluster:
                 proc.stdout.close()
 
     def request(self, node_id: str, timeout: float = 10.0, **req: Any) -> dict[str, Any]:
-        host, _, port = self.control[node_id].rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=timeout) as s:
-            s.sendall(json.dumps(req).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    raise ProcError(f"{node_id} closed the control connection")
-                buf += chunk
-        answer: dict[str, Any] = json.loads(buf)
-        return answer
+        return control_request(self.control[node_id], timeout, **req)
 
     def status(self, node_id: str) -> dict[str, Any] | None:
         try:

@@ -43,6 +43,21 @@ class ProcError(RuntimeError):
     """A node process failed to start or answer."""
 
 
+def control_request(address: str, timeout: float = 10.0, /, **req: Any) -> dict[str, Any]:
+    """One JSON-lines request/answer on a control channel at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                raise ProcError(f"{address} closed the control connection")
+            buf += chunk
+    answer: dict[str, Any] = json.loads(buf)
+    return answer
+
+
 class ProcCluster:
     """N procnode processes with their control channels."""
 
@@ -169,17 +184,7 @@ class ProcCluster:
 
     def request(self, node_id: str, timeout: float = 10.0, **req: Any) -> dict[str, Any]:
         """Send one request to ``node_id``'s control channel and return its answer."""
-        host, _, port = self.control[node_id].rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=timeout) as s:
-            s.sendall(json.dumps(req).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    raise ProcError(f"{node_id} closed the control connection")
-                buf += chunk
-        answer: dict[str, Any] = json.loads(buf)
-        return answer
+        return control_request(self.control[node_id], timeout, **req)
 
     def try_request(self, node_id: str, **req: Any) -> dict[str, Any] | None:
         """Like :meth:`request`, but None when the process cannot be reached."""
