@@ -682,6 +682,7 @@ class RaftNode:
                 await loop.run_in_executor(self._io, self._restore_from_storage, rd.snapshot.index)
             )
             self._applied = rd.snapshot.index
+            self._applied_waiters.release(self._applied)
             self.metrics["snapshots_installed"] += 1
             self._transport.set_peers(self._peer_addresses())
             for index in [i for i in self._pending if i <= rd.snapshot.index]:

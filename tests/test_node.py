@@ -188,6 +188,29 @@ async def test_restart_from_disk_recovers_state(tmp_path: Path) -> None:
         await c2.stop()
 
 
+async def test_waiters_wake_when_a_snapshot_install_moves_the_applied_index(tmp_path: Path) -> None:
+    """A follower that catches up by snapshot alone (no entries follow it) must wake whoever
+    waits for an index the snapshot covers, not leave them to time out."""
+    c = Cluster(3, tmp=tmp_path, snapshot_entries=10_000, snapshot_trailing_entries=1)
+    await c.start()
+    try:
+        leader = await c.leader()
+        lagger = next(n for n in c.nodes.values() if n is not leader)
+        await lagger.stop()
+        for i in range(40):
+            await leader.propose(put(f"s{i}", "x"))
+        meta = await leader.snapshot()
+        commit = leader.status()["commit"]
+        assert meta.index == commit == leader.status()["last_index"]
+        node = c.make(lagger.id)
+        await node.start()
+        await node.wait_applied(commit, timeout=5)
+        assert node.metrics["snapshots_installed"] == 1
+        assert c.sms[node.id].data["s39"] == "x"
+    finally:
+        await c.stop()
+
+
 async def test_snapshot_compaction_and_catch_up_by_snapshot(tmp_path: Path) -> None:
     c = Cluster(3, tmp=tmp_path, snapshot_entries=50, snapshot_trailing_entries=5, snapshot_chunk_bytes=64)
     await c.start()

@@ -137,7 +137,12 @@ class DiskCluster:
         commit = lead.status()["commit"]
         for nid, node in self.nodes.items():
             if node.running:
-                await node.wait_applied(commit, timeout=timeout)
+                try:
+                    await node.wait_applied(commit, timeout=timeout)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"{nid} never applied {commit}: {node.status()}; leader: {lead.status()}"
+                    ) from None
                 missing = acked - set(self.sms[nid].data)
                 assert not missing, f"{nid} lost acknowledged writes: {sorted(missing)[:10]}"
 
@@ -386,6 +391,26 @@ async def test_bit_flip_in_the_newest_snapshot_refuses_to_start(tmp_path: Path) 
 # ------------------------------------------------------------------------------- lost rename
 
 
+async def settled_snapshots(c: DiskCluster, timeout: float = 5.0) -> dict[str, list[str]]:
+    """The snapshot files of every node once no snapshot is being written (a listing taken
+    while one is between its rename and the deletion of the oldest would not last)."""
+
+    def listing() -> dict[str, list[str]]:
+        return {nid: sorted(p.name for p in (c.dir(nid) / "snap").glob("*.snap")) for nid in c.ids}
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        busy = any(n._snapshotting for n in c.nodes.values())
+        seen = listing()
+        if not busy:
+            await asyncio.sleep(0.05)
+            if not any(n._snapshotting for n in c.nodes.values()) and listing() == seen:
+                return seen
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"snapshots never settled: {seen}")
+        await asyncio.sleep(0.01)
+
+
 def cut_after_snapshot_rename() -> Any:
     """cut_when: the power goes off after a snapshot rename, before the snap/ directory fsync."""
     renamed = False
@@ -414,7 +439,7 @@ async def test_snapshot_rename_lost_by_a_power_cut_restarts_from_previous_snapsh
     try:
         await load(c, 2, 0.3, acked)  # a first snapshot on every node
         assert all(n.metrics["snapshots_taken"] >= 1 for n in c.nodes.values())
-        before = {nid: sorted(p.name for p in (c.dir(nid) / "snap").glob("*.snap")) for nid in c.ids}
+        before = await settled_snapshots(c)
         victim = (await c.leader()).id
         pl[victim].cut_when = cut_after_snapshot_rename()
         await load(c, 2, 0.6, acked)
