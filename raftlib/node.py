@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from raftlib._accel import ENTRY_CONF_CHANGE, ENTRY_NORMAL
 from raftlib.core import (
@@ -140,6 +140,30 @@ class LeaderChange:
     leader: str | None
     term: int
     address: str | None = None
+
+
+_T = TypeVar("_T")
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _await_future(fut: asyncio.Future[_T], timeout: float | None) -> _T:
+    """``await fut``, failing it with TimeoutError after ``timeout`` seconds.
+
+    The hot-path replacement for ``asyncio.wait_for`` on a future this node
+    resolves itself: no extra task or wrapper future per call. Whoever resolves
+    ``fut`` must skip it when it is already done (timed out or cancelled).
+    """
+    if timeout is None:
+        return await fut
+    handle = asyncio.get_running_loop().call_later(max(0.0, timeout), _expire, fut)
+    try:
+        return await fut
+    finally:
+        handle.cancel()
 
 
 @dataclass
@@ -386,9 +410,7 @@ class RaftNode:
         else:
             raise self._not_leader()
         self._wake.set()
-        if timeout is None:
-            return await fut
-        return await asyncio.wait_for(fut, timeout)
+        return await _await_future(fut, timeout)
 
     def _leader_wait(self) -> float:
         """How long calls wait for an election to produce a leader: two election timeouts."""
@@ -434,7 +456,7 @@ class RaftNode:
                 self._wake.set()
             try:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                index, ok = await asyncio.wait_for(fut, remaining)
+                index, ok = await _await_future(fut, remaining)
             finally:
                 self._pending_reads.pop(ctx, None)
             if ok:
@@ -452,10 +474,7 @@ class RaftNode:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._applied_waiters.add(index, fut)
-        if timeout is None:
-            await fut
-        else:
-            await asyncio.wait_for(fut, max(0.0, timeout))
+        await _await_future(fut, timeout)
 
     async def add_member(self, node_id: str, address: str, timeout: float | None = 30.0) -> None:
         """Add a voter safely: it joins as a learner and is promoted once caught up.

@@ -418,28 +418,41 @@ def parse_message(value: Any, fields: tuple[Field, ...]) -> dict[str, Any]:
     """
     obj = _as_object(value)
     out: dict[str, Any] = {}
-    for group in (False, True):
-        for f in fields:
-            if f.oneof is not group:
+    by_name, order = _plan(fields)
+    # Only the fields the object names are visited (a request sets few of them), in the order above.
+    present = {by_name[k] for k in obj if k in by_name}
+    for rank in sorted(present) if len(present) > 1 else present:
+        f = order[rank]
+        jn = f.json_name
+        raw = obj[jn] if jn in obj and jn != f.name else obj[f.name]
+        if f.repeated:
+            if raw is None:
                 continue
-            jn = f.json_name
-            if jn in obj and jn != f.name:
-                raw = obj[jn]
-            elif f.name in obj:
-                raw = obj[f.name]
-            else:
+            if not isinstance(raw, list):
+                raise errors.cannot_unmarshal(_json_kind(raw), "[]json.RawMessage")
+            out[f.name] = [f.parse(item) for item in raw]
+        else:
+            if raw is None and not f.oneof:
                 continue
-            if f.repeated:
-                if raw is None:
-                    continue
-                if not isinstance(raw, list):
-                    raise errors.cannot_unmarshal(_json_kind(raw), "[]json.RawMessage")
-                out[f.name] = [f.parse(item) for item in raw]
-            else:
-                if raw is None and not f.oneof:
-                    continue
-                out[f.name] = f.parse(raw)
+            out[f.name] = f.parse(raw)
     return out
+
+
+_PLANS: dict[int, tuple[tuple[Field, ...], dict[str, int], tuple[Field, ...]]] = {}
+
+
+def _plan(fields: tuple[Field, ...]) -> tuple[dict[str, int], tuple[Field, ...]]:
+    """For a message's fields: {proto or JSON name: rank} and the fields by rank (regular fields
+    in declaration order, then the oneof members). Built once per field tuple."""
+    cached = _PLANS.get(id(fields))
+    if cached is None or cached[0] is not fields:
+        order = tuple(f for f in fields if not f.oneof) + tuple(f for f in fields if f.oneof)
+        by_name: dict[str, int] = {}
+        for rank, f in enumerate(order):
+            by_name[f.name] = rank
+            by_name[f.json_name] = rank
+        cached = _PLANS[id(fields)] = (fields, by_name, order)
+    return cached[1], cached[2]
 
 
 def _msg(fields_fn: Callable[[], tuple[Field, ...]]) -> Callable[[Any], dict[str, Any]]:

@@ -103,6 +103,10 @@ def _from_wire(obj: Any) -> Any:
     return obj
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""One encoder for every command (json.dumps with options builds a new one per call)."""
+
+
 class KVMachine(raftlib.StateMachine):
     """MVCC keys and leases, applied deterministically from validated commands.
 
@@ -150,7 +154,7 @@ class KVMachine(raftlib.StateMachine):
         if _proto_size(req) + _RAFT_REQUEST_OVERHEAD > self.max_request_bytes:
             raise errors.request_too_large()
         command = {"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}
-        return json.dumps(command, separators=(",", ":")).encode()
+        return _COMPACT.encode(command).encode()
 
     def prepare_put(self, body: Any) -> bytes:
         """Validate a PutRequest body (parsed JSON); the put command."""
@@ -305,7 +309,10 @@ class KVMachine(raftlib.StateMachine):
         """Serve a RangeRequest body from local state: the response body without header, plus
         ``revision`` (the current store revision). Raises EtcdError (bad request, compacted,
         future revision). The caller does the read barrier unless ``serializable``."""
-        req = codec.parse_range(body)
+        return self.serve_range(codec.parse_range(body))
+
+    def serve_range(self, req: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`range` for a request already parsed by :func:`codec.parse_range`."""
         if not req.get("key"):
             raise errors.empty_key()
         out, rev = do_range(self.store, req)

@@ -248,6 +248,8 @@ class ServerMetrics:
             "The total number of bytes sent to grpc clients.",
             registry=self.registry,
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        """(route, gRPC code) -> (its handled_total child, its handling_seconds child or None)."""
 
     def received_bytes(self, n: int) -> None:
         self.received.inc(n)
@@ -256,12 +258,20 @@ class ServerMetrics:
         self.sent.inc(n)
 
     def handled(self, route: str, code: int, seconds: float) -> None:
-        service, method = GRPC_METHODS.get(route, ("unknown", route))
-        kind = "bidi_stream" if method in STREAMING else "unary"
-        name = GRPC_CODE_NAMES[code] if 0 <= code < len(GRPC_CODE_NAMES) else str(code)
-        self.handled_total.labels(kind, service, method, name).inc()
-        if method not in STREAMING:
-            self.handling_seconds.labels(kind, service, method).observe(seconds)
+        children = self._children.get((route, code))
+        if children is None:
+            # labels() takes a lock and builds the label tuple: done once per (route, code).
+            service, method = GRPC_METHODS.get(route, ("unknown", route))
+            kind = "bidi_stream" if method in STREAMING else "unary"
+            name = GRPC_CODE_NAMES[code] if 0 <= code < len(GRPC_CODE_NAMES) else str(code)
+            timer = None if method in STREAMING else self.handling_seconds.labels(kind, service, method)
+            children = self._children[(route, code)] = (
+                self.handled_total.labels(kind, service, method, name),
+                timer,
+            )
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
 
     def watch_started(self) -> None:
         self.watch_streams += 1

@@ -441,10 +441,9 @@ class KVServer:
     async def _start_http(self) -> None:
         from aiohttp import web
 
-        from examples.kvstore.api import build_app
+        from examples.kvstore.api import build_server
 
-        app = build_app(self)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
+        self._runner = web.ServerRunner(build_server(self), shutdown_timeout=1.0)
         await self._runner.setup()
         ctx = self.config.client_tls.server_context() if self.config.client_tls else None
         bound: list[str] = []

@@ -32,6 +32,8 @@ from aiohttp import web
 
 from examples.kvstore.errors import EtcdError
 
+Request = web.BaseRequest
+
 if TYPE_CHECKING:
     from examples.kvstore.machine import KVMachine
     from examples.kvstore.server import KVServer
@@ -284,7 +286,7 @@ def parse_create_request(body: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-async def hold_until_gone(request: web.Request) -> web.StreamResponse:
+async def hold_until_gone(request: Request) -> web.StreamResponse:
     """etcd sends nothing at all for a watch body without create_request: wait for the client to leave.
 
     (The handler is also cancelled by aiohttp when the client disconnects.)
@@ -296,9 +298,9 @@ async def hold_until_gone(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0.5)
 
 
-async def serve_watch(server: KVServer, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+async def serve_watch(server: KVServer, request: Request, body: dict[str, Any]) -> web.StreamResponse:
     """The ``/v3/watch`` handler: register, then stream one chunk per message until cancelled."""
-    from examples.kvstore.api import dumps
+    from examples.kvstore.api import add_cors, dumps
 
     options = parse_create_request(body)
     if options is None:
@@ -313,7 +315,7 @@ async def serve_watch(server: KVServer, request: web.Request, body: dict[str, An
     hub = server.hub
     watcher, created_at = hub.create(**options)
     server.metrics.watch_started()
-    resp = web.StreamResponse(status=200)
+    resp = add_cors(web.StreamResponse(status=200))
     resp.content_type = "application/json"
     resp.headers["Grpc-Metadata-Content-Type"] = "application/grpc"
     resp.enable_chunked_encoding()
