@@ -245,6 +245,26 @@ async def test_put_range_delete_shapes(one: Cluster) -> None:
     assert out["kvs"][0]["mod_revision"] == "6"
 
 
+async def test_read_only_txn_is_served_locally_without_a_log_entry(one: Cluster) -> None:
+    """etcd's isTxnReadonly: a txn of ranges is answered after a read barrier, not proposed;
+    a txn with any write goes through the log."""
+    await one.put("ro", "v1")
+    node = one.servers[0].node
+    assert node is not None
+    last = node.status()["last_index"]
+    cmp = [{"key": b64("ro"), "result": "EQUAL", "target": "VALUE", "value": b64("v1")}]
+    rng = {"request_range": {"key": b64("ro")}}
+    out = await one.ok("/v3/kv/txn", {"compare": cmp, "success": [rng], "failure": []})
+    assert out["succeeded"] is True
+    assert out["responses"][0]["response_range"]["kvs"][0]["value"] == b64("v1")
+    serial = {"request_range": {"key": b64("ro"), "serializable": True}}
+    out = await one.ok("/v3/kv/txn", {"success": [serial]})
+    assert out["responses"][0]["response_range"]["count"] == "1"
+    assert node.status()["last_index"] == last
+    await one.ok("/v3/kv/txn", {"success": [rng, {"request_put": {"key": b64("ro"), "value": b64("v2")}}]})
+    assert node.status()["last_index"] == last + 1
+
+
 async def test_txn_shapes(one: Cluster) -> None:
     await one.put("cas", "v1")
     cmp = [{"key": b64("cas"), "result": "EQUAL", "target": "VALUE", "value": b64("v1")}]

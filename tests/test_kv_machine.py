@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from examples.kvstore import codec
 from examples.kvstore.errors import EtcdError, http_status_for
 from examples.kvstore.machine import KVMachine
+from examples.kvstore.mvcc import txn_is_readonly, txn_is_serializable
 
 
 def b(text: str) -> str:
@@ -869,3 +870,76 @@ def test_request_size_limit_counts_the_decoded_request_not_its_base64() -> None:
     with pytest.raises(EtcdError) as err:
         m.prepare_put(body(1_600_000))
     assert err.value.grpc_code == 3 and "request is too large" in err.value.message
+
+
+# -- read-only txns: served locally (etcd's isTxnReadonly), same answer as through the log --------
+
+_READ_KEYS = ["a", "b", "c"]
+_range_ops = st.builds(
+    lambda key, end, rev, serial, count: {
+        "request_range": {
+            "key": b(key),
+            **({"range_end": b(end)} if end else {}),
+            **({"revision": str(rev)} if rev else {}),
+            **({"serializable": True} if serial else {}),
+            **({"count_only": True} if count else {}),
+        }
+    },
+    st.sampled_from(_READ_KEYS),
+    st.sampled_from(["", "c", "z"]),
+    st.integers(0, 12),
+    st.booleans(),
+    st.booleans(),
+)
+_compares = st.builds(
+    lambda key, result, rev: cmp(key, result, "MOD", mod_revision=str(rev)),
+    st.sampled_from(_READ_KEYS),
+    st.sampled_from(["EQUAL", "GREATER", "LESS", "NOT_EQUAL"]),
+    st.integers(0, 10),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    compares=st.lists(_compares, max_size=3),
+    success=st.lists(_range_ops, max_size=3),
+    failure=st.lists(_range_ops, max_size=3),
+    compact=st.integers(0, 6),
+)
+def test_read_only_txn_served_locally_answers_as_through_the_log(
+    compares: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]], compact: int
+) -> None:
+    """A txn of ranges only gives the same answer (or error) served from local state as applied
+    from the log, and serving it changes nothing: no revision, no event."""
+    h = Harness()
+    for i in range(8):
+        h.put({"key": b(_READ_KEYS[i % 3]), "value": b(str(i))})
+    if compact:
+        h.apply(h.m.prepare_compaction({"revision": str(compact)}))
+    body = {"compare": compares, "success": success, "failure": failure}
+    req = h.m.parse_txn(body)
+    assert txn_is_readonly(req)
+    events, revision = len(h.events), h.m.revision
+    try:
+        local: Any = h.m.serve_read_txn(req)
+    except EtcdError as e:
+        local = ("error", e.body())
+    assert (len(h.events), h.m.revision) == (events, revision)
+    try:
+        logged: Any = h.txn(body)
+    except EtcdError as e:
+        logged = ("error", e.body())
+    assert local == logged
+
+
+def test_txn_with_a_write_or_nested_txn_is_not_read_only() -> None:
+    rng = {"request_range": {"key": b("a")}}
+    assert txn_is_readonly({}) and txn_is_readonly({"success": [rng], "failure": [rng]})
+    assert not txn_is_readonly({"success": [rng, {"request_put": {"key": b"a"}}]})
+    assert not txn_is_readonly({"failure": [{"request_delete_range": {"key": b"a"}}]})
+    assert not txn_is_readonly({"success": [{"request_txn": {"success": [rng]}}]})  # as etcd 3.4
+    assert not txn_is_readonly({"success": [{}]})
+    assert txn_is_serializable({}) and not txn_is_serializable({"success": [rng]})
+    assert txn_is_serializable({"success": [{"request_range": {"key": b"a", "serializable": True}}]})
+    with pytest.raises(ValueError):
+        KVMachine().serve_read_txn({"success": [{"request_put": {"key": b"a", "value": b"1"}}]})

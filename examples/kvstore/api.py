@@ -27,6 +27,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 import raftlib
 from examples.kvstore import codec, errors
 from examples.kvstore.errors import EtcdError
+from examples.kvstore.mvcc import txn_is_readonly, txn_is_serializable
 from examples.kvstore.server import (
     CLUSTER_VERSION,
     ETCD_VERSION,
@@ -221,7 +222,7 @@ class GatewayAPI:
             "kv/put": self.kv_write("prepare_put", "Put"),
             "kv/range": self.kv_range,
             "kv/deleterange": self.kv_write("prepare_deleterange", "DeleteRange"),
-            "kv/txn": self.kv_write("prepare_txn", "Txn"),
+            "kv/txn": self.kv_txn,
             "kv/compaction": self.kv_write("prepare_compaction", "Compact"),
             "watch": self.watch,
             "lease/grant": self.lease_grant,
@@ -353,6 +354,16 @@ class GatewayAPI:
         if not req.get("serializable"):
             await self.server.read_barrier()
         return self.respond(self.machine.serve_range(req))
+
+    async def kv_txn(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        """A txn whose every op is a range is served locally after the read barrier (none when
+        all its ranges are serializable), like etcd; any other txn is proposed."""
+        req = self.machine.parse_txn(body)
+        if txn_is_readonly(req):
+            if not txn_is_serializable(req):
+                await self.server.read_barrier()
+            return self.respond(self.machine.serve_read_txn(req))
+        return self.respond(await self.server.propose(self.machine.txn_command(req)))
 
     # -- leases --------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from examples.kvstore.mvcc import (
     do_put,
     do_range,
     run_path,
+    txn_is_readonly,
 )
 
 log = logging.getLogger("kvstore.machine")
@@ -171,11 +172,36 @@ class KVMachine(raftlib.StateMachine):
 
     def prepare_txn(self, body: Any) -> bytes:
         """Validate a TxnRequest body (op counts, keys, duplicate keys); the txn command."""
+        return self.txn_command(self.parse_txn(body))
+
+    @staticmethod
+    def parse_txn(body: Any) -> dict[str, Any]:
+        """Parse and validate a TxnRequest body (op counts, keys, duplicate keys)."""
         req = codec.parse_txn(body)
         check_txn_request(req)
         check_intervals(req.get("success", []))
         check_intervals(req.get("failure", []))
+        return req
+
+    def txn_command(self, req: dict[str, Any]) -> bytes:
+        """The txn command for a request from :meth:`parse_txn`."""
         return self._command("txn", req)
+
+    def serve_read_txn(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run a read-only txn (:func:`txn_is_readonly`) on local state, as etcd does after its
+        read barrier: the response body without header, plus ``revision``. Changes nothing."""
+        if not txn_is_readonly(req):
+            raise ValueError("serve_read_txn needs a read-only txn")
+        store = self.store
+        path = compare_to_path(store, req)
+        check_path(store, path, self.leases.__contains__)
+        store.begin()
+        try:
+            body = run_path(store, path, top=True)
+        finally:
+            store.rollback()  # nothing to undo; closes the txn opened for the reads
+        body["revision"] = store.revision
+        return body
 
     def prepare_compaction(self, body: Any) -> bytes:
         """Validate a CompactionRequest body; the compaction command."""

@@ -592,18 +592,23 @@ def compare_to_path(store: MVCC, t: dict[str, Any]) -> _Path:
     return path
 
 
-def txn_is_write(t: dict[str, Any]) -> bool:
-    """Whether any branch of the txn (nested ones included) holds a put or a delete."""
-    for branch in ("success", "failure"):
-        for op in t.get(branch, ()):
-            kind = _op_kind(op)
-            if kind is None:
-                continue
-            if kind[0] in ("request_put", "request_delete_range"):
-                return True
-            if kind[0] == "request_txn" and txn_is_write(kind[1]):
-                return True
-    return False
+def txn_is_readonly(t: dict[str, Any]) -> bool:
+    """etcd's isTxnReadonly: every op of both branches is a range (a nested txn, a put, a
+    delete or an empty op is not). Such a txn is served locally, not proposed."""
+    return all(
+        _op_kind(op) is not None and "request_range" in op
+        for branch in ("success", "failure")
+        for op in t.get(branch, ())
+    )
+
+
+def txn_is_serializable(t: dict[str, Any]) -> bool:
+    """etcd's isTxnSerializable: every op is a ``serializable`` range, so no read barrier."""
+    return all(
+        "request_range" in op and bool(op["request_range"].get("serializable"))
+        for branch in ("success", "failure")
+        for op in t.get(branch, ())
+    )
 
 
 def _walk(path: _Path) -> Iterator[tuple[str, dict[str, Any]]]:
