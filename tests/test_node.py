@@ -360,3 +360,65 @@ async def test_large_snapshot_is_written_off_the_loop_while_writes_continue(tmp_
             assert f.read()  # readable and checksummed
     finally:
         await c.stop()
+
+
+# -- where the WAL write runs: inline on a fast disk, in the I/O thread otherwise -------------
+
+
+class SlowSaveStorage(MemoryStorage):
+    """Memory storage whose saves take ``delay`` seconds (a slow disk), counting the threads used."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.threads: set[str] = set()
+
+    def save(self, hard_state: Any, entries: Any) -> None:
+        import threading
+        import time as _time
+
+        self.threads.add(threading.current_thread().name)
+        _time.sleep(self.delay)
+        super().save(hard_state, entries)
+
+
+async def test_single_entry_writes_sync_inline_on_a_fast_disk_and_in_the_io_thread_on_a_slow_one() -> None:
+    import threading
+
+    c = Cluster(1)
+    slow = c.storages["n1"] = SlowSaveStorage(0.0)
+    await c.start()
+    try:
+        node = c.nodes["n1"]
+        for i in range(20):
+            await node.propose(put(f"f{i}", "x"))
+        assert node.metrics["fsync_inline_count"] >= 20
+        assert threading.current_thread().name in slow.threads
+        slow.delay = 0.01  # 10 ms per write: five times inline_sync_below
+        inline = node.metrics["fsync_inline_count"]
+        for i in range(40):
+            await node.propose(put(f"s{i}", "x"))
+        # The moving average crosses 2 ms within a few writes; the rest go to the I/O thread.
+        assert node.metrics["fsync_inline_count"] - inline < 10
+        assert any(name.startswith("raft-n1-io") for name in slow.threads)
+        assert c.sms["n1"].data["s39"] == "x"
+    finally:
+        await c.stop()
+
+
+async def test_inline_sync_below_zero_always_uses_the_io_thread() -> None:
+    c = Cluster(1, inline_sync_below=0.0)
+    await c.start()
+    try:
+        node = c.nodes["n1"]
+        for i in range(10):
+            await node.propose(put(f"k{i}", "v"))
+        assert node.metrics["fsync_inline_count"] == 0 and node.metrics["fsync_count"] >= 10
+    finally:
+        await c.stop()
+
+
+@pytest.mark.parametrize("bad", [-0.001, float("nan")])
+def test_inline_sync_below_must_be_a_non_negative_number(bad: float) -> None:
+    with pytest.raises(raftlib.ConfigError, match="inline_sync_below"):
+        RaftNode("n1", {"n1": "mem://n1"}, KV(), config=NodeConfig(inline_sync_below=bad))

@@ -146,6 +146,16 @@ class _LiveCollector(Collector):
             "The total number of failed proposals seen.",
             value=nm.get("proposals_failed", 0) + s.failed_proposals,
         )
+        yield CounterMetricFamily(
+            "raftlib_wal_inline_fsyncs",
+            "WAL writes synced on the event loop (fast disk) rather than in the I/O thread.",
+            value=nm.get("fsync_inline_count", 0),
+        )
+        yield CounterMetricFamily(
+            "raftlib_wal_fsyncs",
+            "WAL writes synced, inline or in the I/O thread.",
+            value=nm.get("fsync_count", 0),
+        )
         sid = GaugeMetricFamily(
             "etcd_server_id",
             "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
