@@ -943,3 +943,26 @@ def test_txn_with_a_write_or_nested_txn_is_not_read_only() -> None:
     assert txn_is_serializable({"success": [{"request_range": {"key": b"a", "serializable": True}}]})
     with pytest.raises(ValueError):
         KVMachine().serve_read_txn({"success": [{"request_put": {"key": b"a", "value": b"1"}}]})
+
+
+def test_snapshot_writer_is_a_point_in_time_view_encoded_later() -> None:
+    """The loop only captures; the bytes written later (in a worker thread) are the state at
+    capture time, whatever was applied, deleted or compacted in between."""
+    import io
+
+    h = Harness()
+    for i in range(30):
+        h.put({"key": b(f"k{i % 7}"), "value": b(f"v{i}")})
+    expected = h.m.snapshot()
+    writer = h.m.snapshot_writer()
+    for i in range(30):
+        h.put({"key": b(f"k{i % 5}"), "value": b(f"w{i}")})
+    h.delete({"key": b("k1")})
+    h.apply(h.m.prepare_compaction({"revision": "40"}))
+    out = io.BytesIO()
+    writer.write(out)
+    writer.release()
+    assert out.getvalue() == expected != h.m.snapshot()
+    other = KVMachine()
+    other.restore(out.getvalue())
+    assert other.snapshot() == expected

@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import raftlib
 from examples.kvstore import codec, errors
@@ -106,6 +106,30 @@ def _from_wire(obj: Any) -> Any:
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 """One encoder for every command (json.dumps with options builds a new one per call)."""
+
+
+class KVSnapshot(raftlib.SnapshotWriter):
+    """A KVMachine snapshot captured on the loop (:meth:`KVMachine.snapshot_writer`)."""
+
+    def __init__(self, applied_index: int, view: Any, leases: list[list[int]]) -> None:
+        self.applied_index = applied_index
+        self.view = view
+        self.leases = leases
+
+    def encode(self) -> bytes:
+        image = {
+            "v": SNAPSHOT_VERSION,
+            "applied_index": self.applied_index,
+            "mvcc": MVCC.dump_view(self.view),
+            "leases": self.leases,
+        }
+        return _COMPACT.encode(image).encode()
+
+    def write(self, out: BinaryIO) -> None:
+        out.write(self.encode())
+
+    def release(self) -> None:
+        self.view = None
 
 
 class KVMachine(raftlib.StateMachine):
@@ -426,13 +450,13 @@ class KVMachine(raftlib.StateMachine):
 
     def snapshot(self) -> bytes:
         """The whole state as deterministic JSON bytes (see docs/kvstore-data.md)."""
-        image = {
-            "v": SNAPSHOT_VERSION,
-            "applied_index": self.applied_index,
-            "mvcc": self.store.dump(),
-            "leases": [[lid, self.leases.ttl[lid]] for lid in self.leases.ids()],
-        }
-        return json.dumps(image, separators=(",", ":")).encode()
+        return self.snapshot_writer().encode()
+
+    def snapshot_writer(self) -> KVSnapshot:
+        """A point-in-time view of the state, encoded later (in a worker thread) to the same
+        bytes :meth:`snapshot` returns: the event loop only copies the per-key record lists."""
+        leases = [[lid, self.leases.ttl[lid]] for lid in self.leases.ids()]
+        return KVSnapshot(self.applied_index, self.store.view(), leases)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; every lease gets a full TTL on the lessor."""

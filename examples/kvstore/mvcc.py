@@ -17,6 +17,8 @@ and duplicate-key rules) live here too and return etcd-rendered response bodies.
 
 from __future__ import annotations
 
+import gc
+import operator
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -75,6 +77,7 @@ class Event(NamedTuple):
 
 
 Rec = tuple[int, int, "KeyValue | None"]
+_first = operator.itemgetter(0)
 
 
 def _size_of(key: bytes, kv: KeyValue | None) -> int:
@@ -344,16 +347,37 @@ class MVCC:
 
     def dump(self) -> dict[str, Any]:
         """A JSON-able, deterministic image of the whole store (history included)."""
+        return MVCC.dump_view(self.view())
+
+    def view(self) -> tuple[int, int, list[tuple[bytes, list[Rec]]]]:
+        """A point-in-time view for :meth:`dump_view`: copies only the per-key record lists
+        (records and KeyValues are immutable), so it is cheap enough for the event loop."""
+        # dict.items: the SortedDict's underlying dict at C speed (key order restored in dump_view).
+        # The copy allocates one list per key: with the collector paused it is 3-4x faster
+        # (100k keys: 39 ms instead of 157 ms on the loop), and nothing here makes cycles.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            items = [(k, recs[:]) for k, recs in dict.items(self._index)]
+        finally:
+            if paused:
+                gc.enable()
+        return self.revision, self._compact, items
+
+    @staticmethod
+    def dump_view(view: tuple[int, int, list[tuple[bytes, list[Rec]]]]) -> dict[str, Any]:
+        """:meth:`dump` of a :meth:`view` (may run in another thread: touches no live state)."""
+        revision, compact, items = view
         keys = []
-        for k, recs in self._index.items():
-            out = []
+        for k, recs in sorted(items, key=_first):
+            out: list[list[Any]] = []
             for main, sub, kv in recs:
                 if kv is None:
                     out.append([main, sub])
                 else:
                     out.append([main, sub, kv.create_revision, kv.version, b64(kv.value), kv.lease])
             keys.append([b64(k), out])
-        return {"rev": self.revision, "compact": self._compact, "keys": keys}
+        return {"rev": revision, "compact": compact, "keys": keys}
 
     @classmethod
     def load(cls, image: dict[str, Any]) -> MVCC:

@@ -215,7 +215,7 @@ class ReplicatedState(raftlib.StateMachine):
 
     def snapshot(self) -> raftlib.SnapshotWriter:
         header = json.dumps({"attributes": self.attributes, "cluster_id": self.cluster_id}).encode()
-        return _CombinedSnapshot(header, self.kv.snapshot())
+        return _CombinedSnapshot(header, self.kv.snapshot_writer())
 
     def restore_stream(self, stream: BinaryIO) -> None:
         head = stream.read(_SNAP_HEADER.size)
