@@ -16,6 +16,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -770,3 +771,38 @@ def test_state_snapshot_roundtrip_and_watch_resync() -> None:
     assert got == [(4, [b64("k4")]), (5, [b64("k5")])]
     put(behind, 6, "k6", "v")  # live events continue after the caught-up ones, without a gap
     assert [item[1] for item in watcher.queue] == [4, 5, 6]
+
+
+async def test_a_joined_member_restarts_from_its_data_dir_and_catches_up(tmp_path: Any) -> None:
+    """etcd's runbook: member add, start the new member with --initial-cluster-state existing,
+    later restart it with the same flags: it comes back from its data dir (same member ID, no
+    second join), catches up on what it missed and serves linearizable reads."""
+    c = Cluster(2, data_dir=None)
+    for i, s in enumerate(c.servers):
+        s.config = replace(s.config, data_dir=str(tmp_path / f"m{i}"))
+    await c.start()
+    ports = free_ports(2)
+    names, all_ports = ["m0", "m1", "m2"], [*c.ports, *ports]
+    cfg = config_for(names, all_ports, 2, initial_cluster_state="existing", data_dir=str(tmp_path / "m2"))
+    try:
+        out = await c.ok("/v3/cluster/member/add", {"peerURLs": cfg.initial_advertise_peer_urls})
+        new_id = out["member"]["ID"]
+        joiner = KVServer(cfg)
+        await joiner.start()
+        c.servers.append(joiner)
+        await c.put("before", "restart")
+        await c.wait_leader()
+        await joiner.stop()
+        c.servers.remove(joiner)
+        for i in range(20):
+            await c.put(f"missed{i}", "x")
+        again = KVServer(cfg)
+        await again.start()
+        c.servers.append(again)
+        assert str(again.member_id) == new_id
+        out = await c.ok("/v3/kv/range", {"key": b64("missed19")}, i=2)
+        assert out["kvs"][0]["value"] == b64("x")
+        listed = (await c.ok("/v3/cluster/member/list", {}, i=2))["members"]
+        assert sorted(m["name"] for m in listed) == names and len(listed) == 3
+    finally:
+        await c.stop()
