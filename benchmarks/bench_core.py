@@ -23,11 +23,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-try:
-    from raftlib import _pycore
-except ImportError:  # run from a source tree without installing: use the checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from raftlib import _pycore
+# Measure the checkout this file belongs to.  Run as a script, sys.path[0] is benchmarks/, so a plain
+# import would resolve through site-packages -- with an editable install made from another worktree,
+# that worktree's code (and its compiled extension) would be measured instead.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "raftlib" / "__init__.py").is_file():
+    sys.path.insert(0, str(_CHECKOUT))
+
+from raftlib import _pycore  # noqa: E402
 
 try:
     from raftlib import _core
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if _core is None:
         print("raftlib._core is not built: run `make build` first", file=sys.stderr)
         return 2
+    print(f"measuring {_core.__file__} against {_pycore.__file__}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     for name in args.cases or list(CASES):
         n_c, run_c = CASES[name](_core, args.scale)

@@ -8,11 +8,13 @@ behaviour; ``_pycore`` is the readable reference and the test-suite checks the
 two against each other on random operation sequences.  What differs is where
 the data lives:
 
-* :class:`Log` keeps the index -> term map and the running totals of entry sizes
-  in ``int64_t`` C arrays (grown geometrically with ``PyMem_Realloc``), so term
-  lookups, the AppendEntries consistency check, conflict back-tracking and
-  byte-budgeted slicing touch no Python objects.  The :class:`Entry` objects
-  (payloads) are kept in a Python list alongside, only to be handed back.
+* :class:`Log` keeps its terms run-length encoded -- one ``(first index, term)``
+  pair per term change, searched by bisection -- and the running totals of entry
+  sizes in an ``int64_t`` array, both C arrays grown geometrically with
+  ``PyMem_Realloc``; so term lookups, the AppendEntries consistency check,
+  conflict back-tracking and byte-budgeted slicing touch no Python objects.  The
+  :class:`Entry` objects (payloads) are kept in a Python list alongside, only to
+  be handed back.
 * :class:`QuorumTracker` keeps match indexes and votes in C arrays and computes
   the committed index with a small insertion sort on a scratch buffer.
 
@@ -55,6 +57,7 @@ cdef enum:
     C_VOTE_LOST = 1
     C_VOTE_WON = 2
     MIN_CAPACITY = 16
+    MIN_RUNS = 8
     SMALL_SORT = 32
 
 cdef int64_t C_MAX_INDEX = 0x7FFFFFFFFFFFFFFF
@@ -167,18 +170,85 @@ cdef int _check_run(list entries, int64_t first_index, int64_t prev_term) except
 # Log
 # ---------------------------------------------------------------------------------------------
 
+cdef struct TermRun:
+    # Every index from ``start`` up to the next run's start - 1 (for the last run: up to the
+    # log's last index) has term ``term``.
+    int64_t start
+    int64_t term
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline Py_ssize_t _run_of(const TermRun* runs, Py_ssize_t n, int64_t index) noexcept nogil:
+    """The run holding ``index``: the largest ``k < n`` with ``runs[k].start <= index``.
+
+    Requires ``n >= 1`` and ``runs[0].start <= index``.  The last run is tried first (in
+    Raft most lookups are near the tail of the log), then the others are bisected.
+    """
+    cdef Py_ssize_t base, half, size
+    if runs[n - 1].start <= index:
+        return n - 1
+    # The answer is in [base, base + size): a branch-free bisection (the update is a cmov).
+    base = 0
+    size = n - 1
+    while size > 1:
+        half = size >> 1
+        if runs[base + half].start <= index:
+            base += half
+        size -= half
+    return base
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline Py_ssize_t _run_near(const TermRun* runs, Py_ssize_t n, Py_ssize_t k,
+                                 int64_t index) noexcept nogil:
+    """:func:`_run_of` given ``k < n``, the run of a previous lookup.
+
+    O(1) when ``index`` is in run ``k`` or the next one (a walk over consecutive
+    indexes), a bisection otherwise.  Same requirements as :func:`_run_of`.
+    """
+    if runs[k].start <= index:
+        if k + 1 == n or index < runs[k + 1].start:
+            return k
+        if k + 2 == n or index < runs[k + 2].start:
+            return k + 1
+    return _run_of(runs, n, index)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline Py_ssize_t _last_run_with_term_at_most(const TermRun* runs, Py_ssize_t n,
+                                                   int64_t term) noexcept nogil:
+    """The largest ``k < n`` with ``runs[k].term <= term``, or -1 (run terms strictly increase)."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if runs[mid].term <= term:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
 @cython.final
 cdef class Log:
     """Entries ``(snapshot_index, last_index]`` plus the snapshot point of the compacted prefix.
 
-    Index -> term bookkeeping and the running totals of entry sizes live in C
-    arrays; the :class:`Entry` objects are kept in a list alongside.
+    Terms are kept run-length encoded (one ``(first index, term)`` pair per term
+    change) and the running totals of entry sizes per entry, both in C arrays;
+    the :class:`Entry` objects are kept in a list alongside.
     """
 
     cdef int64_t _snap_index
-    cdef int64_t _snap_term
-    # _terms[i] is the term of entry snapshot_index + 1 + i, for 0 <= i < _n.
-    cdef int64_t* _terms
+    # Terms of the indexes [snapshot_index, last_index], run-length encoded: _runs[0:_nruns],
+    # capacity _rcap.  Invariants: 1 <= _nruns; _runs[0].start == _snap_index and
+    # _runs[0].term is the snapshot term; starts strictly increase and the last one is
+    # <= last_index (no run is empty); terms strictly increase (a run is opened only when the
+    # term changes, and terms never decrease along a log).
+    cdef TermRun* _runs
+    cdef Py_ssize_t _nruns
+    cdef Py_ssize_t _rcap
     # _cum[i] is the total size of every entry before the i-th held one (absolute: not rebased
     # on compaction), for 0 <= i <= _n; capacity _cap + 1.
     cdef int64_t* _cum
@@ -187,17 +257,21 @@ cdef class Log:
     cdef list _entries
 
     def __cinit__(self):
-        self._terms = <int64_t*>PyMem_Malloc(MIN_CAPACITY * sizeof(int64_t))
+        self._runs = <TermRun*>PyMem_Malloc(MIN_RUNS * sizeof(TermRun))
         self._cum = <int64_t*>PyMem_Malloc((MIN_CAPACITY + 1) * sizeof(int64_t))
-        if self._terms == NULL or self._cum == NULL:
-            raise MemoryError()
+        if self._runs == NULL or self._cum == NULL:
+            raise MemoryError()  # __dealloc__ frees whichever was allocated
+        self._rcap = MIN_RUNS
+        self._nruns = 1
+        self._runs[0].start = 0
+        self._runs[0].term = 0
         self._cap = MIN_CAPACITY
         self._n = 0
         self._cum[0] = 0
         self._entries = []
 
     def __dealloc__(self):
-        PyMem_Free(self._terms)
+        PyMem_Free(self._runs)
         PyMem_Free(self._cum)
 
     def __init__(self, snapshot_index=0, snapshot_term=0):
@@ -206,10 +280,6 @@ cdef class Log:
     # -- storage management ------------------------------------------------------------------
 
     cdef int _resize(self, Py_ssize_t cap) except -1:
-        cdef int64_t* terms = <int64_t*>PyMem_Realloc(self._terms, cap * sizeof(int64_t))
-        if terms == NULL:
-            raise MemoryError()
-        self._terms = terms
         cdef int64_t* cum = <int64_t*>PyMem_Realloc(self._cum, (cap + 1) * sizeof(int64_t))
         if cum == NULL:
             raise MemoryError()
@@ -226,9 +296,24 @@ cdef class Log:
             cap *= 2
         return self._resize(cap)
 
+    cdef int _resize_runs(self, Py_ssize_t cap) noexcept:
+        """Reallocate the run array for ``cap >= _nruns`` runs.
+
+        Returns -1 on failure, with nothing changed and no exception set (the caller decides).
+        """
+        cdef TermRun* runs = <TermRun*>PyMem_Realloc(self._runs, cap * sizeof(TermRun))
+        if runs == NULL:
+            return -1
+        self._runs = runs
+        self._rcap = cap
+        return 0
+
     cdef int _maybe_shrink(self) except -1:
         # Give memory back after a large compaction/truncation/restore (hysteresis of 4x).
         cdef Py_ssize_t cap
+        if self._rcap > 4 * MIN_RUNS and self._nruns < self._rcap // 4:
+            # A failed shrink leaves the larger (valid) block in place: nothing to report.
+            self._resize_runs(max(<Py_ssize_t>MIN_RUNS, 2 * self._nruns))
         if self._cap > 4 * MIN_CAPACITY and self._n < self._cap // 4:
             cap = max(<Py_ssize_t>MIN_CAPACITY, 2 * self._n)
             return self._resize(cap)
@@ -238,15 +323,11 @@ cdef class Log:
         return self._snap_index + self._n
 
     cdef inline int64_t _last_term(self) noexcept:
-        if self._n:
-            return self._terms[self._n - 1]
-        return self._snap_term
+        return self._runs[self._nruns - 1].term
 
     cdef inline int64_t _term_at(self, int64_t index) noexcept:
         # Caller guarantees snapshot_index <= index <= last_index.
-        if index == self._snap_index:
-            return self._snap_term
-        return self._terms[index - self._snap_index - 1]
+        return self._runs[_run_of(self._runs, self._nruns, index)].term
 
     cdef inline bint _match(self, int64_t index, int64_t term) noexcept:
         if index < self._snap_index or index > self._snap_index + self._n:
@@ -254,17 +335,31 @@ cdef class Log:
         return self._term_at(index) == term
 
     cdef int _extend(self, list batch, Py_ssize_t start) except -1:
-        """Append the already-validated ``batch[start:]``, extending the C arrays."""
+        """Append the already-validated ``batch[start:]``, extending the C arrays.
+
+        All or nothing: on :class:`MemoryError` the log is unchanged.
+        """
         cdef Py_ssize_t i, n = len(batch)
         cdef Py_ssize_t k
+        cdef Py_ssize_t nruns0 = self._nruns
+        cdef int64_t term
         cdef Entry e
         if start >= n:
             return 0
         self._reserve(n - start)
         k = self._n
+        term = self._runs[self._nruns - 1].term
         for i in range(start, n):
             e = <Entry>batch[i]
-            self._terms[k] = e.term
+            if e.term != term:
+                # A term change opens a run (the batch is validated: contiguous, terms non-decreasing).
+                if self._nruns == self._rcap and self._resize_runs(2 * self._rcap) < 0:
+                    self._nruns = nruns0  # _n and _entries are not updated yet
+                    raise MemoryError()
+                self._runs[self._nruns].start = e.index
+                self._runs[self._nruns].term = e.term
+                self._nruns += 1
+                term = e.term
             self._cum[k + 1] = self._cum[k] + PyBytes_GET_SIZE(e.data) + C_ENTRY_OVERHEAD
             k += 1
         self._n = k
@@ -278,6 +373,8 @@ cdef class Log:
         # Caller guarantees snapshot_index <= index <= last_index.
         cdef Py_ssize_t keep = <Py_ssize_t>(index - self._snap_index)
         if keep < self._n:
+            # Drop the runs that start after ``index``; the run holding it becomes the last one.
+            self._nruns = _run_of(self._runs, self._nruns, index) + 1
             self._n = keep
             del self._entries[keep:]
             self._maybe_shrink()
@@ -293,7 +390,7 @@ cdef class Log:
     @property
     def snapshot_term(self):
         """Term of the entry at :attr:`snapshot_index`."""
-        return self._snap_term
+        return self._runs[0].term
 
     def first_index(self):
         """Index of the first entry the log may hold: ``snapshot_index + 1``."""
@@ -312,7 +409,7 @@ cdef class Log:
         return self._n
 
     def __repr__(self):
-        return (f"Log(snapshot_index={self._snap_index}, snapshot_term={self._snap_term}, "
+        return (f"Log(snapshot_index={self._snap_index}, snapshot_term={self._runs[0].term}, "
                 f"last_index={self._last_index()}, last_term={self._last_term()})")
 
     # -- lookups -----------------------------------------------------------------------------
@@ -326,9 +423,8 @@ cdef class Log:
         """
         if index < self._snap_index or index > self._snap_index + self._n:
             _index_error("term: index", index, self._snap_index, self._last_index())
-        if index == self._snap_index:
-            return self._snap_term
-        return self._terms[index - self._snap_index - 1]
+        # The snapshot point is the start of run 0: no special case.
+        return self._runs[_run_of(self._runs, self._nruns, index)].term
 
     def match_term(self, int64_t index, int64_t term):
         """True iff the log holds ``index`` (or it is the snapshot point) with this ``term``.
@@ -380,14 +476,17 @@ cdef class Log:
         """
         cdef list batch = _as_entry_list(entries)
         cdef Py_ssize_t i
+        cdef Py_ssize_t k = 0  # run of the previous lookup (the entries are usually consecutive)
         cdef Entry e
         cdef int64_t last = self._last_index()
         for i in range(len(batch)):
             e = <Entry>batch[i]
             if e.index > last:
                 return e.index
-            if e.index > self._snap_index and self._terms[e.index - self._snap_index - 1] != e.term:
-                return e.index
+            if e.index > self._snap_index:
+                k = _run_near(self._runs, self._nruns, k, e.index)
+                if self._runs[k].term != e.term:
+                    return e.index
         return 0
 
     def maybe_append(self, int64_t prev_index, int64_t prev_term, int64_t committed, entries):
@@ -412,6 +511,7 @@ cdef class Log:
         """
         cdef list batch
         cdef Py_ssize_t i, n
+        cdef Py_ssize_t k = 0  # run of the previous lookup
         cdef Entry e
         cdef int64_t expected, term, conflict, last, snap
         if not self._match(prev_index, prev_term):
@@ -431,8 +531,12 @@ cdef class Log:
             if e.term < term:
                 raise ValueError(f"entry {e.index} has term {e.term} lower than the preceding term {term}")
             if conflict == 0:
-                if expected > last or (expected > snap and self._terms[expected - snap - 1] != e.term):
+                if expected > last:
                     conflict = expected
+                elif expected > snap:
+                    k = _run_near(self._runs, self._nruns, k, expected)
+                    if self._runs[k].term != e.term:
+                        conflict = expected
             term = e.term
             expected += 1
         if conflict:
@@ -458,25 +562,22 @@ cdef class Log:
         Raises :class:`LogIndexError` if ``index < snapshot_index``.
 
         Terms never decrease along the log (enforced by :meth:`append` and
-        :meth:`maybe_append`), so this is a binary search over the C term array
-        rather than the reference's backwards scan; the result is the same.
+        :meth:`maybe_append`), so the run terms strictly increase and this is a
+        binary search over the runs rather than the reference's backwards scan;
+        the result is the same: ``top`` itself if its run qualifies, else the last
+        index of the last qualifying run before it, else the snapshot point.
         """
         if index < self._snap_index:
             _index_error("conflict_hint: index", index, self._snap_index, MAX_INDEX)
         cdef int64_t top = index if index < self._last_index() else self._last_index()
-        # Count the entries among the first (top - snapshot_index) whose term is <= term.
-        cdef Py_ssize_t lo = 0
-        cdef Py_ssize_t hi = <Py_ssize_t>(top - self._snap_index)
-        cdef Py_ssize_t mid
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self._terms[mid] <= term:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == 0:
-            return (self._snap_index, self._snap_term)
-        return (self._snap_index + lo, self._terms[lo - 1])
+        cdef Py_ssize_t k = _run_of(self._runs, self._nruns, top)
+        if self._runs[k].term <= term:
+            return (top, self._runs[k].term)
+        cdef Py_ssize_t j = _last_run_with_term_at_most(self._runs, k, term)
+        if j < 0:
+            # Even the snapshot point's run has a greater term: stop at the snapshot point.
+            return (self._snap_index, self._runs[0].term)
+        return (self._runs[j + 1].start - 1, self._runs[j].term)
 
     # -- reading ranges ----------------------------------------------------------------------
 
@@ -547,15 +648,19 @@ cdef class Log:
                              f"[{self._snap_index}, {self._last_index()}]")
         if index == self._snap_index:
             return
-        cdef int64_t new_term = self._term_at(index)
+        # Drop the runs wholly before ``index`` and clip the one holding it: it becomes run 0,
+        # starting at the new snapshot point with the snapshot term.
+        cdef Py_ssize_t k = _run_of(self._runs, self._nruns, index)
+        if k:
+            memmove(self._runs, self._runs + k, (self._nruns - k) * sizeof(TermRun))
+            self._nruns -= k
+        self._runs[0].start = index
         cdef Py_ssize_t drop = <Py_ssize_t>(index - self._snap_index)
         cdef Py_ssize_t keep = self._n - drop
-        memmove(self._terms, self._terms + drop, keep * sizeof(int64_t))
         memmove(self._cum, self._cum + drop, (keep + 1) * sizeof(int64_t))
         del self._entries[:drop]
         self._n = keep
         self._snap_index = index
-        self._snap_term = new_term
         self._maybe_shrink()
 
     def restore(self, snapshot_index, snapshot_term):
@@ -567,8 +672,10 @@ cdef class Log:
         self._entries = []
         self._n = 0
         self._cum[0] = 0
+        self._nruns = 1
+        self._runs[0].start = si
+        self._runs[0].term = st
         self._snap_index = si
-        self._snap_term = st
         self._maybe_shrink()
 
 
