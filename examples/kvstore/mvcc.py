@@ -620,7 +620,7 @@ def txn_is_readonly(t: dict[str, Any]) -> bool:
     """etcd's isTxnReadonly: every op of both branches is a range (a nested txn, a put, a
     delete or an empty op is not). Such a txn is served locally, not proposed."""
     return all(
-        _op_kind(op) is not None and "request_range" in op
+        "request_range" in op  # (_op_kind takes a range first, so this op runs as a range)
         for branch in ("success", "failure")
         for op in t.get(branch, ())
     )

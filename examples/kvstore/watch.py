@@ -32,9 +32,8 @@ from aiohttp import web
 
 from examples.kvstore.errors import EtcdError
 
-Request = web.BaseRequest
-
 if TYPE_CHECKING:
+    from examples.kvstore.api import Request
     from examples.kvstore.machine import KVMachine
     from examples.kvstore.server import KVServer
 

@@ -864,13 +864,7 @@ class SimCluster:
         :class:`ConfChangeInProgress`, :class:`ProposalDropped` (a transfer is pending) or
         :class:`ConfChangeError` as :meth:`RawNode.propose_conf_change` does.
         """
-        if node_id is None:
-            node_id = self.leader()
-            if node_id is None:
-                raise NotLeader(None)
-        node = self.nodes[node_id]
-        if not node.up:
-            raise NotLeader(None)
+        node_id, node = self._proposer(node_id)
         cc = ConfChange(tuple(Change(kind, nid) for kind, nid in changes), transition)
         index, term = node.raw.propose_conf_change(cc)
         what = [(k.value, n) for k, n in changes]
@@ -981,11 +975,8 @@ class SimCluster:
         self._guard(node.raw.campaign)
         self._guard(self._settle_node, node)
 
-    def propose(self, data: bytes, node_id: str | None = None) -> tuple[int, int]:
-        """Propose ``data`` on ``node_id`` (default: the leader); return its ``(index, term)``.
-
-        Raises :class:`NotLeader` when the node does not lead (or no leader is known).
-        """
+    def _proposer(self, node_id: str | None) -> tuple[str, SimNode]:
+        """``node_id`` (default: the leader) and its node; NotLeader when none leads or it is down."""
         if node_id is None:
             node_id = self.leader()
             if node_id is None:
@@ -993,6 +984,14 @@ class SimCluster:
         node = self.nodes[node_id]
         if not node.up:
             raise NotLeader(None)
+        return node_id, node
+
+    def propose(self, data: bytes, node_id: str | None = None) -> tuple[int, int]:
+        """Propose ``data`` on ``node_id`` (default: the leader); return its ``(index, term)``.
+
+        Raises :class:`NotLeader` when the node does not lead (or no leader is known).
+        """
+        node_id, node = self._proposer(node_id)
         index, term = node.raw.propose(data)
         self.proposals.append((node_id, index, term, bytes(data)))
         self._note("propose", node_id, f"{data!r} -> index {index} term {term}")
