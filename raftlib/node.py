@@ -244,6 +244,7 @@ class RaftNode:
         self._data_dir = os.fspath(data_dir) if data_dir is not None else None
         self._storage = storage
         self._transport = transport
+        self._flush_transport: Callable[[], None] | None = None
         self._on_leader_change = on_leader_change
         self._addresses: dict[str, str] = dict(members)
         self._core: RawNode | None = None
@@ -336,6 +337,8 @@ class RaftNode:
         else:
             self._transport.set_peers(self._peer_addresses())
         await self._transport.start(self._on_message)
+        # Optional in the Transport protocol: write queued messages before the loop blocks.
+        self._flush_transport = getattr(self._transport, "flush", None)
         self._running = True
         self._failure = None
         self._main_tasks = [
@@ -693,7 +696,14 @@ class RaftNode:
         assert self._transport is not None and self._core is not None
         if rd.soft_state is not None:
             self._observe_leader(rd.soft_state.leader)
-        self._send(rd.messages)
+        # Appends without entries (a leader announcing its commit index, a probe) wait until
+        # the committed entries are applied: nobody waits on them, while the callers of those
+        # entries would otherwise have their answers queued behind two socket writes.
+        now: list[Message] = []
+        deferred: list[Message] = []
+        for m in rd.messages:
+            (deferred if m.type is MessageType.APPEND and not m.entries else now).append(m)
+        self._send(now)
         if rd.must_sync() or rd.snapshot_chunks:
             if rd.hard_state is None:
                 # A commit index held back earlier rides along with this write.
@@ -707,6 +717,8 @@ class RaftNode:
                 and rd.snapshot is None
                 and self._storage_lock.acquire(blocking=False)  # not while the I/O thread compacts
             ):
+                if self._flush_transport is not None:
+                    self._flush_transport()  # messages leave before the loop blocks on the disk
                 try:
                     self._persist(rd)
                 finally:
@@ -733,7 +745,11 @@ class RaftNode:
                 if not covered.done():
                     # Applied inside the snapshot: we cannot know apply's result here.
                     covered.set_exception(ProposalDropped("snapshot_installed", f"index {index}"))
-        self._send(rd.persisted_messages)
+        if rd.persisted_messages:
+            # Acknowledgements of what was just made durable: the leader is waiting on them.
+            self._send(rd.persisted_messages)
+            if self._flush_transport is not None:
+                self._flush_transport()
         for res in rd.proposal_results:
             fut = self._pending_ctx.pop(res.context, None)
             if fut is None or fut.done():
@@ -748,6 +764,8 @@ class RaftNode:
             else:
                 self._pending[res.index] = (res.term, fut)
         self._apply(rd.committed_entries)
+        if deferred:
+            self._send(deferred)
         for rs in rd.read_states:
             rfut = self._pending_reads.pop(rs.context, None)
             if rfut is not None and not rfut.done():

@@ -422,3 +422,149 @@ async def test_inline_sync_below_zero_always_uses_the_io_thread() -> None:
 def test_inline_sync_below_must_be_a_non_negative_number(bad: float) -> None:
     with pytest.raises(raftlib.ConfigError, match="inline_sync_below"):
         RaftNode("n1", {"n1": "mem://n1"}, KV(), config=NodeConfig(inline_sync_below=bad))
+
+
+# -- Thesis §10.2.1: the leader writes its log in parallel with replication ------------------
+
+
+class _Recorder:
+    """One ordered log of what every member did, for the ordering rules below."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+
+class FlushingTransport(MemoryTransport):
+    """The memory transport with the optional ``flush()``, recording sends and flushes."""
+
+    def __init__(self, node_id: str, net: MemoryNetwork, rec: _Recorder) -> None:
+        super().__init__(node_id, net)
+        self.rec = rec
+
+    def send(self, messages: Any) -> None:
+        msgs = list(messages)
+        for m in msgs:
+            self.rec.events.append((self.node_id, "send", m.type.name, len(m.entries), m.to, m.commit))
+        super().send(msgs)
+
+    def flush(self) -> None:
+        self.rec.events.append((self.node_id, "flush", self.stats["sent"]))
+        if self._flush_scheduled:
+            self._flush()
+
+
+class RecordingStorage(MemoryStorage):
+    def __init__(self, node_id: str, rec: _Recorder) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.rec = rec
+
+    def save(self, hard_state: Any, entries: Any) -> None:
+        self.rec.events.append((self.node_id, "save", len(entries)))
+        super().save(hard_state, entries)
+
+
+class RecordingKV(KV):
+    def __init__(self, node_id: str, rec: _Recorder) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.rec = rec
+
+    def apply(self, command: bytes, index: int) -> Any:
+        self.rec.events.append((self.node_id, "apply", index))
+        return super().apply(command, index)
+
+
+async def _recorded_cluster(rec: _Recorder) -> dict[str, RaftNode]:
+    net = MemoryNetwork()
+    members = {i: f"mem://{i}" for i in ("n1", "n2", "n3")}
+    nodes = {
+        i: RaftNode(
+            i,
+            members,
+            RecordingKV(i, rec),
+            config=NodeConfig(**FAST),
+            transport=FlushingTransport(i, net, rec),
+            storage=RecordingStorage(i, rec),
+        )
+        for i in members
+    }
+    for n in nodes.values():
+        await n.start()
+    return nodes
+
+
+async def _leader_of(nodes: dict[str, RaftNode]) -> RaftNode:
+    for _ in range(500):
+        leaders = [n for n in nodes.values() if n.is_leader]
+        if len(leaders) == 1:
+            return leaders[0]
+        await asyncio.sleep(0.01)
+    raise AssertionError("no leader")
+
+
+async def test_leader_sends_its_appends_before_it_blocks_on_its_own_wal_write() -> None:
+    rec = _Recorder()
+    nodes = await _recorded_cluster(rec)
+    try:
+        leader = await _leader_of(nodes)
+        await leader.propose(put("warm", "up"))
+        start = len(rec.events)
+        await leader.propose(put("a", "1"))
+        mine = [e for e in rec.events[start:] if e[0] == leader.id]
+        save = mine.index((leader.id, "save", 1))
+        # Both followers' appends were queued and handed to the network before the leader's
+        # own (inline) WAL write, not after it.
+        appends = [i for i, e in enumerate(mine) if e[1] == "send" and e[2] == "APPEND" and e[3] == 1]
+        assert len(appends) == 2 and max(appends) < save
+        flushes = [i for i, e in enumerate(mine[:save]) if e[1] == "flush"]
+        assert flushes and mine[flushes[-1]] != (leader.id, "flush", 0)
+        assert leader.metrics["fsync_inline_count"] >= 2
+    finally:
+        for n in nodes.values():
+            await n.stop()
+
+
+async def test_follower_flushes_its_acknowledgement_right_after_the_write_it_acknowledges() -> None:
+    rec = _Recorder()
+    nodes = await _recorded_cluster(rec)
+    try:
+        leader = await _leader_of(nodes)
+        await leader.propose(put("warm", "up"))
+        start = len(rec.events)
+        await leader.propose(put("a", "1"))
+        for f in (n for n in nodes.values() if n is not leader):
+            mine = [e for e in rec.events[start:] if e[0] == f.id]
+            save = mine.index((f.id, "save", 1))
+            # Only the acknowledgements of this write (and of others batched with it) come
+            # between the write and the flush that puts them on the wire.
+            after = mine[save + 1 :]
+            flush = next(i for i, e in enumerate(after) if e[1] != "send")
+            assert flush >= 1 and after[flush][1] == "flush"
+            assert all(e[2] == "APPEND_RESP" for e in after[:flush])
+    finally:
+        for n in nodes.values():
+            await n.stop()
+
+
+async def test_commit_only_appends_leave_after_the_committed_entries_are_applied() -> None:
+    rec = _Recorder()
+    nodes = await _recorded_cluster(rec)
+    try:
+        leader = await _leader_of(nodes)
+        await leader.propose(put("warm", "up"))
+        start = len(rec.events)
+        index = leader.status()["commit"] + 1
+        await leader.propose(put("a", "1"))
+        for f in (n for n in nodes.values() if n is not leader):
+            await f.wait_applied(index, timeout=2)  # they learned the commit index
+        mine = [e for e in rec.events[start:] if e[0] == leader.id]
+        applied = mine.index((leader.id, "apply", index))
+        announce = [
+            i for i, e in enumerate(mine) if e[1:4] == ("send", "APPEND", 0) and e[5] >= index
+        ]
+        # Every entry-less append that carries the new commit index follows the apply.
+        assert announce and min(announce) > applied
+    finally:
+        for n in nodes.values():
+            await n.stop()

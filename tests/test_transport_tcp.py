@@ -390,3 +390,22 @@ async def test_sends_in_one_loop_iteration_are_coalesced_into_one_write() -> Non
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_flush_writes_what_was_queued_without_waiting_for_the_loop() -> None:
+    a, b, _got_a, got_b = await start_pair()
+    try:
+        a.send([hb("a", "b", 0)])
+        await wait_until(lambda: len(got_b) == 1)
+        sent = a.stats["sent"]
+        a.send([hb("a", "b", i) for i in range(1, 4)])
+        assert a.stats["sent"] == sent  # queued only
+        a.flush()
+        assert a.stats["sent"] == sent + 3  # written now, in this same loop iteration
+        a.flush()  # nothing queued: a no-op
+        assert a.stats["sent"] == sent + 3
+        await wait_until(lambda: len(got_b) == 4)
+        assert [m.commit for m in got_b] == [0, 1, 2, 3]
+    finally:
+        await a.stop()
+        await b.stop()

@@ -65,6 +65,8 @@ class Transport(Protocol):
     * ``stop()`` closes everything and awaits every task the transport started;
       it is idempotent.
     * ``stats`` holds the counters named in :data:`STAT_NAMES`.
+    * Optionally ``flush()`` writes what ``send`` queued right away; the node calls
+      it, when present, before it blocks the loop on an fsync.
     """
 
     stats: dict[str, int]

@@ -269,6 +269,17 @@ class TcpTransport:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Write the frames queued so far now, not at the end of this loop iteration.
+
+        :class:`~raftlib.node.RaftNode` calls this before it blocks the loop on an
+        inline fsync, so a leader's appends reach the followers while its own disk
+        write runs (Raft thesis §10.2.1: the leader may write its log in parallel
+        with replication) instead of after it.
+        """
+        if self._flush_scheduled:
+            self._flush()
+
     async def stop(self) -> None:
         """Close the listener and every connection; cancel and await every task. Idempotent."""
         if self._stopped is not None:
