@@ -77,7 +77,8 @@ _F_REJECT = 0x01
 _F_DONE = 0x02
 _F_FORCE = 0x04
 _F_SNAPSHOT = 0x08
-_F_ALL = _F_REJECT | _F_DONE | _F_FORCE | _F_SNAPSHOT
+_F_QUIET = 0x10
+_F_ALL = _F_REJECT | _F_DONE | _F_FORCE | _F_SNAPSHOT | _F_QUIET
 
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
 
@@ -145,6 +146,8 @@ def encode(msg: Message) -> bytes:
             flags |= _F_DONE
         if msg.force:
             flags |= _F_FORCE
+        if msg.quiet:
+            flags |= _F_QUIET
         if min(msg.term, msg.log_term, msg.index, msg.commit, msg.reject_hint, msg.offset) < 0:
             raise CodecError("negative integer field")
         snap = msg.snapshot
@@ -309,6 +312,7 @@ def _decode(mv: memoryview) -> Message:
         bool(flags & _F_DONE),
         context,
         bool(flags & _F_FORCE),
+        bool(flags & _F_QUIET),
     )
 
 

@@ -68,6 +68,7 @@ messages = st.builds(
     done=st.booleans(),
     context=small_bytes,
     force=st.booleans(),
+    quiet=st.booleans(),
 )
 
 
@@ -99,6 +100,7 @@ def full_message(mtype: MessageType) -> Message:
         done=True,
         context=b"ctx\xff",
         force=True,
+        quiet=True,
     )
 
 

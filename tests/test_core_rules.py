@@ -481,3 +481,87 @@ def test_follower_that_lost_its_log_tail_is_repaired_by_the_next_heartbeat() -> 
     h.tick(2)
     assert b.last_index() == a.last_index() and b.commit_index == a.commit_index
     assert h.applied["b"][-3:] == [b"v0", b"v1", b"v2"]
+
+
+# -- commit-index announcements to up-to-date followers ----------------------------------
+
+
+def _announcements(h: Harness, proposer: RawNode) -> list[Message]:
+    """Run one proposal to commit; return the entry-less appends that announced the commit."""
+    seen: list[Message] = []
+    before = h.drop_filter
+    h.drop_filter = lambda m: seen.append(m) or before(m)  # type: ignore[func-returns-value]
+    try:
+        proposer.propose(b"x")
+        h.run()
+    finally:
+        h.drop_filter = before
+    return [m for m in seen if m.type is MessageType.APPEND and not m.entries]
+
+
+def test_commit_announcement_to_an_up_to_date_follower_is_quiet_and_unanswered() -> None:
+    h = Harness(ABC)
+    a = h.elect("a")
+    announced = _announcements(h, a)
+    assert {m.to for m in announced} == {"b", "c"}
+    assert all(m.quiet and m.commit == a.commit_index for m in announced)
+    # The followers learned the commit index (§5.3) and answered nothing.
+    for f in ("b", "c"):
+        assert h.nodes[f].commit_index == a.commit_index
+    b = h.nodes["b"]
+    b.step(announced[0] if announced[0].to == "b" else announced[1])
+    rd = drain(b)
+    assert rd.messages == [] and rd.persisted_messages == []
+
+
+def test_quiet_announcement_that_does_not_match_is_still_rejected_with_an_answer() -> None:
+    # §5.3: the consistency check applies to every append; a quiet one only spares the ack.
+    n = node_with_log("b", [1, 1], HardState(1, "a", 1))
+    n.step(Message(MessageType.APPEND, "a", "b", 1, log_term=1, index=4, commit=4, quiet=True))
+    [resp] = drain(n).persisted_messages
+    assert resp.type is MessageType.APPEND_RESP and resp.reject and resp.index == 4
+    assert n.commit_index == 1
+
+
+def test_quiet_flag_never_suppresses_the_ack_of_entries() -> None:
+    n = node_with_log("b", [1], HardState(1, "a", 0))
+    n.step(
+        Message(MessageType.APPEND, "a", "b", 1, log_term=1, index=1, entries=[Entry(2, 1)], quiet=True)
+    )
+    [ack] = drain(n).persisted_messages
+    assert ack.index == 2 and not ack.reject
+
+
+def test_only_a_replicating_follower_known_to_match_the_last_entry_gets_a_quiet_append() -> None:
+    # A follower being probed must answer even an empty append, or the probe never ends; one
+    # with entries in flight has not yet proven its match.
+    h = Harness(ABC)
+    a = h.elect("a")
+    a.propose(b"x")
+    h.run()
+    progress = a.raft.tracker.progress
+    progress["b"].become_probe()  # as after a rejection or a restart: match known, not proven
+    assert progress["b"].next == a.last_index() + 1 and progress["c"].match == a.last_index()
+    a.raft.broadcast_append()
+    sent = {m.to: m for m in drain(a).messages if m.type is MessageType.APPEND}
+    assert not sent["b"].entries and not sent["b"].quiet
+    assert not sent["c"].entries and sent["c"].quiet
+
+
+def test_probe_and_catch_up_appends_are_never_quiet() -> None:
+    # A follower the leader is still probing (it was down) must answer, or the probe never ends.
+    h = Harness(ABC)
+    a = h.elect("a")
+    h.down = {"c"}
+    for i in range(3):
+        a.propose(b"v%d" % i)
+    h.run()
+    h.tick(3)
+    h.down = set()
+    seen: list[Message] = []
+    h.drop_filter = lambda m: seen.append(m) or False  # type: ignore[func-returns-value]
+    h.tick(2)
+    to_c = [m for m in seen if m.type is MessageType.APPEND and m.to == "c"]
+    assert to_c and not any(m.quiet for m in to_c if m.entries or m.index < a.last_index())
+    assert h.nodes["c"].last_index() == a.last_index()
+    assert h.nodes["c"].commit_index == a.commit_index

@@ -101,6 +101,9 @@ class Message:
     context: bytes = b""
     force: bool = False
     """VOTE only: the election comes from a leadership transfer; ignore the leader lease."""
+    quiet: bool = False
+    """APPEND only: an entry-less append telling a follower the leader knows to be up to date
+    its new commit index; it is answered only when rejected (the answer would say nothing new)."""
 
     def __repr__(self) -> str:
         parts = [f"{self.type.name} {self.frm}->{self.to} t{self.term}"]
@@ -120,6 +123,8 @@ class Message:
             parts.append("done")
         if self.force:
             parts.append("force")
+        if self.quiet:
+            parts.append("quiet")
         return "Message(" + " ".join(parts) + ")"
 
 

@@ -467,6 +467,8 @@ class Raft:
         if last_new >= 0:
             # §5.3: commit index = min(leader commit, index of last new entry).
             log.commit_to(min(m.commit, last_new))
+            if m.quiet and not m.entries:
+                return  # only a commit index, and the leader knows we match it: no answer
             self.msgs_after_persist.append(
                 Message(MessageType.APPEND_RESP, self.id, m.frm, self.term, index=last_new)
             )
@@ -688,6 +690,9 @@ class Raft:
                 index=prev,
                 entries=entries,
                 commit=log.committed,
+                # Nothing in flight and nothing to send: the follower's answer would only
+                # repeat its match, so it answers a commit-index update only to reject it.
+                quiet=not entries and pr.state is ProgressState.REPLICATE and pr.match == prev,
             )
         )
         pr.sent_entries(entries[-1].index if entries else prev, len(entries))
