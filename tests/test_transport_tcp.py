@@ -22,7 +22,7 @@ from test_transport_helpers import (
     wait_until,
 )
 
-from raftlib.codec import HEADER_SIZE, MAGIC, WIRE_VERSION, Handshake, encode, encode_handshake_ack
+from raftlib.codec import HEADER_SIZE, MAGIC, WIRE_VERSION, Handshake, encode, encode_handshake, encode_handshake_ack
 from raftlib.core.messages import Message, MessageType
 from raftlib.transport import STAT_NAMES, TcpTransport, Transport
 
@@ -408,4 +408,28 @@ async def test_flush_writes_what_was_queued_without_waiting_for_the_loop() -> No
         assert [m.commit for m in got_b] == [0, 1, 2, 3]
     finally:
         await a.stop()
+        await b.stop()
+
+
+async def test_frames_sent_with_the_handshake_in_one_write_are_all_delivered() -> None:
+    # Frames that arrive in the same segment as the handshake, before its answer, and frames
+    # split across reads are decoded in order; a frame from another sender closes the link.
+    got: list[Message] = []
+    b = TcpTransport("b", "127.0.0.1:0", {"a": "127.0.0.1:1"}, cluster_id="c1")
+    await b.start(got.append)
+    try:
+        host, port = b.address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        frames = b"".join(encode(hb("a", "b", i)) for i in range(50))
+        writer.write(encode_handshake(Handshake("c1", "a", "b")) + frames[:333])
+        await wait_until(lambda: len(got) >= 1)
+        writer.write(frames[333:])  # the rest, split mid-frame
+        await wait_until(lambda: len(got) == 50)
+        assert [m.commit for m in got] == list(range(50))
+        assert b.stats["received"] == 50 and b.stats["bad_frames"] == 0
+        writer.write(encode(hb("c", "b", 99)))  # a sender the handshake did not name
+        assert await closed_by_peer(reader)
+        await close_writer(writer)
+        assert len(got) == 50 and b.stats["bad_frames"] == 1
+    finally:
         await b.stop()
