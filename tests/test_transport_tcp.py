@@ -22,7 +22,15 @@ from test_transport_helpers import (
     wait_until,
 )
 
-from raftlib.codec import HEADER_SIZE, MAGIC, WIRE_VERSION, Handshake, encode, encode_handshake, encode_handshake_ack
+from raftlib.codec import (
+    HEADER_SIZE,
+    MAGIC,
+    WIRE_VERSION,
+    Handshake,
+    encode,
+    encode_handshake,
+    encode_handshake_ack,
+)
 from raftlib.core.messages import Message, MessageType
 from raftlib.transport import STAT_NAMES, TcpTransport, Transport
 
