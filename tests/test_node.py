@@ -475,96 +475,97 @@ class RecordingKV(KV):
         return super().apply(command, index)
 
 
-async def _recorded_cluster(rec: _Recorder) -> dict[str, RaftNode]:
-    net = MemoryNetwork()
-    members = {i: f"mem://{i}" for i in ("n1", "n2", "n3")}
-    nodes = {
-        i: RaftNode(
-            i,
-            members,
-            RecordingKV(i, rec),
-            config=NodeConfig(**FAST),
-            transport=FlushingTransport(i, net, rec),
-            storage=RecordingStorage(i, rec),
-        )
-        for i in members
-    }
-    for n in nodes.values():
-        await n.start()
-    return nodes
+class Recorded:
+    """A 3-node cluster whose members log their sends, flushes, saves and applies in one list,
+    with a leader elected and a first entry committed."""
+
+    def __init__(self) -> None:
+        self.rec = _Recorder()
+        net = MemoryNetwork()
+        members = {i: f"mem://{i}" for i in ("n1", "n2", "n3")}
+        self.nodes = {
+            i: RaftNode(
+                i,
+                members,
+                RecordingKV(i, self.rec),
+                config=NodeConfig(**FAST),
+                transport=FlushingTransport(i, net, self.rec),
+                storage=RecordingStorage(i, self.rec),
+            )
+            for i in members
+        }
+
+    async def start(self) -> None:
+        for n in self.nodes.values():
+            await n.start()
+        for _ in range(500):
+            leaders = [n for n in self.nodes.values() if n.is_leader]
+            if len(leaders) == 1:
+                self.leader = leaders[0]
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("no leader")
+        await self.leader.propose(put("warm", "up"))
+        self.followers = [n for n in self.nodes.values() if n is not self.leader]
+
+    async def one_put(self) -> tuple[int, int]:
+        """Propose one entry and wait for its result; returns (first event of it, its index)."""
+        start, index = len(self.rec.events), self.leader.status()["commit"] + 1
+        await self.leader.propose(put("a", "1"))
+        return start, index
+
+    def events(self, node_id: str, since: int) -> list[tuple[Any, ...]]:
+        return [e for e in self.rec.events[since:] if e[0] == node_id]
 
 
-async def _leader_of(nodes: dict[str, RaftNode]) -> RaftNode:
-    for _ in range(500):
-        leaders = [n for n in nodes.values() if n.is_leader]
-        if len(leaders) == 1:
-            return leaders[0]
-        await asyncio.sleep(0.01)
-    raise AssertionError("no leader")
+@pytest.fixture
+async def recorded() -> AsyncIterator[Recorded]:
+    r = Recorded()
+    await r.start()
+    yield r
+    for n in r.nodes.values():
+        await n.stop()
 
 
-async def test_leader_sends_its_appends_before_it_blocks_on_its_own_wal_write() -> None:
-    rec = _Recorder()
-    nodes = await _recorded_cluster(rec)
-    try:
-        leader = await _leader_of(nodes)
-        await leader.propose(put("warm", "up"))
-        start = len(rec.events)
-        await leader.propose(put("a", "1"))
-        mine = [e for e in rec.events[start:] if e[0] == leader.id]
-        save = mine.index((leader.id, "save", 1))
-        # Both followers' appends were queued and handed to the network before the leader's
-        # own (inline) WAL write, not after it.
-        appends = [i for i, e in enumerate(mine) if e[1] == "send" and e[2] == "APPEND" and e[3] == 1]
-        assert len(appends) == 2 and max(appends) < save
-        flushes = [i for i, e in enumerate(mine[:save]) if e[1] == "flush"]
-        assert flushes and mine[flushes[-1]] != (leader.id, "flush", 0)
-        assert leader.metrics["fsync_inline_count"] >= 2
-    finally:
-        for n in nodes.values():
-            await n.stop()
+async def test_leader_sends_its_appends_before_it_blocks_on_its_own_wal_write(recorded: Recorded) -> None:
+    leader = recorded.leader
+    start, _ = await recorded.one_put()
+    mine = recorded.events(leader.id, start)
+    save = mine.index((leader.id, "save", 1))
+    # Both followers' appends were queued and handed to the network before the leader's
+    # own (inline) WAL write, not after it.
+    appends = [i for i, e in enumerate(mine) if e[1] == "send" and e[2] == "APPEND" and e[3] == 1]
+    assert len(appends) == 2 and max(appends) < save
+    flushes = [i for i, e in enumerate(mine[:save]) if e[1] == "flush"]
+    assert flushes and mine[flushes[-1]] != (leader.id, "flush", 0)
+    assert leader.metrics["fsync_inline_count"] >= 2
 
 
-async def test_follower_flushes_its_acknowledgement_right_after_the_write_it_acknowledges() -> None:
-    rec = _Recorder()
-    nodes = await _recorded_cluster(rec)
-    try:
-        leader = await _leader_of(nodes)
-        await leader.propose(put("warm", "up"))
-        start = len(rec.events)
-        await leader.propose(put("a", "1"))
-        for f in (n for n in nodes.values() if n is not leader):
-            mine = [e for e in rec.events[start:] if e[0] == f.id]
-            save = mine.index((f.id, "save", 1))
-            # Only the acknowledgements of this write (and of others batched with it) come
-            # between the write and the flush that puts them on the wire.
-            after = mine[save + 1 :]
-            flush = next(i for i, e in enumerate(after) if e[1] != "send")
-            assert flush >= 1 and after[flush][1] == "flush"
-            assert all(e[2] == "APPEND_RESP" for e in after[:flush])
-    finally:
-        for n in nodes.values():
-            await n.stop()
+async def test_follower_flushes_its_acknowledgement_right_after_the_write_it_acknowledges(
+    recorded: Recorded,
+) -> None:
+    start, _ = await recorded.one_put()
+    for f in recorded.followers:
+        mine = recorded.events(f.id, start)
+        save = mine.index((f.id, "save", 1))
+        # Only the acknowledgements of this write (and of others batched with it) come
+        # between the write and the flush that puts them on the wire.
+        after = mine[save + 1 :]
+        flush = next(i for i, e in enumerate(after) if e[1] != "send")
+        assert flush >= 1 and after[flush][1] == "flush"
+        assert all(e[2] == "APPEND_RESP" for e in after[:flush])
 
 
-async def test_commit_only_appends_leave_after_the_committed_entries_are_applied() -> None:
-    rec = _Recorder()
-    nodes = await _recorded_cluster(rec)
-    try:
-        leader = await _leader_of(nodes)
-        await leader.propose(put("warm", "up"))
-        start = len(rec.events)
-        index = leader.status()["commit"] + 1
-        await leader.propose(put("a", "1"))
-        for f in (n for n in nodes.values() if n is not leader):
-            await f.wait_applied(index, timeout=2)  # they learned the commit index
-        mine = [e for e in rec.events[start:] if e[0] == leader.id]
-        applied = mine.index((leader.id, "apply", index))
-        announce = [
-            i for i, e in enumerate(mine) if e[1:4] == ("send", "APPEND", 0) and e[5] >= index
-        ]
-        # Every entry-less append that carries the new commit index follows the apply.
-        assert announce and min(announce) > applied
-    finally:
-        for n in nodes.values():
-            await n.stop()
+async def test_commit_only_appends_leave_after_the_committed_entries_are_applied(
+    recorded: Recorded,
+) -> None:
+    leader = recorded.leader
+    start, index = await recorded.one_put()
+    for f in recorded.followers:
+        await f.wait_applied(index, timeout=2)  # they learned the commit index
+    mine = recorded.events(leader.id, start)
+    applied = mine.index((leader.id, "apply", index))
+    announce = [i for i, e in enumerate(mine) if e[1:4] == ("send", "APPEND", 0) and e[5] >= index]
+    # Every entry-less append that carries the new commit index follows the apply.
+    assert announce and min(announce) > applied

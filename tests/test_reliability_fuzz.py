@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_transport_helpers import free_ports
 
 from raftlib import NodeConfig, RaftNode, StateMachine
 from raftlib.codec import (
@@ -57,16 +58,6 @@ class KV(StateMachine):
     def restore(self, data: bytes) -> None:
         self.data = json.loads(data)
 
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Records(logging.Handler):

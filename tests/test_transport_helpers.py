@@ -55,6 +55,18 @@ def open_sockets() -> int:
     return n
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports free at the time of the call."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
