@@ -86,7 +86,8 @@ class Client:
 
     def call(self, path: str, body: Any, endpoint: str | None = None) -> Any:
         last: Exception | None = None
-        for ep in [endpoint] if endpoint else self.endpoints:
+        tried = [endpoint] if endpoint else self.endpoints
+        for ep in tried:
             req = urllib.request.Request(ep.rstrip("/") + path, data=json.dumps(body).encode(), method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl) as resp:
@@ -104,7 +105,7 @@ class Client:
                 continue
             lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
             return lines[0] if len(lines) == 1 else lines
-        raise CtlError(f"cannot reach {', '.join(self.endpoints)}: {last}")
+        raise CtlError(f"cannot reach {', '.join(tried)}: {last}")
 
     def stream(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
         """The JSON lines of a streaming response (watch, snapshot), one per message."""

@@ -133,6 +133,17 @@ def wait_leader(c: DemoCluster, timeout: float = 20.0, exclude: Member | None = 
     raise RuntimeError("no leader elected (see the member logs)")
 
 
+def published_members(m: Member, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The member list once every member has published its name and client URLs through
+    raft (as etcd members do right after they start; until then a member has no name)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows: list[dict[str, Any]] = call(m, "/v3/cluster/member/list", {})["members"]
+        if all(row.get("name") for row in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
 def put(m: Member, key: str, value: str) -> int:
     return int(call(m, "/v3/kv/put", {"key": b64(key), "value": b64(value)})["header"]["revision"])
 
@@ -187,8 +198,11 @@ def tour(c: DemoCluster) -> None:
     say(
         f"   leader elected: {leader.name} (member ID {int(leader.id):x}) after {time.monotonic() - t0:.1f} s"
     )
-    for row in call(leader, "/v3/cluster/member/list", {})["members"]:
-        say(f"   member {int(row['ID']):x} {row.get('name', '?'):7} peer {row['peerURLs'][0]}")
+    for row in published_members(leader):
+        say(
+            f"   member {int(row['ID']):x} {row.get('name', '?'):7} peer {row['peerURLs'][0]}"
+            f"  clients {','.join(row.get('clientURLs', ['?']))}"
+        )
 
     followers = [m for m in c.members if m is not leader]
     step(f"A watch on prefix 'demo/' through follower {followers[1].name}")
