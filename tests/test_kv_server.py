@@ -7,11 +7,13 @@ with the same flags etcd takes.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -242,3 +244,120 @@ def test_ctl_against_a_cluster(tmp_path: Path) -> None:
         data = snap.read_bytes()
         assert data[:4] == b"KVS1" and b'"mvcc"' in data
         assert json.loads(ctl(eps, "-w", "json", "get", "foo"))["kvs"][0]["value"] == b64("baz")
+
+
+class WatchStream:
+    """A raw ``/v3/watch`` stream read by a thread: every event as (type, key, mod_revision)."""
+
+    def __init__(self, client_url: str, prefix: str, start_revision: int) -> None:
+        host, port = client_url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        create = {"key": b64(prefix), "range_end": b64(end), "start_revision": str(start_revision)}
+        self.conn.request("POST", "/v3/watch", json.dumps({"create_request": create}))
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200
+        self.events: list[tuple[str, str, int]] = []
+        self.results: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            while line := self.resp.readline():
+                result = json.loads(line)["result"]
+                self.results.append(result)
+                for ev in result.get("events", []):
+                    kv = ev["kv"]
+                    key = base64.b64decode(kv["key"]).decode()
+                    self.events.append((ev.get("type", "PUT"), key, int(kv["mod_revision"])))
+        except (OSError, http.client.HTTPException):
+            return
+
+    def wait_for_revision(self, revision: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not (self.events and self.events[-1][2] >= revision):
+            assert time.monotonic() < deadline, f"watch stopped at {self.events[-1:]} (< {revision})"
+            assert self.thread.is_alive(), f"watch stream ended: {self.results[-1:]}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.conn.sock is not None:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread (close() would wait on it)
+        self.thread.join(10)
+        self.conn.close()
+
+
+def put_retrying(c: KVCluster, members: list[int], key: str, value: str, deadline: float) -> int | None:
+    """Put through the first member that answers 200; None if nobody acknowledged it in time."""
+    while time.monotonic() < deadline:
+        for i in members:
+            if not c.members[i].alive():
+                continue
+            try:
+                code, body = http_json(
+                    c.url(i, "/v3/kv/put"), {"key": b64(key), "value": b64(value)}, timeout=3
+                )
+            except OSError:
+                continue
+            if code == 200:
+                return int(body["header"]["revision"])
+        time.sleep(0.1)
+    return None
+
+
+def test_watch_on_a_follower_gets_every_event_once_in_order_across_leader_kill_and_compaction(
+    tmp_path: Path,
+) -> None:
+    """etcd's watch guarantee (every event of the range, once, in revision order) holds for a
+    watcher whose member stays up while the leader is killed, a new one elected and the history
+    compacted; a watch created afterwards from an old revision replays exactly the same events."""
+    with KVCluster("raftlib", tmp_path, extra_args=["--snapshot-count", "20"]) as c:
+        leader = c.leader()
+        watcher, other = c.followers()
+        start = kv_put(c, leader, "before", "x") + 1
+        stream = WatchStream(c.members[watcher].client_url, "w/", start)
+        deadline = time.monotonic() + 60
+        acked: dict[str, int] = {}
+        for i in range(30):
+            rev = put_retrying(c, [leader, other, watcher][i % 3 :] + [leader, other, watcher][: i % 3],
+                               f"w/{i:03}", str(i), deadline)  # fmt: skip
+            assert rev is not None
+            acked[f"w/{i:03}"] = rev
+        c.kill(leader)  # SIGKILL, writes continue through whoever answers
+        for i in range(30, 70):
+            rev = put_retrying(c, [other, watcher], f"w/{i:03}", str(i), deadline)
+            assert rev is not None, "no acknowledged write after the leader's kill"
+            acked[f"w/{i:03}"] = rev
+            if i == 50:
+                code, body = http_json(c.url(other, "/v3/kv/compaction"), {"revision": str(rev)})
+                assert code == 200, body
+        new_leader = c.leader(exclude={leader})
+        assert new_leader in (watcher, other)
+        last = max(acked.values())
+        stream.wait_for_revision(last)
+        stream.close()
+
+        revisions = [rev for _, _, rev in stream.events]
+        assert revisions == sorted(set(revisions)), "events out of order or repeated"
+        assert all(kind == "PUT" for kind, _, _ in stream.events)
+        seen = {key: rev for _, key, rev in stream.events}
+        assert {k: seen.get(k) for k in acked} == acked, "an acknowledged write is missing from the watch"
+        code, body = http_json(c.url(watcher, "/v3/kv/range"),
+                               {"key": b64("w/"), "range_end": b64("w0"), "keys_only": True})  # fmt: skip
+        stored = {base64.b64decode(kv["key"]).decode(): int(kv["mod_revision"]) for kv in body["kvs"]}
+        assert seen == stored, "the watch and the store disagree on what was written"
+
+        # A watch from a revision after the compaction replays the same events from history.
+        replay_from = min(rev for rev in revisions if rev > acked["w/050"])
+        replay = WatchStream(c.members[other].client_url, "w/", replay_from)
+        replay.wait_for_revision(last)
+        replay.close()
+        assert replay.events == [ev for ev in stream.events if ev[2] >= replay_from]
+        # ... and one from before it is refused as compacted, as etcd does.
+        old = WatchStream(c.members[other].client_url, "w/", start)
+        deadline = time.monotonic() + 10
+        while not any(r.get("canceled") for r in old.results) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(r.get("canceled") and r.get("compact_revision") for r in old.results), old.results
+        old.close()
