@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -249,6 +250,23 @@ async def run(config: ServerConfig) -> None:
         await server.stop()
 
 
+GC_YOUNG_THRESHOLD = 20_000
+"""Net new container objects between two young-generation collections (CPython's default: 700)."""
+
+
+def tune_gc() -> None:
+    """Collect the young generation every 20,000 net new objects instead of every 700.
+
+    A member under load keeps hundreds of requests in flight and grows its MVCC history by two
+    tracked objects per write, so with the default the leader collected about a hundred times a
+    second and ran a full collection every few seconds (38 ms at 154,000 objects). Measured with
+    benchmarks/bench_kv.py at 256 clients: 6-10 % more puts and ranges per second and half the
+    p99 of ranges. Reference cycles still get collected, just in larger batches (a few MB).
+    """
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, gen1, gen2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, level = config_from_args(argv)
@@ -261,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import raftlib
 
     raftlib.install_uvloop()
+    tune_gc()
     try:
         asyncio.run(run(config))
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ and latencies are ordinary prometheus-client metrics.
 | grpc_server_handled_total | counter | per gRPC method and code |
 | grpc_server_handling_seconds | histogram | per gRPC method |
 | process_* | | prometheus-client's process collector |
+| python_gc_* | counter | prometheus-client's GC collector (collections per generation) |
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -235,6 +237,7 @@ class ServerMetrics:
         self.watch_streams = 0
         self.registry.register(_LiveCollector(server, self))
         ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)  # the Python counterpart of etcd's go_gc_* metrics
         self.handled_total = Counter(
             "grpc_server_handled",
             "Total number of RPCs completed on the server, regardless of success or failure.",
