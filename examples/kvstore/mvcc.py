@@ -2,8 +2,11 @@
 
 * The store starts at revision 1; every write transaction that changes at least one
   key advances the global revision by exactly one, however many keys it touches.
-* Each key keeps its full history as records ``(main, sub, KeyValue | None)``
-  (``None`` is a tombstone); ``sub`` orders the changes inside one revision.
+* Each key keeps its full history as records ``(main, sub, fields | None)``, where ``fields``
+  is a ``KeyValue``'s fields as a plain tuple (``None`` is a tombstone); ``sub`` orders the
+  changes inside one revision. Plain tuples of bytes and ints are untracked by CPython's
+  garbage collector after their first collection, so old versions cost full collections
+  nothing (a ``KeyValue`` named tuple stays tracked: two tracked objects per version).
 * The current keys live in a :class:`sortedcontainers.SortedDict` for range scans;
   the history index is another one (key -> records) for reads at older revisions
   and watch replay.
@@ -76,12 +79,22 @@ class Event(NamedTuple):
         return out
 
 
-Rec = tuple[int, int, "KeyValue | None"]
+KVFields = tuple[bytes, int, int, int, bytes, int]
+"""A KeyValue's fields in a plain tuple (same order), as history records hold them."""
+Rec = tuple[int, int, "KVFields | None"]
 _first = operator.itemgetter(0)
 
 
-def _size_of(key: bytes, kv: KeyValue | None) -> int:
-    return len(key) + (len(kv.value) if kv is not None else 0) + _REC_OVERHEAD
+def _size_of(key: bytes, kv: KeyValue | KVFields | None) -> int:
+    return len(key) + (len(kv[4]) if kv is not None else 0) + _REC_OVERHEAD
+
+
+_as_kv: Callable[[KVFields], KeyValue] = KeyValue._make
+"""A history record's fields as a KeyValue (for the rare reads of old versions)."""
+
+
+def _kv(fields: KVFields | None) -> KeyValue | None:
+    return None if fields is None else _as_kv(fields)
 
 
 class MVCC:
@@ -146,7 +159,7 @@ class MVCC:
                 lo = mid + 1
             else:
                 hi = mid
-        return recs[lo - 1][2] if lo else None
+        return _kv(recs[lo - 1][2]) if lo else None
 
     def _visible(self, key: bytes, end: bytes, rev: int, cur: int) -> Iterator[KeyValue]:
         if rev >= cur:
@@ -215,10 +228,11 @@ class MVCC:
     def _append(self, key: bytes, kv: KeyValue | None) -> None:
         rev = self._begin + 1
         recs = self._index.get(key)
+        fields = None if kv is None else tuple(kv)
         if recs is None:
-            self._index[key] = [(rev, self._sub, kv)]
+            self._index[key] = [(rev, self._sub, fields)]
         else:
-            recs.append((rev, self._sub, kv))
+            recs.append((rev, self._sub, fields))
             self._dirty.add(key)
         if kv is None:
             self._dirty.add(key)
@@ -328,11 +342,11 @@ class MVCC:
                 j = i - 1
                 while j >= 0 and recs[j][0] >= main:
                     j -= 1
-                prev = recs[j][2] if j >= 0 and main - 1 >= self._compact else None
+                prev = _kv(recs[j][2]) if j >= 0 and main - 1 >= self._compact else None
                 if kv is None:
                     ev = Event(DELETE, KeyValue(k, 0, main, 0, b"", 0), prev)
                 else:
-                    ev = Event(PUT, kv, prev)
+                    ev = Event(PUT, _as_kv(kv), prev)
                 found.append((main, sub, ev))
         found.sort(key=lambda t: (t[0], t[1]))
         out: list[tuple[int, list[Event]]] = []
@@ -374,8 +388,8 @@ class MVCC:
             for main, sub, kv in recs:
                 if kv is None:
                     out.append([main, sub])
-                else:
-                    out.append([main, sub, kv.create_revision, kv.version, b64(kv.value), kv.lease])
+                else:  # key, create_revision, mod_revision, version, value, lease
+                    out.append([main, sub, kv[1], kv[3], b64(kv[4]), kv[5]])
             keys.append([b64(k), out])
         return {"rev": revision, "compact": compact, "keys": keys}
 
@@ -394,7 +408,7 @@ class MVCC:
                 if len(r) == 2:
                     recs.append((r[0], r[1], None))
                 else:
-                    recs.append((r[0], r[1], KeyValue(key, r[2], r[0], r[3], base64.b64decode(r[4]), r[5])))
+                    recs.append((r[0], r[1], (key, r[2], r[0], r[3], base64.b64decode(r[4]), r[5])))
             store._index[key] = recs
             for rec in recs:
                 store._size += _size_of(key, rec[2])
@@ -402,7 +416,7 @@ class MVCC:
                 store._dirty.add(key)
             last = recs[-1][2]
             if last is not None:
-                store._set_live(key, last)
+                store._set_live(key, _as_kv(last))
         return store
 
 
