@@ -64,6 +64,11 @@ def backend_unavailable_reason(backend: str) -> str | None:
     return f"unknown backend {backend!r}"
 
 
+def prefix_end(p: str) -> str:
+    """etcd's range_end for every key starting with ``p`` (its last character plus one)."""
+    return p[:-1] + chr(ord(p[-1]) + 1)
+
+
 def http_json(
     url: str, body: Any = None, timeout: float = 5.0, method: str | None = None
 ) -> tuple[int, Any]:

@@ -31,7 +31,7 @@ requests = pytest.importorskip("requests", reason="the compatibility suite needs
 from etcd3gw import exceptions as gw_exc  # noqa: E402
 from etcd3gw.lease import Lease  # noqa: E402
 from etcd3gw.watch import Watcher  # noqa: E402
-from kvcluster import BACKENDS, KVCluster, backend_unavailable_reason  # noqa: E402
+from kvcluster import BACKENDS, KVCluster, backend_unavailable_reason, prefix_end  # noqa: E402
 
 TIMEOUT = 10.0
 VERSION_RE = re.compile(r"3\.4\.\d+")
@@ -46,10 +46,6 @@ def b64(x: str | bytes) -> str:
 
 def unb64(s: str) -> bytes:
     return base64.b64decode(s)
-
-
-def prefix_end(p: str) -> str:
-    return p[:-1] + chr(ord(p[-1]) + 1)
 
 
 class Backend:

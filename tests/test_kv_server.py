@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 pytest.importorskip("aiohttp")
-from kvcluster import REPO_ROOT, KVCluster, http_json
+from kvcluster import REPO_ROOT, KVCluster, http_json, prefix_end
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.kvstore.__main__ import FlagError, config_from_args
 
@@ -252,7 +253,7 @@ class WatchStream:
     def __init__(self, client_url: str, prefix: str, start_revision: int) -> None:
         host, port = client_url.removeprefix("http://").split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        end = prefix_end(prefix)
         create = {"key": b64(prefix), "range_end": b64(end), "start_revision": str(start_revision)}
         self.conn.request("POST", "/v3/watch", json.dumps({"create_request": create}))
         self.resp = self.conn.getresponse()
@@ -364,12 +365,13 @@ def test_watch_on_a_follower_gets_every_event_once_in_order_across_leader_kill_a
 
 
 def gc_collections(metrics_text: str) -> dict[str, float]:
-    out = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("python_gc_collections_total{"):
-            generation = line.split('generation="')[1].split('"')[0]
-            out[generation] = float(line.rsplit(" ", 1)[1])
-    return out
+    """python_gc_collections_total per generation, read with prometheus-client's own parser."""
+    return {
+        sample.labels["generation"]: sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "python_gc_collections"
+        for sample in family.samples
+    }
 
 
 def test_member_collects_young_objects_in_large_batches(tmp_path: Path) -> None:
