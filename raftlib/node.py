@@ -36,12 +36,11 @@ import logging
 import os
 import random
 import struct
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from raftlib._accel import ENTRY_CONF_CHANGE, ENTRY_NORMAL
 from raftlib.core import (
@@ -954,24 +953,18 @@ class RaftNode:
         return dict(self._addresses)
 
     def _write_snapshot(self, meta: SnapshotMeta, header: bytes, captured: bytes | SnapshotWriter) -> None:
-        def chunks(body: BinaryIO | bytes) -> Iterator[bytes]:
-            yield _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, len(header)) + header
-            if isinstance(body, bytes):
-                yield body
-                return
-            while True:
-                block = body.read(1 << 20)
-                if not block:
-                    return
-                yield block
-
+        head = _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, len(header)) + header
         if isinstance(captured, SnapshotWriter):
-            with tempfile.SpooledTemporaryFile(max_size=16 << 20) as spool:
-                captured.write(spool)  # type: ignore[arg-type]
-                spool.seek(0)
-                self._storage.save_snapshot(meta, chunks(spool))  # type: ignore[arg-type]
+            # Streamed from the writer into the snapshot file, never whole in memory.
+            body = captured.chunks()
+            try:
+                self._storage.save_snapshot(meta, itertools.chain((head,), body))
+            finally:
+                close = getattr(body, "close", None)  # a generator: end it if storage failed
+                if close is not None:
+                    close()
         elif isinstance(captured, bytes | bytearray):
-            self._storage.save_snapshot(meta, chunks(bytes(captured)))
+            self._storage.save_snapshot(meta, (head, bytes(captured)))
         else:
             kind = type(captured).__name__
             raise TypeError(f"snapshot() must return bytes or a SnapshotWriter, not {kind}")

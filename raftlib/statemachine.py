@@ -25,9 +25,9 @@ Threading rules (the hashicorp/raft FSM pattern):
 * ``snapshot`` runs on the event loop too, between two applies, and must be
   cheap: return ``bytes`` for a small state, or a :class:`SnapshotWriter`
   that captured a point-in-time view (a copy-on-write structure, an immutable
-  object, a database snapshot handle). Its ``write`` is then called in a
-  worker thread while ``apply`` continues on the loop, so it must only read
-  the captured view.
+  object, a database snapshot handle). Its ``chunks`` (or, by default, its
+  ``write``) is then called in a worker thread while ``apply`` continues on
+  the loop, so it must only read the captured view.
 * ``restore`` (or ``restore_stream`` for large states) runs in a worker thread
   while no ``apply`` is in progress: the node does not apply anything until it
   returns.
@@ -40,15 +40,55 @@ machine that failed to apply an entry has diverged and must not keep serving.
 from __future__ import annotations
 
 import abc
+import tempfile
+from collections.abc import Iterator
 from typing import Any, BinaryIO
+
+SPOOL_IN_MEMORY_BYTES = 16 << 20
+"""The default :meth:`SnapshotWriter.chunks` keeps up to this many bytes in memory before it
+spills the snapshot to a temporary file."""
+
+SPOOL_BLOCK_BYTES = 256 << 10
 
 
 class SnapshotWriter(abc.ABC):
-    """A point-in-time view of a large state, written out in a worker thread."""
+    """A point-in-time view of a large state, written out in a worker thread.
+
+    Implement :meth:`write`. Override :meth:`chunks` as well when the state can be produced
+    piece by piece: the node then streams the pieces straight into the snapshot file (the
+    pattern of hashicorp/raft's ``FSMSnapshot.Persist`` writing into its sink), and no copy of
+    the whole snapshot is ever held in memory::
+
+        class Rows(raftlib.SnapshotWriter):
+            def __init__(self, rows: list[bytes]) -> None:
+                self.rows = rows             # captured on the loop
+
+            def chunks(self) -> Iterator[bytes]:
+                for row in self.rows:
+                    yield row + b"\\n"
+
+            def write(self, out: BinaryIO) -> None:
+                for chunk in self.chunks():
+                    out.write(chunk)
+    """
 
     @abc.abstractmethod
     def write(self, out: BinaryIO) -> None:
         """Write the captured state to ``out`` (called in a worker thread)."""
+
+    def chunks(self) -> Iterator[bytes]:
+        """The captured state as consecutive pieces of bytes (called in a worker thread).
+
+        The node stores exactly their concatenation. The default spools :meth:`write`'s output
+        (in memory up to :data:`SPOOL_IN_MEMORY_BYTES`, then in a temporary file) and reads it
+        back in blocks; an override that yields pieces of a few tens of KiB keeps the memory a
+        snapshot costs independent of its size.
+        """
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
+            self.write(spool)  # type: ignore[arg-type]
+            spool.seek(0)
+            while block := spool.read(SPOOL_BLOCK_BYTES):
+                yield block
 
     def release(self) -> None:  # noqa: B027 - optional hook
         """Called once the snapshot is written (or failed): free the captured view."""

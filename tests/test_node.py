@@ -6,16 +6,16 @@ import asyncio
 import gc
 import json
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 import raftlib
 from raftlib import NodeConfig, NotLeader, RaftNode, StateMachine
 from raftlib.errors import NodeStopped, ProposalDropped, StateMachineError
-from raftlib.storage import DiskStorage, MemoryStorage
+from raftlib.storage import DiskStorage, MemoryStorage, StorageError
 from raftlib.transport.memory import MemoryNetwork, MemoryTransport
 
 FAST = dict(tick_interval=0.01, election_tick=10, heartbeat_tick=1)
@@ -360,6 +360,111 @@ async def test_large_snapshot_is_written_off_the_loop_while_writes_continue(tmp_
             assert f.read()  # readable and checksummed
     finally:
         await c.stop()
+
+
+class StreamedSnapshotKV(KV):
+    """A state whose SnapshotWriter yields its pieces (one key each) instead of writing them."""
+
+    log: ClassVar[list[str]] = []  # what happened, in order: "made 3", "stored 3", ...
+    finished = False
+
+    def snapshot(self) -> raftlib.SnapshotWriter:
+        items = sorted(self.data.items())
+        owner = type(self)
+
+        class Writer(raftlib.SnapshotWriter):
+            def chunks(self) -> Iterator[bytes]:
+                try:
+                    for i, (k, v) in enumerate(items):
+                        owner.log.append(f"made {i}")
+                        yield json.dumps([k, v]).encode() + b"\n"
+                finally:
+                    owner.finished = True
+
+            def write(self, out: Any) -> None:
+                raise AssertionError("the node must stream chunks(), not spool write()")
+
+        return Writer()
+
+    def restore(self, data: bytes) -> None:
+        self.data = dict(json.loads(line) for line in data.splitlines())
+
+
+class PieceByPieceStorage(MemoryStorage):
+    """Memory storage that records each snapshot piece as it consumes it, and can fail part way."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.fail_after = fail_after
+
+    def save_snapshot(self, meta: Any, chunks: Any) -> None:
+        def consumed() -> Iterator[bytes]:
+            for i, chunk in enumerate(chunks):
+                if i - 1 == self.fail_after:  # piece 0 is the node's own header
+                    raise StorageError("snap", 28, "No space left on device")
+                if i:
+                    StreamedSnapshotKV.log.append(f"stored {i - 1}")
+                yield chunk
+
+        super().save_snapshot(meta, consumed())
+
+
+async def test_snapshot_writer_chunks_are_stored_as_they_are_made() -> None:
+    """A writer that overrides chunks() is streamed into storage piece by piece, never spooled."""
+    StreamedSnapshotKV.log = []
+    c = Cluster(1, sm_factory=StreamedSnapshotKV)
+    storage = c.storages["n1"] = PieceByPieceStorage()
+    await c.start()
+    try:
+        node = c.nodes["n1"]
+        for i in range(4):
+            await node.propose(put(f"k{i}", f"v{i}"))
+        meta = await node.snapshot()
+        assert StreamedSnapshotKV.log == [f"{what} {i}" for i in range(4) for what in ("made", "stored")]
+        with storage.open_snapshot(meta.index) as f:
+            raw = f.read()
+        assert raw.endswith(b'["k3", "v3"]\n')
+        # A restart restores from exactly the streamed bytes.
+        await node.stop()
+        storage.crash()  # reopen what was saved
+        await c.make("n1").start()
+        assert c.sms["n1"].data == {f"k{i}": f"v{i}" for i in range(4)}
+    finally:
+        await c.stop()
+
+
+async def test_a_snapshot_that_storage_refuses_part_way_ends_the_writers_stream() -> None:
+    StreamedSnapshotKV.finished = False
+    StreamedSnapshotKV.log = []
+    c = Cluster(1, sm_factory=StreamedSnapshotKV)
+    c.storages["n1"] = PieceByPieceStorage(fail_after=1)
+    await c.start()
+    try:
+        node = c.nodes["n1"]
+        for i in range(4):
+            await node.propose(put(f"k{i}", f"v{i}"))
+        with pytest.raises(StorageError):
+            await node.snapshot()
+        # Closed at once (its finally ran), not left suspended until garbage collection.
+        assert StreamedSnapshotKV.finished
+        assert StreamedSnapshotKV.log == ["made 0", "stored 0", "made 1"]
+    finally:
+        await c.stop()
+
+
+def test_default_snapshot_chunks_are_the_bytes_write_produces() -> None:
+    from raftlib.statemachine import SPOOL_BLOCK_BYTES
+
+    body = bytes(range(256)) * 5000  # 1.28 MB: several blocks
+
+    class Writer(raftlib.SnapshotWriter):
+        def write(self, out: Any) -> None:
+            out.write(body[:1000])
+            out.write(body[1000:])
+
+    pieces = list(Writer().chunks())
+    assert b"".join(pieces) == body
+    assert max(map(len, pieces)) == SPOOL_BLOCK_BYTES and len(pieces) == -(-len(body) // SPOOL_BLOCK_BYTES)
 
 
 # -- where the WAL write runs: inline on a fast disk, in the I/O thread otherwise -------------

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, ClassVar
 
 import raftlib
@@ -31,6 +31,7 @@ from examples.kvstore.lease import MAX_LEASE_TTL, LeaseTable, Lessor
 from examples.kvstore.mvcc import (
     MVCC,
     Event,
+    View,
     check_intervals,
     check_path,
     check_put_request,
@@ -108,25 +109,55 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 """One encoder for every command (json.dumps with options builds a new one per call)."""
 
 
-class KVSnapshot(raftlib.SnapshotWriter):
-    """A KVMachine snapshot captured on the loop (:meth:`KVMachine.snapshot_writer`)."""
+SNAPSHOT_CHUNK_BYTES = 64 << 10
+"""About how many bytes each piece of :meth:`KVSnapshot.chunks` holds (whole keys only)."""
 
-    def __init__(self, applied_index: int, view: Any, leases: list[list[int]]) -> None:
+
+class KVSnapshot(raftlib.SnapshotWriter):
+    """A KVMachine snapshot captured on the loop (:meth:`KVMachine.snapshot_writer`).
+
+    Encoded one key at a time into pieces of about :data:`SNAPSHOT_CHUNK_BYTES`, so writing
+    the snapshot costs a few pieces of memory whatever the store's size; the bytes are those of
+    one ``json`` encoding of the whole image (docs/kvstore-data.md).
+    """
+
+    def __init__(self, applied_index: int, view: View, leases: list[list[int]]) -> None:
         self.applied_index = applied_index
-        self.view = view
+        self.view: View | None = view
         self.leases = leases
 
+    def chunks(self) -> Iterator[bytes]:
+        if self.view is None:
+            raise ValueError("this snapshot was released")
+        enc = _COMPACT.encode
+        revision, compact, _items = self.view
+        # The image {"v", "applied_index", "mvcc": {"rev", "compact", "keys"}, "leases"}, with
+        # the "keys" list written element by element.
+        pending = [
+            f'{{"v":{enc(SNAPSHOT_VERSION)},"applied_index":{enc(self.applied_index)},'
+            f'"mvcc":{{"rev":{enc(revision)},"compact":{enc(compact)},"keys":['
+        ]
+        size = len(pending[0])
+        sep = ""
+        for entry in MVCC.dump_view_keys(self.view):
+            piece = sep + enc(entry)
+            sep = ","
+            pending.append(piece)
+            size += len(piece)
+            if size >= SNAPSHOT_CHUNK_BYTES:
+                yield "".join(pending).encode()
+                pending.clear()
+                size = 0
+        pending.append(f']}},"leases":{enc(self.leases)}}}')
+        yield "".join(pending).encode()
+
     def encode(self) -> bytes:
-        image = {
-            "v": SNAPSHOT_VERSION,
-            "applied_index": self.applied_index,
-            "mvcc": MVCC.dump_view(self.view),
-            "leases": self.leases,
-        }
-        return _COMPACT.encode(image).encode()
+        """The whole snapshot as one bytes object (what :meth:`KVMachine.snapshot` returns)."""
+        return b"".join(self.chunks())
 
     def write(self, out: BinaryIO) -> None:
-        out.write(self.encode())
+        for chunk in self.chunks():
+            out.write(chunk)
 
     def release(self) -> None:
         self.view = None

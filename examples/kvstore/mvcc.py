@@ -82,6 +82,9 @@ class Event(NamedTuple):
 KVFields = tuple[bytes, int, int, int, bytes, int]
 """A KeyValue's fields in a plain tuple (same order), as history records hold them."""
 Rec = tuple[int, int, "KVFields | None"]
+View = tuple[int, int, list[tuple[bytes, list[Rec]]]]
+"""A point-in-time :meth:`MVCC.view`: revision, compaction revision, (key, records) pairs."""
+
 _first = operator.itemgetter(0)
 
 
@@ -363,7 +366,7 @@ class MVCC:
         """A JSON-able, deterministic image of the whole store (history included)."""
         return MVCC.dump_view(self.view())
 
-    def view(self) -> tuple[int, int, list[tuple[bytes, list[Rec]]]]:
+    def view(self) -> View:
         """A point-in-time view for :meth:`dump_view`: copies only the per-key record lists
         (records and KeyValues are immutable), so it is cheap enough for the event loop."""
         # dict.items: the SortedDict's underlying dict at C speed (key order restored in dump_view).
@@ -379,19 +382,23 @@ class MVCC:
         return self.revision, self._compact, items
 
     @staticmethod
-    def dump_view(view: tuple[int, int, list[tuple[bytes, list[Rec]]]]) -> dict[str, Any]:
+    def dump_view(view: View) -> dict[str, Any]:
         """:meth:`dump` of a :meth:`view` (may run in another thread: touches no live state)."""
-        revision, compact, items = view
-        keys = []
-        for k, recs in sorted(items, key=_first):
+        revision, compact, _items = view
+        return {"rev": revision, "compact": compact, "keys": list(MVCC.dump_view_keys(view))}
+
+    @staticmethod
+    def dump_view_keys(view: View) -> Iterator[list[Any]]:
+        """The ``"keys"`` of :meth:`dump_view` one key at a time, in key order, so that a snapshot
+        can be encoded piece by piece instead of as one tree."""
+        for k, recs in sorted(view[2], key=_first):
             out: list[list[Any]] = []
             for main, sub, kv in recs:
                 if kv is None:
                     out.append([main, sub])
                 else:  # key, create_revision, mod_revision, version, value, lease
                     out.append([main, sub, kv[1], kv[3], b64(kv[4]), kv[5]])
-            keys.append([b64(k), out])
-        return {"rev": revision, "compact": compact, "keys": keys}
+            yield [b64(k), out]
 
     @classmethod
     def load(cls, image: dict[str, Any]) -> MVCC:

@@ -32,7 +32,7 @@ import random
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -167,13 +167,16 @@ class _CombinedSnapshot(raftlib.SnapshotWriter):
         self.header = header
         self.inner = inner
 
-    def write(self, out: BinaryIO) -> None:
-        out.write(_SNAP_HEADER.pack(_SNAP_MAGIC, len(self.header)))
-        out.write(self.header)
+    def chunks(self) -> Iterator[bytes]:
+        yield _SNAP_HEADER.pack(_SNAP_MAGIC, len(self.header)) + self.header
         if isinstance(self.inner, bytes | bytearray | memoryview):
-            out.write(self.inner)
+            yield bytes(self.inner)
         else:
-            self.inner.write(out)
+            yield from self.inner.chunks()
+
+    def write(self, out: BinaryIO) -> None:
+        for chunk in self.chunks():
+            out.write(chunk)
 
     def release(self) -> None:
         if isinstance(self.inner, raftlib.SnapshotWriter):
