@@ -924,6 +924,8 @@ class RaftNode:
             self.config = replace(self.config, auto_snapshot=False)
         except (OSError, RaftError) as exc:
             log.error("node %s: snapshot failed: %r", self.id, exc)
+        except Exception:  # the state machine's snapshot() or its writer raised; a later apply retries
+            log.exception("node %s: snapshot failed in the state machine's writer", self.id)
         finally:
             self._snapshotting = False
 

@@ -452,6 +452,48 @@ async def test_a_snapshot_that_storage_refuses_part_way_ends_the_writers_stream(
         await c.stop()
 
 
+class FailingWriterKV(KV):
+    """A state whose snapshot writer raises part way through, once."""
+
+    fail = True
+
+    def snapshot(self) -> raftlib.SnapshotWriter:
+        items = sorted(self.data.items())
+
+        class Writer(raftlib.SnapshotWriter):
+            def chunks(self) -> Iterator[bytes]:
+                for i, item in enumerate(items):
+                    if i == 2 and FailingWriterKV.fail:
+                        raise ValueError("the writer's own bug")
+                    yield json.dumps(item).encode() + b"\n"
+
+            def write(self, out: Any) -> None:
+                for chunk in self.chunks():
+                    out.write(chunk)
+
+        return Writer()
+
+
+async def test_a_writer_that_fails_part_way_leaves_no_temp_file_and_the_next_snapshot_works(
+    tmp_path: Path,
+) -> None:
+    c = Cluster(1, tmp=tmp_path, sm_factory=FailingWriterKV)
+    await c.start()
+    try:
+        node = c.nodes["n1"]
+        for i in range(4):
+            await node.propose(put(f"k{i}", f"v{i}"))
+        FailingWriterKV.fail = True
+        with pytest.raises(ValueError, match="own bug"):
+            await node.snapshot()
+        assert not [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+        FailingWriterKV.fail = False
+        meta = await node.snapshot()
+        assert meta.index >= 4 and c.storages["n1"].latest_snapshot() == meta
+    finally:
+        await c.stop()
+
+
 def test_default_snapshot_chunks_are_the_bytes_write_produces() -> None:
     from raftlib.statemachine import SPOOL_BLOCK_BYTES
 

@@ -1,15 +1,17 @@
 """Soak (docs/reliability.md, "Soak"): the 2-minute CI version of `make soak` (tests/soak.py).
 
 A 3-member examples.kvstore cluster under mixed load (writes, linearizable reads, watches, lease
-churn, compaction) with a leader change every 30 s; no unexpected error, RSS flat within 20% after
-warm-up, WAL use bounded.
+churn, compaction) with a leader change every 30 s; no unexpected error, WAL use bounded, and RSS
+flat after warm-up: under steady load it may drift by at most 10% (a leak shows there, sample
+after sample), and all its growth, the steps right after a leader change included, stays within
+40%.
 
 The warm-up is the first minute (half the run): the members' memory fills up to its working size
 (MVCC history between compactions, the raft log kept behind each snapshot, allocator arenas) at
-the rate of the load, and the faster the members serve it the longer that takes -- at ~360
-ops/s a 30 s warm-up ended before the plateau (a CI run measured +23% between 30 s and 2 min on
-one member, +14% and +19% on the others), while a 5-minute run grew 6-14% after its 75 s warm-up
-and flattened. `make soak` (10 minutes) is the real check for slow leaks.
+the rate of the load. After it, between leader changes, RSS is flat (2026-12-04: +0.0-0.4% over
+80 s); a member resuming from a 3 s freeze catches up on the backlog and keeps that burst's
+high-water mark (steps of 0-10.7 MiB on a ~50 MiB member, 0-21%), which a 20% bound on total
+growth could not tell from a leak. `make soak` (10 minutes) is the real check for slow leaks.
 """
 
 from __future__ import annotations
@@ -41,4 +43,4 @@ def test_two_minute_soak(tmp_path: Path) -> None:
     assert report["leader_changes"] >= 3
     assert not report["unexpected_errors"]
     for figures in report["rss"].values():
-        assert figures.get("growth", 0.0) <= 0.20, report["rss"]
+        assert figures["drift"] <= 0.10 and figures["growth"] <= 0.40, report["rss"]

@@ -317,6 +317,9 @@ class SnapshotStore:
         except OSError as e:
             self._abandon(fd, tmp)
             raise StorageError(tmp, e.errno, f"writing snapshot {meta.index}@{meta.term} failed: {e}") from e
+        except BaseException:  # the chunks' producer failed (a state machine's writer): no temp left
+            self._abandon(fd, tmp)
+            raise
         return tmp
 
     def commit_temp(self, meta: SnapshotMeta, tmp: str) -> None:
