@@ -49,15 +49,17 @@ SPOOL_IN_MEMORY_BYTES = 16 << 20
 spills the snapshot to a temporary file."""
 
 SPOOL_BLOCK_BYTES = 256 << 10
+"""The size of the blocks the default :meth:`SnapshotWriter.chunks` reads its spool back in."""
 
 
-class SnapshotWriter(abc.ABC):
+class SnapshotWriter:
     """A point-in-time view of a large state, written out in a worker thread.
 
-    Implement :meth:`write`. Override :meth:`chunks` as well when the state can be produced
-    piece by piece: the node then streams the pieces straight into the snapshot file (the
-    pattern of hashicorp/raft's ``FSMSnapshot.Persist`` writing into its sink), and no copy of
-    the whole snapshot is ever held in memory::
+    Implement :meth:`chunks` or :meth:`write`; each has a default in terms of the other.
+    Implement :meth:`chunks` when the state can be produced piece by piece: the node then
+    streams the pieces straight into the snapshot file (the pattern of hashicorp/raft's
+    ``FSMSnapshot.Persist`` writing into its sink), and no copy of the whole snapshot is ever
+    held in memory::
 
         class Rows(raftlib.SnapshotWriter):
             def __init__(self, rows: list[bytes]) -> None:
@@ -66,23 +68,28 @@ class SnapshotWriter(abc.ABC):
             def chunks(self) -> Iterator[bytes]:
                 for row in self.rows:
                     yield row + b"\\n"
-
-            def write(self, out: BinaryIO) -> None:
-                for chunk in self.chunks():
-                    out.write(chunk)
     """
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.chunks is SnapshotWriter.chunks and cls.write is SnapshotWriter.write:
+            raise TypeError(f"{cls.__name__} must implement chunks() or write()")
+
     def write(self, out: BinaryIO) -> None:
-        """Write the captured state to ``out`` (called in a worker thread)."""
+        """Write the captured state to ``out`` (called in a worker thread).
+
+        The default writes what :meth:`chunks` yields.
+        """
+        for chunk in self.chunks():
+            out.write(chunk)
 
     def chunks(self) -> Iterator[bytes]:
         """The captured state as consecutive pieces of bytes (called in a worker thread).
 
         The node stores exactly their concatenation. The default spools :meth:`write`'s output
         (in memory up to :data:`SPOOL_IN_MEMORY_BYTES`, then in a temporary file) and reads it
-        back in blocks; an override that yields pieces of a few tens of KiB keeps the memory a
-        snapshot costs independent of its size.
+        back in blocks of :data:`SPOOL_BLOCK_BYTES`; an override that yields pieces of a few tens
+        of KiB keeps the memory a snapshot costs independent of its size.
         """
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
             self.write(spool)  # type: ignore[arg-type]
@@ -90,7 +97,7 @@ class SnapshotWriter(abc.ABC):
             while block := spool.read(SPOOL_BLOCK_BYTES):
                 yield block
 
-    def release(self) -> None:  # noqa: B027 - optional hook
+    def release(self) -> None:
         """Called once the snapshot is written (or failed): free the captured view."""
 
 

@@ -467,10 +467,6 @@ class FailingWriterKV(KV):
                         raise ValueError("the writer's own bug")
                     yield json.dumps(item).encode() + b"\n"
 
-            def write(self, out: Any) -> None:
-                for chunk in self.chunks():
-                    out.write(chunk)
-
         return Writer()
 
 
@@ -716,3 +712,20 @@ async def test_commit_only_appends_leave_after_the_committed_entries_are_applied
     announce = [i for i, e in enumerate(mine) if e[1:4] == ("send", "APPEND", 0) and e[5] >= index]
     # Every entry-less append that carries the new commit index follows the apply.
     assert announce and min(announce) > applied
+
+
+def test_a_snapshot_writer_must_implement_chunks_or_write() -> None:
+    with pytest.raises(TypeError, match="must implement chunks\\(\\) or write\\(\\)"):
+
+        class Nothing(raftlib.SnapshotWriter):
+            pass
+
+    class Pieces(raftlib.SnapshotWriter):
+        def chunks(self) -> Iterator[bytes]:
+            yield from (b"a", b"bc")
+
+    import io
+
+    out = io.BytesIO()
+    Pieces().write(out)  # the default write() is the pieces, in order
+    assert out.getvalue() == b"abc"

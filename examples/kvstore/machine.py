@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 import raftlib
 from examples.kvstore import codec, errors
@@ -154,10 +154,6 @@ class KVSnapshot(raftlib.SnapshotWriter):
     def encode(self) -> bytes:
         """The whole snapshot as one bytes object (what :meth:`KVMachine.snapshot` returns)."""
         return b"".join(self.chunks())
-
-    def write(self, out: BinaryIO) -> None:
-        for chunk in self.chunks():
-            out.write(chunk)
 
     def release(self) -> None:
         self.view = None

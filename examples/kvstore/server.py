@@ -174,10 +174,6 @@ class _CombinedSnapshot(raftlib.SnapshotWriter):
         else:
             yield from self.inner.chunks()
 
-    def write(self, out: BinaryIO) -> None:
-        for chunk in self.chunks():
-            out.write(chunk)
-
     def release(self) -> None:
         if isinstance(self.inner, raftlib.SnapshotWriter):
             self.inner.release()
