@@ -21,16 +21,18 @@ from raftlib.errors import (
     ConfChangeError,
     ConfChangeInProgress,
     ConfigError,
+    LeadershipLost,
     LeadershipTransferError,
     NodeStopped,
     NotLeader,
     ProposalDropped,
     RaftError,
+    RequestTimeout,
     StateMachineError,
     StorageCorrupted,
     UncommittedLimitExceeded,
 )
-from raftlib.node import LeaderChange, NodeConfig, RaftNode, install_uvloop
+from raftlib.runtime import LeaderChange, NodeConfig, RaftNode, install_uvloop
 from raftlib.statemachine import SnapshotWriter, StateMachine
 
 __version__ = "0.1.0"
@@ -41,6 +43,7 @@ __all__ = [
     "ConfChangeInProgress",
     "Config",
     "ConfigError",
+    "LeadershipLost",
     "LeadershipTransferError",
     "Entry",
     "HardState",
@@ -58,6 +61,7 @@ __all__ = [
     "PersistentState",
     "ProposalDropped",
     "RaftError",
+    "RequestTimeout",
     "RawNode",
     "Ready",
     "Role",
