@@ -113,6 +113,8 @@ class ServerConfig:
     lease_check_interval: float = 0.25
     client_tls: ClientTls | None = None
     peer_tls: TlsConfig | None = None
+    peer_secret: bytes | None = field(default=None, repr=False)
+    """Shared secret members prove to each other at the peer handshake (--peer-shared-secret-file)."""
     fsync: bool = True
     restore_snapshot: str | None = None
     """A file from ``/v3/maintenance/snapshot`` to seed a NEW member's state with (--restore-snapshot)."""
@@ -354,6 +356,7 @@ class KVServer:
             snapshot_trailing_entries=0 if restoring else max(1, min(5000, cfg.snapshot_count // 2)),
             cluster_id=cfg.initial_cluster_token,
             tls=cfg.peer_tls,
+            peer_secret=cfg.peer_secret,
             fsync=cfg.fsync,
         )
         listen = url_address(cfg.listen_peer_urls[0])
@@ -363,6 +366,7 @@ class KVServer:
             {k: v for k, v in members.items() if k != self.node_id},
             cluster_id=cfg.initial_cluster_token,
             ssl=cfg.peer_tls,
+            peer_secret=cfg.peer_secret,
         )
         raft_dir = os.path.join(cfg.data_dir, "member") if cfg.data_dir else None
         self.state.on_restore = self._on_restore_threadsafe

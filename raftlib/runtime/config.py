@@ -8,7 +8,7 @@ deadline a caller gets by default is finite (``request_timeout``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from raftlib.core import Config
@@ -63,6 +63,9 @@ class NodeConfig:
     tls: Any = None
     """A ``raftlib.transport.tls.TlsConfig`` for mutually authenticated peer TLS."""
     rng_seed: int | None = None
+    peer_secret: bytes | str | None = field(default=None, repr=False)
+    """Shared secret (>= 16 bytes, the same on every member) peers prove by HMAC challenge/response
+    at the transport handshake; never sent, never in repr. None: cluster id only. See docs/transport.md."""
 
     def election_timeout(self) -> float:
         """Seconds of one (minimal) election timeout."""

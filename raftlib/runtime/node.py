@@ -208,6 +208,7 @@ class RaftNode:
                 peers=self._peer_addresses(),
                 cluster_id=self.config.cluster_id,
                 ssl=self.config.tls,
+                peer_secret=self.config.peer_secret,
             )
         else:
             self._transport.set_peers(self._peer_addresses())
