@@ -36,6 +36,7 @@ from raftlib.codec import (
     decode_handshake,
     decode_handshake_ack,
     decode_handshake_answer,
+    encode,
     encode_handshake,
     encode_handshake_answer,
 )
@@ -421,6 +422,41 @@ async def test_replayed_acceptor_answers_do_not_fool_a_dialler() -> None:
         await proxy.stop()
         fake.close()
         await fake.wait_closed()
+
+
+async def test_a_client_speaking_the_documented_protocol_is_accepted_unless_removed_meanwhile() -> None:
+    got: list[Message] = []
+    b = TcpTransport("b", "127.0.0.1:0", {"a": "127.0.0.1:1"}, cluster_id="c1", peer_secret=SECRET)
+    await b.start(got.append)
+    key = PeerSecret(SECRET)
+
+    async def handshake(
+        remove_before_proof: bool,
+    ) -> tuple[asyncio.StreamWriter, int, bytes]:
+        reader, writer = await asyncio.open_connection(*host_port(b.address))
+        nd = PeerSecret.new_nonce()
+        writer.write(encode_handshake(Handshake("c1", "a", "b", auth=AUTH_HMAC_SHA256, nonce=nd)))
+        status, na = decode_handshake_answer(await read_frame(reader))
+        assert status == ANSWER_CHALLENGE and len(na) == 32
+        if remove_before_proof:
+            b.set_peers({})
+        writer.write(encode_handshake_answer(ANSWER_PROOF, key.proof(DIALLER, "c1", "a", "b", nd, na)))
+        status, data = decode_handshake_answer(await read_frame(reader))
+        if status == ANSWER_ACCEPT_PROVEN:
+            assert key.verify(data, ACCEPTOR, "c1", "a", "b", nd, na)  # b proved the secret to us
+        return writer, status, data
+
+    try:
+        writer, status, _ = await handshake(remove_before_proof=False)
+        assert status == ANSWER_ACCEPT_PROVEN
+        writer.write(encode(hb("a", "b", 7)))
+        await wait_until(lambda: [m.commit for m in got] == [7])
+        await close_writer(writer)
+        writer, status, reason = await handshake(remove_before_proof=True)
+        assert status == ANSWER_REFUSE and reason.startswith(b"unknown_sender: ")
+        await close_writer(writer)
+    finally:
+        await b.stop()
 
 
 async def test_refusals_of_unknown_ids_share_one_log_entry(caplog: pytest.LogCaptureFixture) -> None:

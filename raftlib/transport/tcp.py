@@ -722,6 +722,9 @@ class TcpTransport:
                 "or a replayed handshake)",
             )
             return None
+        if hs.sender not in self._peers:  # removed by set_peers while we awaited the proof
+            self._refuse(writer, peer, hs.sender, "unknown_sender", f"{hs.sender!r} is no longer a peer")
+            return None
         proof = secret.proof(ACCEPTOR, self.cluster_id, hs.sender, self.node_id, hs.nonce, nonce)
         writer.write(encode_handshake_answer(ANSWER_ACCEPT_PROVEN, proof))
         return hs.sender
