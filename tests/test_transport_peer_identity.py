@@ -742,3 +742,20 @@ def test_store_flag_reads_the_shared_secret_from_a_file(tmp_path: Path) -> None:
     f.write_text("\n")
     with pytest.raises(FlagError, match="empty"):
         config_from_args(["--peer-shared-secret-file", str(f)])
+
+
+async def test_store_members_with_the_shared_secret_form_a_cluster() -> None:
+    pytest.importorskip("aiohttp")
+    from test_kv_api import Cluster, b64
+
+    c = Cluster(3, peer_secret=SECRET.encode())
+    await c.start()
+    try:
+        await c.ok("/v3/kv/put", {"key": b64("k"), "value": b64("v")})
+        for s in c.servers:
+            assert s.node is not None
+            transport = s.node._transport
+            assert transport.authenticates_with_secret
+            assert transport.stats["rejected_handshakes"] == 0
+    finally:
+        await c.stop()
