@@ -253,3 +253,35 @@ def test_node_id_must_be_a_member_and_members_must_parse(tmp_path: Path) -> None
         assert info.value.code == 2
     code, _, err = run("recover", str(tmp_path / "missing"), "--node-id", "n1", "--members", "n1=a:1")
     assert code == ExitCode.USAGE and "no such directory" in err
+
+
+async def test_recovering_into_several_members_where_the_others_join_empty(tmp_path: Path) -> None:
+    cfg = NodeConfig(**FAST)
+    expected = await write_then_lose_quorum(tmp_path, cfg, 20)
+    members = {"n1": "mem://n1", "n4": "mem://n4"}
+    code, _, err = run(
+        "recover",
+        str(tmp_path / "n1"),
+        "--node-id",
+        "n1",
+        "--members",
+        "n1=mem://n1,n4=mem://n4",
+        "--yes-i-know",
+    )
+    assert code == ExitCode.OK, err
+    assert "all but this one must start with an EMPTY data directory" in err
+    net = MemoryNetwork()
+    node, _ = make_node(tmp_path, "n1", members, net, cfg)
+    n4, sm4 = make_node(tmp_path, "n4", members, net, cfg, join=True)
+    await node.start()
+    await n4.start()
+    try:
+        # Two voters now: n1 needs n4's vote, which it gets although n4 holds nothing yet.
+        await wait_for(lambda: node.is_leader)
+        assert node.membership().voters == {"n1", "n4"}
+        await node.propose(put("x", "y"), timeout=5)
+        await n4.wait_applied(node.status()["commit"], timeout=10)
+        assert sm4.data == {**expected, "x": "y"}
+    finally:
+        await n4.stop()
+        await node.stop()

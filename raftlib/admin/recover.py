@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from raftlib._accel import ENTRY_CONF_CHANGE
 from raftlib.admin.datadir import DataDirView, check_data_dir, load_view, membership_after
@@ -74,7 +74,7 @@ def parse_members(text: str) -> dict[str, str]:
     return members
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``recover`` to the top-level subparsers."""
     p = sub.add_parser(
         "recover",

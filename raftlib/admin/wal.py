@@ -36,7 +36,7 @@ from raftlib.storage.snapshot import parse_header, verify_body
 __all__ = ["describe_conf_change", "preview", "register"]
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``wal`` command group to the top-level subparsers."""
     wal = sub.add_parser(
         "wal",
