@@ -108,6 +108,20 @@ def test_a_lock_held_elsewhere_is_refused_with_the_holders_pid(tmp_path: Path) -
     DataDirLock.acquire(tmp_path).release()
 
 
+def test_a_start_that_fails_leaves_the_directory_free(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, segment_bytes=64)
+    for i in range(1, 4):
+        s.save(HardState(1, None, i - 1), [Entry(i, 1, b"x" * 40)])
+    s.close()
+    first = sorted((tmp_path / "wal").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:-1] + b"\x00")  # an earlier segment damaged: corruption
+    broken = DiskStorage(tmp_path)
+    with pytest.raises(StorageCorrupted):
+        broken.load()
+    assert lock_holder(tmp_path) is None  # not left held until close()
+    assert other_process_try(tmp_path) == "free"
+
+
 def test_release_is_idempotent(tmp_path: Path) -> None:
     lock = DataDirLock.acquire(tmp_path)
     other = DataDirLock.acquire(tmp_path)

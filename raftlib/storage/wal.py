@@ -308,6 +308,16 @@ class DiskStorage:
             raise StorageError(self.wal_dir, e.errno, f"cannot create the data directory: {e}") from e
         if self._take_lock and self._dir_lock is None:
             self._dir_lock = DataDirLock.acquire(self.data_dir)
+        try:
+            return self._recover_locked()
+        except BaseException:
+            if self._dir_lock is not None and not self._loaded:  # a failed start frees the directory
+                self._dir_lock.release()
+                self._dir_lock = None
+            raise
+
+    def _recover_locked(self) -> PersistentState:
+        ops = self.ops
         self.snapshots.scan()
         r = self._replay(repair=True)
         snap = self.snapshots.latest()
