@@ -14,7 +14,9 @@ pyproject.toml; this file only declares the Cython extension and makes it
 Whenever the extension is not built, exactly one warning saying so (and why)
 is printed, and the package installs with the pure-Python core
 (``raftlib._pycore``; ``raftlib.COMPILED`` is then False). ``RAFTLIB_NO_EXTENSIONS=1``
-skips the extension on purpose. pip shows a build's output only with ``-v``.
+skips the extension on purpose; ``RAFTLIB_REQUIRE_EXTENSIONS=1`` makes any failure
+to build it fatal instead (development builds that must be compiled). pip shows a
+build's output only with ``-v``.
 
 Cython is never imported at module level, so this file runs without it.
 """
@@ -50,8 +52,10 @@ prepared (pip runs this file once for each, so warning at load time would warn t
 
 
 def warn_pure(reason: str) -> None:
-    """Print the one warning that the pure-Python core is being installed."""
+    """Print the one warning that the pure-Python core is being installed (or fail, if required)."""
     global _warned
+    if os.environ.get("RAFTLIB_REQUIRE_EXTENSIONS") == "1":
+        raise SystemExit(f"error: RAFTLIB_REQUIRE_EXTENSIONS=1 but raftlib._core cannot be built: {reason}")
     if _warned:
         return
     _warned = True

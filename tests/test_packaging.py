@@ -169,6 +169,17 @@ def test_raftlib_no_extensions_skips_the_build_on_purpose(tmp_path):
     assert _only_wheel(tmp_path / "dist").name.endswith("-py3-none-any.whl")
 
 
+def test_raftlib_require_extensions_makes_a_failed_build_fatal(tmp_path):
+    src = _copy_source(tmp_path)
+    env = {**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false", "RAFTLIB_REQUIRE_EXTENSIONS": "1"}
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(out), "."]
+    proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "RAFTLIB_REQUIRE_EXTENSIONS=1 but raftlib._core cannot be built" in proc.stdout + proc.stderr
+    assert not list(out.glob("*.whl"))
+
+
 @pytest.mark.slow
 def test_without_cython_the_shipped_c_source_is_compiled(tmp_path):
     src = _copy_source(tmp_path)
