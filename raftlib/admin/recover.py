@@ -53,8 +53,8 @@ WARNING: DISASTER RECOVERY. This makes this member the start of a NEW cluster.
  * Recover ONE member only. Every other member of the new cluster must start
    with an EMPTY data directory and join it; never restart a lost member with
    its old data, and never run recover on two members' directories.
- * Every entry this member stored becomes committed; writes acknowledged by
-   the lost members only (never replicated here) are lost.
+ * Every entry this member stored becomes committed; writes acknowledged by a
+   majority that did not include this member (never stored here) are lost.
 ******************************************************************************
 """
 
