@@ -5,6 +5,7 @@
 """
 
 from raftlib._accel import COMPILED
+from raftlib._version import __version__
 from raftlib.core import (
     Config,
     Entry,
@@ -34,8 +35,6 @@ from raftlib.errors import (
 )
 from raftlib.runtime import LeaderChange, NodeConfig, RaftNode, install_uvloop
 from raftlib.statemachine import SnapshotWriter, StateMachine
-
-__version__ = "0.1.0"
 
 __all__ = [
     "COMPILED",
