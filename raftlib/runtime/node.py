@@ -74,6 +74,7 @@ from raftlib.errors import (
     StateMachineError,
 )
 from raftlib.runtime.config import LeaderChange, NodeConfig
+from raftlib.transport.peerauth import check_peer_secret
 from raftlib.runtime.persist import StorageStage, TransferRejected
 from raftlib.runtime.requests import Requests, await_request
 from raftlib.runtime.snapshots import restore_snapshot, write_snapshot
@@ -118,6 +119,8 @@ class RaftNode:
         self.id = node_id
         self.config = config or NodeConfig()
         self.config.validate()
+        if self.config.peer_secret is not None:
+            check_peer_secret(self.config.peer_secret)  # ConfigError now rather than at start()
         self._initial_members = dict(members)
         self._join = join
         self._sm = state_machine
