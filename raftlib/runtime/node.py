@@ -74,11 +74,11 @@ from raftlib.errors import (
     StateMachineError,
 )
 from raftlib.runtime.config import LeaderChange, NodeConfig
-from raftlib.transport.peerauth import check_peer_secret
 from raftlib.runtime.persist import StorageStage, TransferRejected
 from raftlib.runtime.requests import Requests, await_request
 from raftlib.runtime.snapshots import restore_snapshot, write_snapshot
 from raftlib.statemachine import SnapshotWriter, StateMachine
+from raftlib.transport.peerauth import check_peer_secret
 
 log = logging.getLogger("raftlib.node")
 
