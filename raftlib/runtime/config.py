@@ -49,6 +49,12 @@ class NodeConfig:
     to the I/O thread and back (two thread wake-ups and a GIL hand-over, often 0.5 ms or more on
     a busy machine). Slower writes go to the I/O thread, so the loop keeps serving while the
     disk works. ``0`` always uses the I/O thread."""
+    async_storage_writes: bool = True
+    """Pipeline the storage stage (thesis §10.2.1, etcd's async storage writes): the node takes
+    the next Ready while earlier WAL writes are in flight, and every Ready that arrives during
+    a write shares the next one (one fsync). Acknowledgements still leave only after their
+    entries are durable, the leader counts itself only for durable entries, and entries are
+    applied only once committed and durable here. ``False``: one Ready at a time."""
     request_timeout: float | None = None
     """Default deadline of ``propose()``, ``read_barrier()``, ``wait_applied()`` and membership
     calls. ``None`` (the default) means etcd's rule of thumb: 5 s plus two election timeouts
@@ -104,6 +110,7 @@ class NodeConfig:
             check_quorum=self.check_quorum,
             read_only=self.read_only,
             forward_proposals=self.forward_proposals,
+            async_storage_writes=self.async_storage_writes,
             max_msg_bytes=self.max_msg_bytes,
             max_msg_entries=self.max_msg_entries,
             max_inflight=self.max_inflight,

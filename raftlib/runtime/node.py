@@ -127,6 +127,7 @@ class RaftNode:
         self._data_dir = os.fspath(data_dir) if data_dir is not None else None
         self._storage = storage
         self._stage: StorageStage | None = None
+        self._pipelined = self.config.async_storage_writes
         self._transport = transport
         self._flush_transport: Callable[[], None] | None = None
         self._on_leader_change = on_leader_change
@@ -185,6 +186,7 @@ class RaftNode:
             else:
                 self._storage = DiskStorage(self._data_dir, fsync=self.config.fsync)
         stage = StorageStage(self._storage, self.id, self.config.inline_sync_below, self.metrics)
+        stage.pipeline(self._on_durable, self._flush, self._fatal)
         self._stage = stage
         state: PersistentState = await stage.call(self._storage.load)
         applied = 0
@@ -200,6 +202,7 @@ class RaftNode:
             voters = sorted(self._initial_members)
         rng = random.Random(self.config.rng_seed) if self.config.rng_seed is not None else random.Random()
         cfg = self.config.raft_config(self.id, voters, join=self._join and not voters)
+        self._pipelined = cfg.async_storage_writes
         self._core = RawNode(cfg, state, rng=rng, applied=applied)
         self._applied = applied
         if self._transport is None:
@@ -639,7 +642,16 @@ class RaftNode:
         for m in rd.messages:
             (deferred if m.type is MessageType.APPEND and not m.entries else now).append(m)
         self._send(now)
-        await self._stage.persist(rd, self._flush_transport)
+        snapshot = rd.snapshot is not None or bool(rd.snapshot_chunks)
+        if self._pipelined and not snapshot:
+            # Thesis §10.2.1: the write goes on while this Ready's committed entries (durable
+            # here already) are applied and the next Ready is taken; its acknowledgements
+            # leave from _on_durable.
+            self._stage.submit(rd)
+        else:
+            if self._pipelined:
+                await self._stage.drain()  # a snapshot replaces the log: no write may be in flight
+            await self._stage.persist(rd, self._flush_transport)
         if rd.snapshot is not None:
             self._set_addresses(
                 await self._stage.call(restore_snapshot, self._storage, rd.snapshot.index, self._sm)
@@ -649,11 +661,13 @@ class RaftNode:
             self.metrics["snapshots_installed"] += 1
             self._transport.set_peers(self._peer_addresses())
             requests.covered_by_snapshot(rd.snapshot.index)
-        if rd.persisted_messages:
+        if self._pipelined and snapshot:
+            self._on_durable(rd)
+            self._flush()
+        elif not self._pipelined and rd.persisted_messages:
             # Acknowledgements of what was just made durable: the leader is waiting on them.
             self._send(rd.persisted_messages)
-            if self._flush_transport is not None:
-                self._flush_transport()
+            self._flush()
         for res in rd.proposal_results:
             requests.forward_answered(res, self._applied, self._addresses.get(res.leader or ""))
         self._apply(rd.committed_entries)
@@ -662,6 +676,21 @@ class RaftNode:
         for rs in rd.read_states:
             requests.read_answered(rs.context, rs.index, rs.ok)
         self.metrics["proposals_failed"] = requests.failed
+
+    def _on_durable(self, rd: Ready) -> None:
+        """Asynchronous writes: ``rd`` (and every Ready before it) is durable. The core counts
+        the leader's own entries now, and the acknowledgements that waited for it go out."""
+        core = self._core
+        if core is None or not self._running:
+            return
+        core.persisted(rd)
+        if rd.persisted_messages:
+            self._send(rd.persisted_messages)
+        self._wake.set()
+
+    def _flush(self) -> None:
+        if self._flush_transport is not None:
+            self._flush_transport()
 
     def _send(self, msgs: list[Message]) -> None:
         if not msgs:
