@@ -218,6 +218,38 @@ class Raft:
         # earlier terms get committed (only through an entry of the current term).
         self._append_entries([Entry(0, 0)])
 
+    # -- quiescence ----------------------------------------------------------------
+
+    def quiescable(self) -> bool:
+        """Leader only: every member holds the whole log, it is committed, applied and durable
+        here, and nothing is in flight, so ticking (heartbeats, check-quorum) may stop until
+        something happens (CockroachDB's quiescence; the driver keeps the rules, docs/host.md)."""
+        if self.role is not Role.LEADER or self.lead_transferee is not None or self.incoming is not None:
+            return False
+        log = self.log
+        last = log.last_index()
+        if not (log.committed == last == log.applied == log.stable) or log.term(last) != self.term:
+            return False
+        if self.pending_conf_index > log.applied or not self.read_only.idle():
+            return False
+        if self.msgs or self.msgs_after_persist or self._broadcast_pending:
+            return False
+        return all(pr.match == last for pr in self.tracker.progress.values())
+
+    def wake(self) -> None:
+        """Ticking resumes after quiescence. A leader starts a fresh check-quorum window (its
+        followers count as recently active: they were quiet because it was) and heartbeats at
+        the next tick; it assumes no lease (its lease clock stood still while quiescent, so
+        §6.4.1's bound would not hold). A follower keeps its election clock: if its leader is
+        gone, an election follows within one election timeout."""
+        if self.role is Role.LEADER:
+            self.election_elapsed = 0
+            self.heartbeat_elapsed = self.config.heartbeat_tick
+            for pr in self.tracker.progress.values():
+                pr.recent_active = True
+            self._lease_start = None
+            self._round_sent_at.clear()
+
     # -- time --------------------------------------------------------------------
 
     def tick(self) -> None:

@@ -200,6 +200,15 @@ class RawNode:
         """Start an election now instead of waiting for the election timeout."""
         self.raft.campaign()
 
+    def quiescable(self) -> bool:
+        """Leader only: all replicated, committed, applied and durable, nothing in flight; a
+        driver may stop ticking this node (see :meth:`wake`)."""
+        return self._outstanding is None and self.raft.quiescable()
+
+    def wake(self) -> None:
+        """Call when ticking resumes after a pause the driver chose (quiescence)."""
+        self.raft.wake()
+
     # -- snapshots -------------------------------------------------------------
 
     def should_snapshot(self) -> bool:

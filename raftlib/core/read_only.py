@@ -48,6 +48,10 @@ class ReadOnly:
     def has_unsent_round(self) -> bool:
         return bool(self._unsent)
 
+    def idle(self) -> bool:
+        """No read is waiting for anything."""
+        return not (self._unsent or self._pending or self._waiting_commit)
+
     def send_round(self, always: bool = False) -> int:
         """Round number for the heartbeat about to be broadcast (0: no read pending).
 

@@ -47,7 +47,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from raftlib._accel import ENTRY_CONF_CHANGE, ENTRY_NORMAL
@@ -74,13 +74,27 @@ from raftlib.errors import (
     StateMachineError,
 )
 from raftlib.runtime.config import LeaderChange, NodeConfig
-from raftlib.runtime.persist import StorageStage, TransferRejected
+from raftlib.runtime.persist import StorageStage, TransferRejected, WriteQueue
 from raftlib.runtime.requests import Requests, await_request
 from raftlib.runtime.snapshots import restore_snapshot, write_snapshot
 from raftlib.statemachine import SnapshotWriter, StateMachine
 from raftlib.transport.peerauth import check_peer_secret
 
 log = logging.getLogger("raftlib.node")
+
+
+@dataclass
+class GroupServices:
+    """What a :class:`~raftlib.RaftHost` lends each of its groups instead of per-node resources."""
+
+    key: str
+    """The group id: this group's key in the shared log's records."""
+    queue: WriteQueue
+    """The host's write queue: one batch, one fsync, for every group's writes of a loop turn."""
+    reader: concurrent.futures.ThreadPoolExecutor
+    snapshotter: concurrent.futures.ThreadPoolExecutor
+    wake: Callable[[RaftNode], None]
+    """Resume ticking a quiesced group (called on a proposal, a read, a message, a transfer)."""
 
 
 class RaftNode:
@@ -109,6 +123,7 @@ class RaftNode:
         transport: Any = None,
         storage: Any = None,
         on_leader_change: Callable[[LeaderChange], Any] | None = None,
+        services: GroupServices | None = None,
     ) -> None:
         if not node_id or not isinstance(node_id, str):
             raise ConfigError("node_id must be a non-empty string")
@@ -127,6 +142,11 @@ class RaftNode:
         self._data_dir = os.fspath(data_dir) if data_dir is not None else None
         self._storage = storage
         self._stage: StorageStage | None = None
+        self._services = services
+        """Set when a RaftHost runs this node as one of its groups: shared write queue, threads,
+        ticker and quiescence (raftlib/runtime/host.py)."""
+        self.quiesced = False
+        """True while the host stopped ticking this group (nothing to do; see docs/host.md)."""
         self._pipelined = self.config.async_storage_writes
         self._transport = transport
         self._flush_transport: Callable[[], None] | None = None
@@ -174,10 +194,14 @@ class RaftNode:
             return
         self._wake = asyncio.Event()
         self._snapshot_lock = asyncio.Lock()
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-rd")
-        self._snapshotter = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"raft-{self.id}-snap"
-        )
+        services = self._services
+        if services is None:
+            self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-rd")
+            self._snapshotter = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"raft-{self.id}-snap"
+            )
+        else:
+            self._reader, self._snapshotter = services.reader, services.snapshotter
         if self._storage is None:
             from raftlib.storage import DiskStorage, MemoryStorage
 
@@ -185,7 +209,11 @@ class RaftNode:
                 self._storage = MemoryStorage()
             else:
                 self._storage = DiskStorage(self._data_dir, fsync=self.config.fsync)
-        stage = StorageStage(self._storage, self.id, self.config.inline_sync_below, self.metrics)
+        stage = StorageStage(
+            self._storage, self.id, self.config.inline_sync_below, self.metrics,
+            queue=services.queue if services is not None else None,
+            key=services.key if services is not None else None,
+        )
         stage.pipeline(self._on_durable, self._flush, self._fatal)
         self._stage = stage
         state: PersistentState = await stage.call(self._storage.load)
@@ -223,10 +251,10 @@ class RaftNode:
         self._flush_transport = getattr(self._transport, "flush", None)
         self._running = True
         self._failure = None
-        self._main_tasks = [
-            asyncio.create_task(self._ticker(), name=f"raft-{self.id}-tick"),
-            asyncio.create_task(self._ready_loop(), name=f"raft-{self.id}-ready"),
-        ]
+        self._main_tasks = [asyncio.create_task(self._ready_loop(), name=f"raft-{self.id}-ready")]
+        if services is None:
+            self._main_tasks.append(asyncio.create_task(self._ticker(), name=f"raft-{self.id}-tick"))
+        self.quiesced = False
         self._wake.set()
         log.info("node %s started (term %d, commit %d)", self.id, self._core.term, self._core.commit_index)
 
@@ -248,7 +276,7 @@ class RaftNode:
         if self._transport is not None and was_running:
             await self._transport.stop()
         loop = asyncio.get_running_loop()
-        for ex in (self._reader, self._snapshotter):
+        for ex in (self._reader, self._snapshotter) if self._services is None else ():
             if ex is not None:
                 await loop.run_in_executor(None, ex.shutdown, True)
         self._reader = self._snapshotter = None
@@ -321,6 +349,8 @@ class RaftNode:
         if not command:
             raise ValueError("empty commands are reserved for the leader's no-op entries")
         limit = self._limit(timeout)
+        if self.quiesced:
+            self._activity()
         loop = asyncio.get_running_loop()
         if core.leader is None:
             # During an election: wait for its outcome (like etcd) rather than fail at once.
@@ -386,6 +416,8 @@ class RaftNode:
         """
         self._check_running()
         limit = self._limit(timeout)
+        if self.quiesced:
+            self._activity()
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
 
@@ -470,6 +502,8 @@ class RaftNode:
         if core.role is not Role.LEADER:
             raise self._not_leader()
         limit = self._limit(timeout)
+        if self.quiesced:
+            self._activity()
         index, term = core.propose_conf_change(ConfChange((change,)))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._requests.add_proposal(index, term, fut)
@@ -487,6 +521,8 @@ class RaftNode:
         timeout, the target not having become leader).
         """
         core = self._check_running()
+        if self.quiesced:
+            self._activity()
         core.transfer_leadership(target)
         self._wake.set()
         limit = timeout if timeout is not None else 2 * self.config.election_timeout()
@@ -560,10 +596,17 @@ class RaftNode:
     def _peer_addresses(self) -> dict[str, str]:
         return {k: v for k, v in self._addresses.items() if k != self.id}
 
+    def _activity(self) -> None:
+        """Something happened to a quiesced group: the host resumes ticking it."""
+        if self.quiesced and self._services is not None:
+            self._services.wake(self)
+
     def _on_message(self, m: Message) -> None:
         core = self._core
         if core is None or not self._running:
             return
+        if self.quiesced:
+            self._activity()
         try:
             core.step(m)
         except (ValueError, RaftError) as exc:
@@ -573,18 +616,36 @@ class RaftNode:
 
     async def _ticker(self) -> None:
         interval = self.config.tick_interval
-        loop = asyncio.get_running_loop()
         next_at = time.monotonic() + interval
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
             if next_at < time.monotonic():
                 next_at = time.monotonic() + interval  # fell behind (paused): do not burst
-            assert self._core is not None
-            self._core.tick()
-            if self._requests.forwarded and self._requests.expire_forwards(loop.time()):
-                self.metrics["proposals_failed"] = self._requests.failed
-            self._wake.set()
+            self.tick()
+
+    def tick(self) -> None:
+        """One logical tick (the node's own ticker calls this; a RaftHost calls it for its groups)."""
+        core = self._core
+        if core is None or not self._running:
+            return
+        core.tick()
+        if self._requests.forwarded and self._requests.expire_forwards(asyncio.get_running_loop().time()):
+            self.metrics["proposals_failed"] = self._requests.failed
+        self._wake.set()
+
+    def quiescable(self) -> bool:
+        """Leader with nothing in flight: everything replicated, committed, applied and durable, no
+        caller waiting, no write pending (the host's quiescence test)."""
+        core = self._core
+        return (
+            core is not None
+            and self._running
+            and not self._requests
+            and (self._stage is None or self._stage.writes_in_flight == 0)
+            and not self._wake.is_set()
+            and core.quiescable()
+        )
 
     async def _ready_loop(self) -> None:
         core = self._core

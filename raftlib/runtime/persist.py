@@ -8,9 +8,13 @@ inline on the event loop apart from the thread's. Two ways to use it:
 * :meth:`StorageStage.submit` (``NodeConfig.async_storage_writes``, thesis §10.2.1): the
   write is started and the node goes on with the next Ready. Writes complete in the order
   they were submitted; every Ready submitted while a write is in flight joins the next
-  batch, and a batch is **one** ``storage.save`` (one fsync) whatever its number of
-  Readies. ``on_durable(rd)`` runs on the loop for each Ready of a batch, in order, once
-  the batch is durable.
+  batch, and a batch is **one** durable write (one fsync) whatever its number of Readies.
+  ``on_durable(rd)`` runs on the loop for each Ready of a batch, in order, once the batch
+  is durable.
+
+The batching and the I/O thread live in a :class:`WriteQueue`: a node has its own, and a
+:class:`~raftlib.RaftHost` shares one among all its groups, so a batch holds the writes of
+every group of that loop turn and costs one fsync of the shared log.
 
 Invariants:
 
@@ -34,7 +38,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from raftlib.core import Entry, HardState, Ready
@@ -55,28 +59,173 @@ class TransferRejected(Exception):
         self.cause = cause
 
 
-class StorageStage:
-    """Writes Readies to ``storage`` with one fsync each, inline while the disk is fast."""
+Writer = Callable[[list[tuple[Hashable, "HardState | None", "list[Entry]"]]], None]
+"""Makes ``(group key, hard state, entries)`` records durable with one write and one fsync."""
 
-    def __init__(self, storage: Any, name: str, inline_sync_below: float, metrics: dict[str, float]) -> None:
-        self.storage = storage
-        self.inline_sync_below = inline_sync_below
-        self.metrics = metrics
-        self.unsaved_hard_state: Any = None
-        self._lock = threading.Lock()
+
+class WriteQueue:
+    """The I/O thread, the storage lock and the batching of pipelined writes.
+
+    Invariant: one batch at a time is in the thread, and batches complete in the order they
+    were started, so every stage's writes become durable in submission order.
+    """
+
+    def __init__(self, name: str, writer: Writer) -> None:
+        self._writer = writer
+        self.lock = threading.Lock()
         """Held by every storage call: inline writes on the loop never overlap the I/O thread."""
-        self._seconds = 0.0
+        self.seconds = 0.0
         """Moving average of recent writes (seconds)."""
+        self.stats: dict[str, float] = {"batches": 0, "fsyncs": 0, "fsync_seconds_total": 0.0, "readies": 0}
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{name}-io")
-        self._queue: list[Ready] = []
+        self._queue: list[tuple[StorageStage, Ready]] = []
         """Submitted Readies waiting for the batch in flight to finish (the next batch)."""
-        self._inflight: list[Ready] | None = None
+        self._inflight: list[tuple[StorageStage, Ready]] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+
+    @property
+    def idle(self) -> bool:
+        return self._inflight is None
+
+    @property
+    def writes_in_flight(self) -> int:
+        return len(self._queue) + (len(self._inflight) if self._inflight else 0)
+
+    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a storage call in the I/O thread, never at the same time as another write."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, self._locked, fn, *args)
+
+    def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
+        with self.lock:
+            return fn(*args)
+
+    def write(self, records: list[tuple[Hashable, HardState | None, list[Entry]]]) -> None:
+        """Write ``records`` now, in the calling thread (the caller holds :attr:`lock`)."""
+        started = time.perf_counter()
+        try:
+            self._writer(records)
+        finally:
+            self.seconds += (time.perf_counter() - started - self.seconds) / 8
+
+    def submit(self, stage: StorageStage, rd: Ready) -> None:
+        self._queue.append((stage, rd))
+        if self._inflight is None:
+            self._start_batch()
+
+    def _start_batch(self) -> None:
+        batch, self._queue = self._queue, []
+        merged: dict[StorageStage, tuple[HardState | None, list[Entry]]] = {}
+        sync = False
+        for stage, rd in batch:
+            hs, entries = merged.get(stage, (None, []))
+            if rd.hard_state is not None:
+                hs = rd.hard_state
+            if rd.entries:
+                first = rd.entries[0].index
+                if entries and first <= entries[-1].index:
+                    # A later Ready replaces a conflicting suffix of an earlier one (§5.3).
+                    del entries[max(0, first - entries[0].index):]
+                entries.extend(rd.entries)
+            merged[stage] = (hs, entries)
+            sync = sync or rd.must_sync()
+        records = [(stage.key, hs, entries) for stage, (hs, entries) in merged.items()
+                   if hs is not None or entries]
+        self._inflight = batch
+        self._idle.clear()
+        if not records:
+            self._batch_done(batch, None, 0.0, False)  # acknowledgements only: the writes before are done
+            return
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        fut = self._io.submit(self._locked, self.write, records)
+        fut.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._batch_done, batch, f, started, sync)
+        )
+
+    def _batch_done(
+        self,
+        batch: list[tuple[StorageStage, Ready]],
+        fut: concurrent.futures.Future[None] | None,
+        started: float,
+        sync: bool,
+    ) -> None:
+        if self._closed:
+            return
+        self._inflight = None
+        exc = fut.exception() if fut is not None else None
+        stages = dict.fromkeys(stage for stage, _ in batch)
+        if exc is not None:
+            failed = dict.fromkeys(stage for stage, _ in self._queue) | stages
+            self._queue.clear()
+            self._idle.set()
+            for stage in failed:
+                stage.failed(exc)
+            return
+        if fut is not None and sync:
+            self.count(started, [stage.metrics for stage in stages])
+        for stage, rd in batch:
+            stage.durable(rd)
+        for stage in stages:
+            stage.batch_done()
+        if self._queue:
+            self._start_batch()
+        else:
+            self._idle.set()
+
+    def count(self, started: float, metrics: list[dict[str, float]], inline: bool = False) -> None:
+        seconds = time.perf_counter() - started
+        self.stats["batches"] += 1
+        self.stats["fsyncs"] += 1
+        self.stats["fsync_seconds_total"] += seconds
+        for m in metrics:
+            m["fsync_count"] += 1
+            m["fsync_seconds_total"] += seconds
+            if inline:
+                m["fsync_inline_count"] += 1
+
+    async def drain(self) -> None:
+        """Wait until every submitted write is durable."""
+        await self._idle.wait()
+
+    async def close(self, wait: float = 5.0) -> None:
+        """Let the writes in flight finish (up to ``wait`` seconds), then stop the I/O thread."""
+        if self._inflight is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), wait)
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown, True)
+
+
+class StorageStage:
+    """One group's side of the storage stage: its hard-state bookkeeping, inline writes and
+    classic persists; the batching is its :class:`WriteQueue`'s (its own, or the host's)."""
+
+    def __init__(
+        self,
+        storage: Any,
+        name: str,
+        inline_sync_below: float,
+        metrics: dict[str, float],
+        queue: WriteQueue | None = None,
+        key: Hashable = None,
+    ) -> None:
+        self.storage = storage
+        self.inline_sync_below = inline_sync_below
+        self.metrics = metrics
+        self.key = key
+        """This group's key in the records handed to the queue's writer."""
+        self.unsaved_hard_state: Any = None
+        self._own_queue = queue is None
+        self.queue = queue if queue is not None else WriteQueue(name, self._save_own)
         self._on_durable: Callable[[Ready], None] | None = None
         self._on_batch_done: Callable[[], None] | None = None
         self._on_error: Callable[[BaseException], None] | None = None
+
+    def _save_own(self, records: list[tuple[Hashable, HardState | None, list[Entry]]]) -> None:
+        for _, hs, entries in records:  # a private queue: this group's record only
+            self.storage.save(hs, entries)
 
     def pipeline(
         self,
@@ -89,10 +238,29 @@ class StorageStage:
         write failed (the node must stop: nothing after it may be acknowledged)."""
         self._on_durable, self._on_batch_done, self._on_error = on_durable, on_batch_done, on_error
 
+    # -- called by the queue ------------------------------------------------------------------
+
+    def durable(self, rd: Ready) -> None:
+        assert self._on_durable is not None
+        self._on_durable(rd)
+
+    def batch_done(self) -> None:
+        assert self._on_batch_done is not None
+        self._on_batch_done()
+
+    def failed(self, exc: BaseException) -> None:
+        assert self._on_error is not None
+        self._on_error(exc)
+
+    # -- the node's side ------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a storage call in the I/O thread, never at the same time as a write."""
+        return await self.queue.call(fn, *args)
+
     @property
     def writes_in_flight(self) -> int:
-        """Readies submitted and not yet durable."""
-        return len(self._queue) + (len(self._inflight) if self._inflight else 0)
+        return self.queue.writes_in_flight
 
     def submit(self, rd: Ready) -> None:
         """Start ``rd``'s write after every write submitted before it (see the module doc)."""
@@ -107,146 +275,67 @@ class StorageStage:
         if not rd.needs_write_order() and rd.hard_state is None:
             return  # nothing to write, nothing waits for a write
         assert self._on_durable is not None and self._on_batch_done is not None
-        if self._inflight is None:
+        queue = self.queue
+        if queue.idle:
             if not rd.must_sync() and rd.hard_state is None:
                 self._on_durable(rd)  # only acknowledgements, and nothing in flight before them
                 self._on_batch_done()
                 return
             if (
-                self._seconds < self.inline_sync_below
+                queue.seconds < self.inline_sync_below
                 and len(rd.entries) <= INLINE_MAX_ENTRIES
-                and self._lock.acquire(blocking=False)  # not while the I/O thread compacts
+                and queue.lock.acquire(blocking=False)  # not while the I/O thread compacts
             ):
                 self._on_batch_done()  # messages leave before the loop blocks on the disk
                 started = time.perf_counter()
                 try:
-                    self._write_batch(rd.hard_state, rd.entries, rd.must_sync())
+                    queue.write([(self.key, rd.hard_state, rd.entries)])
                 finally:
-                    self._lock.release()
-                self._count(rd.must_sync(), started, inline=True)
+                    queue.lock.release()
+                if rd.must_sync():
+                    queue.count(started, [self.metrics], inline=True)
                 self._on_durable(rd)
                 if rd.persisted_messages:
                     self._on_batch_done()  # the acknowledgements leave at once
                 return
-        self._queue.append(rd)
-        if self._inflight is None:
-            self._start_batch()
-
-    def _start_batch(self) -> None:
-        batch, self._queue = self._queue, []
-        hs: HardState | None = None
-        entries: list[Entry] = []
-        sync = False
-        for rd in batch:
-            if rd.hard_state is not None:
-                hs = rd.hard_state
-            if rd.entries:
-                first = rd.entries[0].index
-                if entries and first <= entries[-1].index:
-                    # A later Ready replaces a conflicting suffix of an earlier one (§5.3).
-                    del entries[max(0, first - entries[0].index):]
-                entries.extend(rd.entries)
-            sync = sync or rd.must_sync()
-        self._inflight = batch
-        self._idle.clear()
-        if hs is None and not entries:
-            self._batch_done(batch, None, 0.0, sync)  # acknowledgements only: the writes before are done
-            return
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        fut = self._io.submit(self._locked, self._write_batch, hs, entries, sync)
-        fut.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._batch_done, batch, f, started, sync)
-        )
-
-    def _write_batch(self, hs: HardState | None, entries: list[Entry], sync: bool) -> None:
-        started = time.perf_counter()
-        try:
-            # (Every batch written syncs: a commit-only hard state never starts one on its own.)
-            self.storage.save(hs, entries)
-        finally:
-            self._seconds += (time.perf_counter() - started - self._seconds) / 8
-
-    def _batch_done(
-        self, batch: list[Ready], fut: concurrent.futures.Future[None] | None, started: float, sync: bool
-    ) -> None:
-        if self._closed:
-            return
-        self._inflight = None
-        exc = fut.exception() if fut is not None else None
-        if exc is not None:
-            self._queue.clear()
-            self._idle.set()
-            assert self._on_error is not None
-            self._on_error(exc)
-            return
-        if fut is not None:
-            self._count(sync, started, inline=False)
-        assert self._on_durable is not None and self._on_batch_done is not None
-        for rd in batch:
-            self._on_durable(rd)
-        self._on_batch_done()
-        if self._queue:
-            self._start_batch()
-        else:
-            self._idle.set()
-
-    def _count(self, sync: bool, started: float, inline: bool) -> None:
-        if sync:
-            self.metrics["fsync_count"] += 1
-            self.metrics["fsync_seconds_total"] += time.perf_counter() - started
-            if inline:
-                self.metrics["fsync_inline_count"] += 1
+        queue.submit(self, rd)
 
     async def drain(self) -> None:
         """Wait until every submitted write is durable (before a snapshot install, a reload)."""
-        await self._idle.wait()
-
-    async def call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run a storage call in the I/O thread, never at the same time as an inline write."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, self._locked, fn, *args)
-
-    def _locked(self, fn: Callable[..., _T], *args: Any) -> _T:
-        with self._lock:
-            return fn(*args)
+        await self.queue.drain()
 
     async def persist(self, rd: Ready, flush: Callable[[], None] | None) -> None:
-        """Make ``rd`` durable. ``flush`` writes queued messages before the loop blocks on the disk."""
+        """The classic contract: make ``rd`` durable now. ``flush`` writes queued messages before
+        the loop blocks on the disk."""
         if rd.must_sync() or rd.snapshot_chunks:
             if rd.hard_state is None:
                 # A commit index held back earlier rides along with this write.
                 rd.hard_state = self.unsaved_hard_state
             self.unsaved_hard_state = None
             started = time.perf_counter()
+            queue = self.queue
             if (
-                self._seconds < self.inline_sync_below
+                queue.seconds < self.inline_sync_below
                 and len(rd.entries) <= INLINE_MAX_ENTRIES
                 and not rd.snapshot_chunks
                 and rd.snapshot is None
-                and self._lock.acquire(blocking=False)  # not while the I/O thread compacts
+                and queue.lock.acquire(blocking=False)  # not while the I/O thread compacts
             ):
                 if flush is not None:
                     flush()
                 try:
-                    self._persist(rd)
+                    self._persist_ready(rd)
                 finally:
-                    self._lock.release()
-                self.metrics["fsync_inline_count"] += 1
+                    queue.lock.release()
+                inline = True
             else:
-                await self.call(self._persist, rd)
+                await self.call(self._persist_ready, rd)
+                inline = False
             if rd.must_sync():
-                self.metrics["fsync_count"] += 1
-                self.metrics["fsync_seconds_total"] += time.perf_counter() - started
+                queue.count(started, [self.metrics], inline=inline)
         elif rd.hard_state is not None:
             # Only the commit index moved: nothing depends on it being durable.
             self.unsaved_hard_state = rd.hard_state
-
-    def _persist(self, rd: Ready) -> None:
-        started = time.perf_counter()
-        try:
-            self._persist_ready(rd)
-        finally:
-            self._seconds += (time.perf_counter() - started - self._seconds) / 8
 
     def _persist_ready(self, rd: Ready) -> None:
         storage = self.storage
@@ -261,21 +350,23 @@ class StorageStage:
                 # The received bytes failed their checks: the transfer is bad, not our disk.
                 raise TransferRejected(exc) from exc
         if rd.hard_state is not None or rd.entries:
-            storage.save(rd.hard_state, rd.entries)
+            started = time.perf_counter()
+            try:
+                storage.save(rd.hard_state, rd.entries)
+            finally:
+                self.queue.seconds += (time.perf_counter() - started - self.queue.seconds) / 8
 
     async def close(self, save_pending: bool, close_storage: bool = True) -> None:
-        """Write a held-back hard state (when ``save_pending``), stop the I/O thread, close storage.
-
-        Writes in flight finish first (the thread is shut down waiting for them); what they
-        would have acknowledged is not sent any more."""
-        if save_pending and self._inflight is not None:
+        """Write a held-back hard state (when ``save_pending``), stop a private I/O thread, close
+        storage. Writes in flight finish first; what they would have acknowledged is not sent."""
+        if self._own_queue and save_pending:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 5.0)
-        self._closed = True
+                await asyncio.wait_for(self.queue.drain(), 5.0)
         if save_pending and self.unsaved_hard_state is not None:
             hs, self.unsaved_hard_state = self.unsaved_hard_state, None
             with contextlib.suppress(OSError, RaftError):  # best effort: learned again from the leader
                 await self.call(self.storage.save, hs, [])
-        await asyncio.get_running_loop().run_in_executor(None, self._io.shutdown, True)
+        if self._own_queue:
+            await self.queue.close(0.0)
         if close_storage:
             self.storage.close()
