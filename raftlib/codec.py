@@ -13,6 +13,14 @@ the lengths of the variable parts), then ``frm``, ``to`` (UTF-8), ``data``,
 together) and finally the entry payloads back to back.  See ``docs/transport.md``
 for the byte layout table.
 
+**Group frames** (header flag ``FLAG_GROUP``) carry the messages of one Raft group between
+two multi-group hosts (``raftlib.transport.mux``): the body is the group id (u8 length +
+UTF-8, 0..255 bytes; length 0 is the reserved host-level group ``""``) followed by one or
+more complete message frames of that group, back to back. The inner frames are exactly what
+:func:`encode` produces, so a sender encodes each message once and a host frames a whole
+batch with one header; single-group connections never see them (``FrameDecoder`` refuses
+the flag), multi-group connections carry nothing else (``GroupFrameDecoder``).
+
 Decoding is strict: any deviation (bad magic, unknown version or flags, a frame
 larger than the configured bound, lengths that do not add up to the body size,
 negative integers, invalid UTF-8, duplicate node ids, an unknown message type)
@@ -32,7 +40,13 @@ from raftlib.errors import RaftError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "FLAG_GROUP",
     "FLAG_HANDSHAKE",
+    "GROUP_FRAME_OVERHEAD",
+    "GroupFrameDecoder",
+    "HOST_GROUP",
+    "HOST_PROTOCOL",
+    "MAX_GROUP_ID_BYTES",
     "HEADER_SIZE",
     "MAGIC",
     "WIRE_VERSION",
@@ -41,6 +55,10 @@ __all__ = [
     "Handshake",
     "decode",
     "decode_frame",
+    "decode_group_frame",
+    "encode_group",
+    "encode_group_frame",
+    "group_tag",
     "decode_handshake",
     "decode_handshake_ack",
     "encode",
@@ -67,8 +85,21 @@ WIRE_VERSION = 1
 """The only wire version this module speaks."""
 FLAG_HANDSHAKE = 0x01
 """Header flag of the transport's handshake and handshake-answer frames (never a Message)."""
+HOST_PROTOCOL = 0x0101
+"""Protocol number in the hello of a multi-group host (high byte 1: group frames; low byte: the
+wire version). A single-group transport speaks :data:`WIRE_VERSION`; each refuses the other."""
+FLAG_GROUP = 0x02
+"""Header flag of a group frame: a group id, then one or more message frames of that group."""
+HOST_GROUP = ""
+"""The reserved group id of host-level messages (liveness, quiescence) between multi-group hosts."""
+MAX_GROUP_ID_BYTES = 255
+"""Longest group id, in UTF-8 bytes (its length travels as one byte)."""
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 """Default bound on a frame's body (16 MiB: AppendEntries batches and snapshot chunks are ~1 MiB)."""
+
+GROUP_FRAME_OVERHEAD = 1 + MAX_GROUP_ID_BYTES + 8
+"""Bytes a group frame's body may exceed ``max_frame_bytes`` by: its group id and one inner
+frame header, so that one maximal message always fits in a group frame of its own."""
 
 _MAX_INT = 2**63 - 1
 _HEADER = struct.Struct("<2sBBI")
@@ -129,10 +160,13 @@ class CodecError(RaftError, ValueError):
 
     When raised by :meth:`FrameDecoder.feed`, ``messages`` holds the valid
     messages that preceded the bad frame in the same call (a receiver may still
-    deliver them before closing the stream).
+    deliver them before closing the stream); when raised by
+    :meth:`GroupFrameDecoder.feed`, ``groups`` holds the valid ``(group id,
+    messages)`` pairs that preceded it.
     """
 
     messages: tuple[Message, ...] = ()
+    groups: tuple[tuple[str, list[Message]], ...] = ()
 
 
 def _entries_struct(n: int) -> struct.Struct:
@@ -462,6 +496,190 @@ class FrameDecoder:
                     pos = start + length
             except CodecError as exc:
                 exc.messages = tuple(out)
+                raise
+        return out, pos
+
+
+def group_tag(group_id: str) -> bytes:
+    """The wire form of a group id in a group frame: u8 length + UTF-8 (``""`` is ``b"\\x00"``).
+
+    Raises :class:`CodecError` for a non-``str`` id, one that cannot be encoded in
+    UTF-8 (lone surrogates) or one longer than :data:`MAX_GROUP_ID_BYTES` bytes.
+    Transports compute it once per group and reuse it for every frame.
+    """
+    if type(group_id) is not str:
+        raise CodecError(f"group id must be a str, not {type(group_id).__name__}")
+    try:
+        b = group_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodecError(f"group id {group_id!r} is not valid UTF-8: {exc}") from None
+    if len(b) > MAX_GROUP_ID_BYTES:
+        raise CodecError(f"group id is {len(b)} bytes; at most {MAX_GROUP_ID_BYTES} are allowed")
+    return bytes((len(b),)) + b
+
+
+def encode_group_frame(tag: bytes, frames: Sequence[bytes]) -> bytes:
+    """One group frame: header (flag :data:`FLAG_GROUP`), ``tag`` (from :func:`group_tag`),
+    then ``frames`` (message frames from :func:`encode`, at least one) back to back.
+
+    The caller keeps the body within the receiver's bound (``max_frame_bytes`` +
+    :data:`GROUP_FRAME_OVERHEAD`); nothing is re-encoded here, only joined.
+    """
+    if not frames:
+        raise CodecError("a group frame carries at least one message")
+    body_len = len(tag) + sum(map(len, frames))
+    return b"".join([_HEADER.pack(MAGIC, WIRE_VERSION, FLAG_GROUP, body_len), tag, *frames])
+
+
+def encode_group(group_id: str, messages: Sequence[Message]) -> bytes:
+    """Encode ``messages`` (at least one) of group ``group_id`` as one group frame."""
+    return encode_group_frame(group_tag(group_id), [encode(m) for m in messages])
+
+
+def _decode_group_body(mv: memoryview, max_frame_bytes: int) -> tuple[str, list[Message]]:
+    """Decode a group frame's body: the group id, then message frames up to its exact end."""
+    end = len(mv)
+    if end < 1:
+        raise CodecError("empty group frame body")
+    pos = 1 + mv[0]
+    if pos > end:
+        raise CodecError("truncated group id")
+    group = str(mv[1:pos], "utf-8")
+    if pos == end:
+        raise CodecError(f"group frame for {group!r} carries no message")
+    out: list[Message] = []
+    unpack = _HEADER.unpack_from
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            raise CodecError("truncated message header in a group frame")
+        magic, version, flags, length = unpack(mv, pos)
+        if magic != MAGIC or version != WIRE_VERSION or flags:
+            raise CodecError(
+                f"bad message header in a group frame (magic {bytes(magic)!r}, version {version}, "
+                f"flags 0x{flags:02x})"
+            )
+        if length > max_frame_bytes:
+            raise CodecError(
+                f"message of {length} bytes in a group frame exceeds the limit {max_frame_bytes}"
+            )
+        start = pos + HEADER_SIZE
+        pos = start + length
+        if pos > end:
+            raise CodecError("message runs past the end of its group frame")
+        out.append(_decode(mv[start:pos]))
+    return group, out
+
+
+def decode_group_frame(
+    frame: bytes | bytearray | memoryview, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> tuple[str, list[Message]]:
+    """Decode one complete group frame (header + body, nothing more) into ``(group id, messages)``.
+
+    Raises :class:`CodecError`, and nothing else, for any malformed input.
+    """
+    try:
+        with memoryview(frame) as mv:
+            if mv.format != "B" or mv.ndim != 1:
+                raise CodecError("a frame must be a flat byte buffer")
+            length = _parse_group_header(mv, 0, max_frame_bytes)
+            if len(mv) != HEADER_SIZE + length:
+                raise CodecError(f"frame length {len(mv)} does not match its header ({HEADER_SIZE + length})")
+            return _decode_group_body(mv[HEADER_SIZE:], max_frame_bytes)
+    except CodecError:
+        raise
+    except (struct.error, ValueError, TypeError, UnicodeDecodeError, IndexError, OverflowError) as exc:
+        raise CodecError(f"malformed group frame: {exc}") from exc
+
+
+def _parse_group_header(mv: memoryview, pos: int, max_frame_bytes: int) -> int:
+    """Check the header at ``pos`` is a group frame's within bounds; return its body length."""
+    if len(mv) - pos < HEADER_SIZE:
+        raise CodecError("truncated frame header")
+    magic, version, flags, length = _HEADER.unpack_from(mv, pos)
+    if magic != MAGIC:
+        raise CodecError(f"bad magic {bytes(magic)!r}")
+    if version != WIRE_VERSION:
+        raise CodecError(f"unknown wire version {version}")
+    if flags != FLAG_GROUP:
+        raise CodecError(f"frame flags 0x{flags:02x} where a group frame was expected")
+    if length > max_frame_bytes + GROUP_FRAME_OVERHEAD:
+        raise CodecError(
+            f"group frame of {length} bytes exceeds the limit of {max_frame_bytes + GROUP_FRAME_OVERHEAD}"
+        )
+    return int(length)
+
+
+class GroupFrameDecoder:
+    """Incremental decoder of a multi-group connection's byte stream (group frames only).
+
+    ``feed`` returns the ``(group id, messages)`` pairs completed by the new
+    bytes, in stream order. A group frame's body may be up to ``max_frame_bytes``
+    + :data:`GROUP_FRAME_OVERHEAD` bytes and each message in it up to
+    ``max_frame_bytes``; headers are checked as soon as they arrive, so an
+    oversized frame is refused before its body is buffered. A plain message
+    frame, a handshake frame or any malformed byte raises :class:`CodecError`
+    (and nothing else); the decoder then stays failed, like :class:`FrameDecoder`.
+    """
+
+    __slots__ = ("_buf", "_error", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._error: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[str, list[Message]]]:
+        """Add ``data`` to the stream; return the ``(group id, messages)`` pairs it completes."""
+        if self._error is not None:
+            raise CodecError(f"decoder failed earlier: {self._error}")
+        try:
+            if self._buf:
+                self._buf += data
+                out, used = self._scan(self._buf)
+                del self._buf[:used]
+            else:
+                out, used = self._scan(data)
+                if used < len(data):
+                    self._buf += memoryview(data)[used:]
+            return out
+        except CodecError as exc:
+            self._error = str(exc)
+            self._buf = bytearray()
+            raise
+
+    def _scan(self, data: bytes | bytearray | memoryview) -> tuple[list[tuple[str, list[Message]]], int]:
+        out: list[tuple[str, list[Message]]] = []
+        pos = 0
+        total = len(data)
+        max_bytes = self.max_frame_bytes
+        with memoryview(data) as mv:
+            try:
+                try:
+                    while total - pos >= HEADER_SIZE:
+                        length = _parse_group_header(mv, pos, max_bytes)
+                        start = pos + HEADER_SIZE
+                        if total - start < length:
+                            break
+                        out.append(_decode_group_body(mv[start : start + length], max_bytes))
+                        pos = start + length
+                except CodecError:
+                    raise
+                except (
+                    struct.error,
+                    ValueError,
+                    TypeError,
+                    UnicodeDecodeError,
+                    IndexError,
+                    OverflowError,
+                ) as exc:
+                    raise CodecError(f"malformed group frame: {exc}") from exc
+            except CodecError as exc:
+                exc.groups = tuple(out)
                 raise
         return out, pos
 

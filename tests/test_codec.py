@@ -11,20 +11,30 @@ from hypothesis import strategies as st
 
 from raftlib.codec import (
     DEFAULT_MAX_FRAME_BYTES,
+    FLAG_GROUP,
+    FLAG_HANDSHAKE,
+    GROUP_FRAME_OVERHEAD,
     HEADER_SIZE,
+    HOST_GROUP,
     MAGIC,
+    MAX_GROUP_ID_BYTES,
     WIRE_VERSION,
     CodecError,
     FrameDecoder,
+    GroupFrameDecoder,
     Handshake,
     decode,
     decode_frame,
+    decode_group_frame,
     decode_handshake,
     decode_handshake_ack,
     encode,
+    encode_group,
+    encode_group_frame,
     encode_handshake,
     encode_handshake_ack,
     encode_many,
+    group_tag,
 )
 from raftlib.core.membership import Membership
 from raftlib.core.messages import Entry, Message, MessageType, SnapshotMeta
@@ -356,3 +366,170 @@ def test_codec_error_carries_the_messages_decoded_before_the_bad_frame() -> None
     with pytest.raises(CodecError) as info:
         FrameDecoder().feed(encode_many(good) + b"XX" + b"\x00" * 20)
     assert list(info.value.messages) == good
+
+
+# ------------------------------------------------------------------ group frames (multi-group hosts)
+
+group_ids = st.text(max_size=40).filter(lambda g: len(g.encode("utf-8", "surrogatepass")) <= 255)
+
+
+def _valid_group_id(g: str) -> bool:
+    try:
+        return len(g.encode("utf-8")) <= MAX_GROUP_ID_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
+def test_group_frame_layout_is_a_tagged_run_of_ordinary_message_frames() -> None:
+    msgs = [Message(MessageType.HEARTBEAT, "h1", "h2", 1, commit=i) for i in range(3)]
+    frame = encode_group("g-7", msgs)
+    magic, version, flags, length = struct.unpack_from("<2sBBI", frame)
+    assert (magic, version, flags) == (MAGIC, WIRE_VERSION, FLAG_GROUP)
+    assert length == len(frame) - HEADER_SIZE
+    assert frame[HEADER_SIZE] == 3 and frame[HEADER_SIZE + 1 : HEADER_SIZE + 4] == b"g-7"
+    # The inner frames are byte for byte what encode() makes: one encoding per message.
+    assert frame[HEADER_SIZE + 4 :] == encode_many(msgs)
+    assert decode_group_frame(frame) == ("g-7", msgs)
+
+
+def test_the_host_group_is_the_empty_id() -> None:
+    assert HOST_GROUP == "" and group_tag("") == b"\x00"
+    m = Message(MessageType.HEARTBEAT, "h1", "h2", 0)
+    assert decode_group_frame(encode_group("", [m])) == ("", [m])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["x" * 256, "é" * 128, "\udc80", 7, None, b"g1"],
+    ids=["256-bytes", "256-utf8-bytes", "lone-surrogate", "int", "none", "bytes"],
+)
+def test_bad_group_ids_cannot_be_encoded(bad: object) -> None:
+    with pytest.raises(CodecError):
+        group_tag(bad)  # type: ignore[arg-type]
+
+
+def test_a_group_id_of_exactly_255_bytes_is_allowed() -> None:
+    g = "ab" * 127 + "c"
+    m = Message(MessageType.VOTE, "a", "b", 1)
+    assert decode_group_frame(encode_group(g, [m])) == (g, [m])
+
+
+def test_a_group_frame_carries_at_least_one_message() -> None:
+    with pytest.raises(CodecError):
+        encode_group("g1", [])
+    empty = struct.pack("<2sBBI", MAGIC, WIRE_VERSION, FLAG_GROUP, 3) + b"\x02g1"
+    with pytest.raises(CodecError, match="no message"):
+        decode_group_frame(empty)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(group_ids, st.lists(messages, min_size=1, max_size=3)), min_size=1, max_size=4),
+    st.data(),
+)
+def test_group_stream_decodes_the_same_however_it_is_split(
+    batches: list[tuple[str, list[Message]]], data: st.DataObject
+) -> None:
+    batches = [(g, ms) for g, ms in batches if _valid_group_id(g)]
+    stream = b"".join(encode_group(g, ms) for g, ms in batches)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
+    dec = GroupFrameDecoder()
+    got: list[tuple[str, list[Message]]] = []
+    prev = 0
+    for c in [*cuts, len(stream)]:
+        got.extend(dec.feed(stream[prev:c]))
+        prev = c
+    assert got == batches
+    assert dec.buffered == 0
+
+
+def test_a_plain_or_handshake_frame_is_refused_on_a_group_stream() -> None:
+    m = Message(MessageType.VOTE, "a", "b", 1)
+    with pytest.raises(CodecError, match="group frame was expected"):
+        GroupFrameDecoder().feed(encode(m))
+    with pytest.raises(CodecError):
+        GroupFrameDecoder().feed(encode_handshake(Handshake("c", "a", "b")))
+    # ... and a group frame on a single-group stream (TcpTransport's FrameDecoder).
+    with pytest.raises(CodecError, match="unknown frame flags"):
+        FrameDecoder().feed(encode_group("g1", [m]))
+
+
+def test_inner_frames_must_be_plain_message_frames_within_the_bound() -> None:
+    m = Message(MessageType.APPEND, "a", "b", 1, entries=[Entry(1, 1, b"x" * 1000)])
+    inner = bytearray(encode(m))
+    inner[3] = FLAG_HANDSHAKE
+    with pytest.raises(CodecError, match="bad message header"):
+        decode_group_frame(encode_group_frame(group_tag("g"), [bytes(inner)]))
+    with pytest.raises(CodecError, match="exceeds the limit"):
+        decode_group_frame(encode_group("g", [m]), max_frame_bytes=500)
+
+
+def test_oversized_group_frame_is_refused_from_its_header() -> None:
+    header = struct.pack("<2sBBI", MAGIC, WIRE_VERSION, FLAG_GROUP, 1024 + GROUP_FRAME_OVERHEAD + 1)
+    dec = GroupFrameDecoder(max_frame_bytes=1024)
+    with pytest.raises(CodecError, match="exceeds the limit"):
+        dec.feed(header)
+    # A maximal message still fits in a group frame of its own, whatever its group id.
+    m = Message(MessageType.APPEND, "a", "b", 1, data=b"")
+    body_len = len(encode(m)) - HEADER_SIZE
+    g = "g" * 255
+    assert GroupFrameDecoder(max_frame_bytes=body_len).feed(encode_group(g, [m])) == [(g, [m])]
+
+
+def test_group_codec_error_carries_the_groups_decoded_before_the_bad_frame() -> None:
+    good = [
+        ("g1", [Message(MessageType.VOTE, "a", "b", 1)]),
+        ("g2", [Message(MessageType.VOTE, "a", "b", 2)]),
+    ]
+    stream = b"".join(encode_group(g, ms) for g, ms in good)
+    dec = GroupFrameDecoder()
+    with pytest.raises(CodecError) as info:
+        dec.feed(stream + b"XX" + b"\x00" * 20)
+    assert list(info.value.groups) == good
+    with pytest.raises(CodecError, match="failed earlier"):
+        dec.feed(stream)
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_only_ever_raise_codec_error_in_the_group_decoders(data: bytes) -> None:
+    with contextlib.suppress(CodecError):
+        GroupFrameDecoder(max_frame_bytes=1 << 16).feed(data)
+    with contextlib.suppress(CodecError):
+        decode_group_frame(data)
+    header = struct.pack("<2sBBI", MAGIC, WIRE_VERSION, FLAG_GROUP, len(data))
+    with contextlib.suppress(CodecError):
+        GroupFrameDecoder().feed(header + data)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(group_ids, st.lists(messages, min_size=1, max_size=3), st.data())
+def test_mutated_group_frames_decode_or_raise_codec_error(
+    group: str, msgs: list[Message], data: st.DataObject
+) -> None:
+    if not _valid_group_id(group):
+        group = "g"
+    frame = bytearray(encode_group(group, msgs))
+    for _ in range(data.draw(st.integers(1, 6))):
+        if not frame:
+            break
+        kind = data.draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+        pos = data.draw(st.integers(0, len(frame) - 1))
+        if kind == "flip":
+            frame[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "set":
+            frame[pos] = data.draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del frame[pos:]
+        elif kind == "insert":
+            frame[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            del frame[pos : pos + data.draw(st.integers(1, 8))]
+    if data.draw(st.booleans()) and len(frame) >= HEADER_SIZE:
+        struct.pack_into("<I", frame, 4, len(frame) - HEADER_SIZE)
+    try:
+        for g, ms in GroupFrameDecoder().feed(bytes(frame)):
+            # Whatever decodes re-encodes to the same thing (valid ids and field values only).
+            assert ms and decode_group_frame(encode_group(g, ms)) == (g, ms)
+    except CodecError:
+        pass

@@ -61,6 +61,7 @@ from raftlib.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     FLAG_HANDSHAKE,
     HEADER_SIZE,
+    HOST_PROTOCOL,
     WIRE_VERSION,
     CodecError,
     FrameDecoder,
@@ -145,6 +146,7 @@ class _Peer:
     __slots__ = (
         "address",
         "connected_once",
+        "count",
         "down_until",
         "failures",
         "frames",
@@ -160,6 +162,7 @@ class _Peer:
         self.node_id = node_id
         self.address = address
         self.frames: list[bytes] = []
+        self.count = 0  # messages in ``frames`` (a multi-group host packs several in one frame)
         self.nbytes = 0
         self.scheduled = False
         self.writer: asyncio.StreamWriter | None = None
@@ -185,6 +188,9 @@ class TcpTransport:
     ``metrics`` holds ``handshake_refused`` (refusals this node made) and
     ``handshake_refused_by_peer`` (refusals it received), each a dict of counts by reason.
     """
+
+    _protocol: int = WIRE_VERSION
+    """Protocol number sent and required in the hello (a multi-group host uses its own)."""
 
     def __init__(
         self,
@@ -337,10 +343,11 @@ class TcpTransport:
                 log.exception("%s: dropping a message that cannot be encoded: %r", self.node_id, m)
                 stats["dropped"] += 1
                 continue
-            if len(p.frames) >= max_n or p.nbytes + len(frame) > max_b:
+            if p.count >= max_n or p.nbytes + len(frame) > max_b:
                 stats["dropped"] += 1
                 continue
             p.frames.append(frame)
+            p.count += 1
             p.nbytes += len(frame)
             if not p.scheduled:
                 p.scheduled = True
@@ -395,8 +402,9 @@ class TcpTransport:
 
     def _drop_queue(self, p: _Peer) -> None:
         if p.frames:
-            self.stats["dropped"] += len(p.frames)
+            self.stats["dropped"] += p.count
             p.frames = []
+            p.count = 0
             p.nbytes = 0
 
     def _retire_peer(self, p: _Peer) -> None:
@@ -427,10 +435,11 @@ class TcpTransport:
             if transport.get_write_buffer_size() + p.nbytes > self.max_queue_bytes:
                 self._drop_queue(p)  # slow reader: never let the write buffer grow without bound
                 continue
-            frames, n, nbytes = p.frames, len(p.frames), p.nbytes
+            frames, n, nbytes = p.frames, p.count, p.nbytes
             p.frames = []
+            p.count = 0
             p.nbytes = 0
-            w.write(frames[0] if n == 1 else b"".join(frames))
+            w.write(frames[0] if len(frames) == 1 else b"".join(frames))
             stats["sent"] += n
             stats["bytes_sent"] += nbytes
 
@@ -529,7 +538,9 @@ class TcpTransport:
         secret = self._secret
         nonce = secret.new_nonce() if secret is not None else b""
         auth = AUTH_HMAC_SHA256 if secret is not None else AUTH_NONE
-        w.write(encode_handshake(Handshake(self.cluster_id, me, them, auth=auth, nonce=nonce)))
+        w.write(
+            encode_handshake(Handshake(self.cluster_id, me, them, self._protocol, auth=auth, nonce=nonce))
+        )
         status, data = await self._read_answer(reader)
         if status == ANSWER_REFUSE:
             raise _Refused(str(data, "utf-8", "replace"))
@@ -730,8 +741,11 @@ class TcpTransport:
         return hs.sender
 
     def _check_handshake(self, hs: Handshake) -> tuple[str, str] | None:
-        if hs.protocol != WIRE_VERSION:
-            return "protocol", f"protocol version {hs.protocol} not supported (we speak {WIRE_VERSION})"
+        if hs.protocol != self._protocol:
+            return "protocol", (
+                f"protocol version {hs.protocol} not supported (we speak {self._protocol}; "
+                f"{WIRE_VERSION} is a single-group transport, {HOST_PROTOCOL} a multi-group host)"
+            )
         if hs.cluster_id != self.cluster_id:
             return "cluster_id", f"cluster id mismatch: {hs.cluster_id!r} is not {self.cluster_id!r}"
         if hs.receiver != self.node_id:
