@@ -33,7 +33,7 @@ from raftlib.errors import (
     StorageCorrupted,
     UncommittedLimitExceeded,
 )
-from raftlib.runtime import LeaderChange, NodeConfig, RaftNode, install_uvloop
+from raftlib.runtime import LeaderChange, NodeConfig, RaftHost, RaftNode, install_uvloop
 from raftlib.statemachine import SnapshotWriter, StateMachine
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "LeaderChange",
     "NodeConfig",
     "NodeStopped",
+    "RaftHost",
     "RaftNode",
     "SnapshotWriter",
     "StateMachine",

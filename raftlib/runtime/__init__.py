@@ -7,10 +7,13 @@ One concept a file (docs/architecture.md):
 * ``requests.py``: callers waiting on the node (proposals, forwards, reads, applied-index
   waiters) and the rules that make every wait end;
 * ``persist.py``: the storage stage (WAL writes and fsync, inline or in the I/O thread);
-* ``snapshots.py``: the snapshot file layout, capture and restore.
+* ``snapshots.py``: the snapshot file layout, capture and restore;
+* ``host.py``: :class:`RaftHost`, many groups in one process (shared listener, WAL, ticker),
+  quiescence and the leader balancer.
 """
 
 from raftlib.runtime.config import LeaderChange, NodeConfig
+from raftlib.runtime.host import RaftHost
 from raftlib.runtime.node import RaftNode, install_uvloop
 
-__all__ = ["LeaderChange", "NodeConfig", "RaftNode", "install_uvloop"]
+__all__ = ["LeaderChange", "NodeConfig", "RaftHost", "RaftNode", "install_uvloop"]
