@@ -177,7 +177,9 @@ class RaftHost:
         await asyncio.get_running_loop().run_in_executor(None, shared.open)
         self._queue = WriteQueue(f"host-{self.id}", self._write)
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-rd")
-        self._snapshotter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-snap")
+        self._snapshotter = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"raft-{self.id}-snap"
+        )
         if self._transport is None:
             from raftlib.transport.mux import HostTransport
 
@@ -433,9 +435,8 @@ class RaftHost:
                     self._active.pop(group_id, None)
                     self.metrics["quiesce_count"] += 1
             else:
-                self._transport.send(
-                    CONTROL, [Message(MessageType.HEARTBEAT_RESP, self.id, m.frm, core.term, context=m.context)]
-                )
+                refusal = Message(MessageType.HEARTBEAT_RESP, self.id, m.frm, core.term, context=m.context)
+                self._transport.send(CONTROL, [refusal])
         elif m.type is MessageType.HEARTBEAT_RESP and node.quiesced and core.role is Role.LEADER:
             self._wake_node(node)  # a follower could not quiesce: keep heartbeating
 
