@@ -31,12 +31,21 @@ from raftlib.errors import (
     UncommittedLimitExceeded,
 )
 from raftlib.node import LeaderChange, NodeConfig, RaftNode, install_uvloop
+from raftlib.sessions import (
+    Session,
+    SessionCallTimeout,
+    SessionExpired,
+    SessionStateMachine,
+    TooManyPendingResponses,
+)
 from raftlib.statemachine import SnapshotWriter, StateMachine
+from raftlib.valuecodec import CommandError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COMPILED",
+    "CommandError",
     "ConfChangeError",
     "ConfChangeInProgress",
     "Config",
@@ -48,6 +57,10 @@ __all__ = [
     "NodeConfig",
     "NodeStopped",
     "RaftNode",
+    "Session",
+    "SessionCallTimeout",
+    "SessionExpired",
+    "SessionStateMachine",
     "SnapshotWriter",
     "StateMachine",
     "StateMachineError",
@@ -63,6 +76,7 @@ __all__ = [
     "Role",
     "SoftState",
     "StorageCorrupted",
+    "TooManyPendingResponses",
     "UncommittedLimitExceeded",
     "__version__",
 ]
