@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import struct
@@ -111,7 +112,7 @@ class SessionCallTimeout(TimeoutError):
 class _Record:
     """One session's server-side state."""
 
-    __slots__ = ("last_active", "watermark", "responses")
+    __slots__ = ("last_active", "responses", "watermark")
 
     def __init__(self, last_active: float) -> None:
         self.last_active = last_active
@@ -128,6 +129,31 @@ def stamp_for(node: Any) -> float:
 def plain_entry(payload: bytes, stamp: float = 0.0) -> bytes:
     """An envelope applying ``payload`` without deduplication (idempotent commands only)."""
     return _HEAD.pack(ENVELOPE_VERSION, PLAIN, stamp) + payload
+
+
+def register_entry(stamp: float = 0.0) -> bytes:
+    """An envelope registering a session (its id will be this entry's index)."""
+    return _HEAD.pack(ENVELOPE_VERSION, REGISTER, stamp)
+
+
+def command_entry(session_id: int, seq: int, ack: int, payload: bytes, stamp: float = 0.0) -> bytes:
+    """An envelope applying ``payload`` once for ``(session_id, seq)``; ``ack`` is the lowest
+    sequence number the client still awaits (results below it may be discarded)."""
+    return _CMD.pack(ENVELOPE_VERSION, COMMAND, stamp, session_id, seq, ack) + payload
+
+
+def keepalive_entry(session_id: int, stamp: float = 0.0) -> bytes:
+    """An envelope recording activity of a session without a command."""
+    return _SID.pack(ENVELOPE_VERSION, KEEPALIVE, stamp, session_id)
+
+
+def close_entry(session_id: int, stamp: float = 0.0) -> bytes:
+    """An envelope closing a session."""
+    return _SID.pack(ENVELOPE_VERSION, CLOSE, stamp, session_id)
+
+
+def _keepalive_for(session_id: int, node: Any) -> bytes:
+    return keepalive_entry(session_id, stamp_for(node))
 
 
 def tick_entry(stamp: float) -> bytes:
@@ -347,15 +373,18 @@ class _SessionSnapshot(SnapshotWriter):
         elif isinstance(self.inner, bytes | bytearray):
             yield bytes(self.inner)
         else:
-            raise TypeError(f"inner snapshot must be bytes or a SnapshotWriter, not {type(self.inner).__name__}")
+            kind = type(self.inner).__name__
+            raise TypeError(f"inner snapshot must be bytes or a SnapshotWriter, not {kind}")
 
     def release(self) -> None:
         if isinstance(self.inner, SnapshotWriter):
             self.inner.release()
 
 
-_RETRYABLE: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError, ProposalDropped, NotLeader)
+RETRYABLE: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError, ProposalDropped, NotLeader)
 """Errors after which a proposal may be retried (its outcome is unknown or it was not applied)."""
+
+_CLOCK_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, NodeStopped, CommandError)
 
 
 class LogClock:
@@ -407,7 +436,7 @@ class LogClock:
                 if now - self.sm.log_time >= self.period:
                     await node.propose(tick_entry(now), timeout=max(self.interval, 1.0))
                 await self.on_leader()
-            except (*_RETRYABLE, NodeStopped, CommandError) as exc:
+            except _CLOCK_ERRORS as exc:
                 log.debug("log clock on %s: %r", getattr(node, "id", "?"), exc)
 
     def on_promoted(self) -> None:
@@ -480,7 +509,7 @@ class Session:
         """
         if self.session_id is not None:
             return self.session_id
-        result = await self._submit(lambda node: _HEAD.pack(ENVELOPE_VERSION, REGISTER, stamp_for(node)))
+        result = await self._submit(lambda node: register_entry(stamp_for(node)))
         self.session_id = int(result)
         self._last_activity = time.monotonic()
         if self.keepalive is not None:
@@ -488,7 +517,7 @@ class Session:
         return self.session_id
 
     async def close(self) -> None:
-        """Close the session through the log (best effort, bounded by ``timeout``)."""
+        """Close the session through the log (best effort, bounded by ``attempt_timeout``)."""
         task, self._keepalive_task = self._keepalive_task, None
         if task is not None:
             task.cancel()
@@ -497,7 +526,7 @@ class Session:
         sid, self.session_id = self.session_id, None
         if sid is not None:
             with contextlib.suppress(CommandError, TimeoutError, NodeStopped):
-                await self._submit(lambda node: _SID.pack(ENVELOPE_VERSION, CLOSE, stamp_for(node), sid))
+                await self._submit(lambda node: close_entry(sid, stamp_for(node)), self.attempt_timeout)
 
     async def call(self, payload: bytes, timeout: float | None = None) -> Any:
         """Apply ``payload`` exactly once; returns the state machine's result.
@@ -548,7 +577,7 @@ class Session:
                 if len(self._nodes) == 1 or not any(n.running for n in self._nodes):
                     raise
                 self._current = (self._current + 1) % len(self._nodes)
-            except _RETRYABLE as exc:
+            except RETRYABLE as exc:
                 last = exc
             else:
                 if isinstance(result, CommandError):
@@ -577,7 +606,7 @@ class Session:
             if sid is None:
                 return
             try:
-                await self._submit(lambda node: _SID.pack(ENVELOPE_VERSION, KEEPALIVE, stamp_for(node), sid))
+                await self._submit(functools.partial(_keepalive_for, sid))
             except SessionExpired:
                 log.warning("session %d expired; keep-alives stop", sid)
                 return
@@ -587,6 +616,7 @@ class Session:
 
 
 __all__ = [
+    "RETRYABLE",
     "InvalidCommand",
     "LogClock",
     "Session",
@@ -596,7 +626,11 @@ __all__ = [
     "SessionStateMachine",
     "TooManyPendingResponses",
     "TooManySessions",
+    "close_entry",
+    "command_entry",
+    "keepalive_entry",
     "plain_entry",
+    "register_entry",
     "stamp_for",
     "tick_entry",
 ]

@@ -180,7 +180,10 @@ def encode(value: Any, max_bytes: int = MAX_BYTES) -> bytes:
 
 
 def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BYTES) -> Any:
-    """Decode an encoding; raises :class:`UnsupportedVersion`, :class:`PayloadTooLarge`, :class:`CodecError`."""
+    """Decode an encoding.
+
+    Raises :class:`UnsupportedVersion`, :class:`PayloadTooLarge` or :class:`CodecError`.
+    """
     if len(data) > max_bytes:
         raise PayloadTooLarge(len(data), max_bytes)
     if not data:

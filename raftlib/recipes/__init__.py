@@ -25,8 +25,8 @@ from raftlib.recipes.lock import (
     InvalidLease,
     LockHolder,
     LockNotHeld,
-    LockTimeout,
     Locks,
+    LockTimeout,
 )
 from raftlib.recipes.replicated import (
     CommandFailed,

@@ -15,16 +15,17 @@ object its records as ``[1, record]`` frames closed by ``[0]``.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import struct
 from collections.abc import Iterator
 from typing import Any, BinaryIO, TypeVar
 
-from raftlib.errors import NodeStopped
+from raftlib.errors import NodeStopped, NotLeader
 from raftlib.recipes.replicated import CommandFailed, RecipeError, Replicated, UnknownCommand
 from raftlib.sessions import (
-    _RETRYABLE,
+    RETRYABLE,
     InvalidCommand,
     LogClock,
     Session,
@@ -37,12 +38,13 @@ from raftlib.valuecodec import MAX_BYTES, CodecError, CommandError, decode, enco
 
 log = logging.getLogger(__name__)
 
-O = TypeVar("O", bound=Replicated)
+Obj = TypeVar("Obj", bound=Replicated)
 
 _FRAME = struct.Struct("<Q")
 _FRAME_MAX = 1 << 32
 _MAGIC = b"RLRG"
 _END = object()
+_DUTY_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE, NodeStopped)
 
 
 class ReplicatedStateMachine(SessionStateMachine):
@@ -82,7 +84,7 @@ class ReplicatedStateMachine(SessionStateMachine):
 
     # -- registration ----------------------------------------------------------------------
 
-    def add(self, obj: O) -> O:
+    def add(self, obj: Obj) -> Obj:
         """Register ``obj`` under its name (before the node starts, the same on every member)."""
         if not isinstance(obj, Replicated):
             raise TypeError(f"only Replicated objects can be added, not {type(obj).__name__}")
@@ -222,7 +224,9 @@ class ReplicatedStateMachine(SessionStateMachine):
             raise RecipeError("the group is not connected: use `async with group.connect(node):`")
         return self._session
 
-    async def call(self, name: str, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> Any:
+    async def call(
+        self, name: str, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]
+    ) -> Any:
         """Apply ``name.method(*args, **kwargs)`` exactly once; returns its result."""
         payload = encode([name, method, list(args), dict(kwargs)], self.max_command_bytes)
         return await self.session.call(payload)
@@ -237,8 +241,24 @@ class ReplicatedStateMachine(SessionStateMachine):
         return result
 
     async def read_barrier(self, timeout: float = 5.0) -> None:
-        """Linearizable read point for every object of this member (thesis §6.4 ReadIndex)."""
-        await self.node.read_barrier(timeout)
+        """Linearizable read point for every object of this member (thesis §6.4 ReadIndex).
+
+        Tried in slices of the session's ``attempt_timeout`` until ``timeout``: a read index
+        request sent to a leader that just died is then asked again of the next one.
+        """
+        node = self.node
+        attempt = self._session.attempt_timeout if self._session is not None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                await node.read_barrier(max(0.0, min(attempt, remaining)))
+                return
+            except (TimeoutError, asyncio.TimeoutError, NotLeader):
+                if loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.01)
 
 
 class _Connection:
@@ -282,7 +302,7 @@ class _GroupClock(LogClock):
                 try:
                     payload = encode([obj.name, method, list(args), {}])
                     await self.node.propose(plain_entry(payload, stamp_for(self.node)), timeout=2.0)
-                except (*_RETRYABLE, NodeStopped) as exc:
+                except _DUTY_ERRORS as exc:
                     log.debug("leader duty %s.%s%r not done: %r", obj.name, method, args, exc)
                     return
                 finally:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from raftlib.errors import NodeStopped
-from raftlib.recipes.replicated import Replicated, replicated
+from raftlib.recipes.replicated import RecipeError, Replicated, replicated
 from raftlib.valuecodec import CommandError
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class LockTimeout(TimeoutError):
     def __init__(self, key: str, holder: LockHolder | None) -> None:
         self.key = key
         self.holder = holder
-        super().__init__(f"lock {key!r} not acquired in time (held by {holder.owner if holder else 'nobody'})")
+        who = holder.owner if holder else "nobody"
+        super().__init__(f"lock {key!r} not acquired in time (held by {who})")
 
 
 class CampaignLost(Exception):
@@ -343,8 +344,8 @@ class Election(Locks):
                     except LockNotHeld:
                         reason = "a refresh was refused"
                         break
-                    except NodeStopped:
-                        reason = "its node stopped"
+                    except (NodeStopped, RecipeError):
+                        reason = "its node stopped or its group was disconnected"
                         break
                     except (TimeoutError, CommandError) as exc:
                         if loop.time() - last_ok >= ttl:
