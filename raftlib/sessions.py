@@ -317,16 +317,14 @@ class SessionStateMachine(StateMachine):
 
     # -- snapshots ----------------------------------------------------------------------------------
 
-    def _table(self) -> bytes:
+    def snapshot(self) -> SnapshotWriter:
+        # On the loop: a point-in-time copy (recorded results are immutable bytes); it is
+        # encoded in the snapshot thread.
         sessions = [
             [sid, rec.last_active, rec.watermark, list(rec.responses.items())]
             for sid, rec in self._sessions.items()
         ]
-        return encode({"time": self._log_time, "sessions": sessions}, _SNAP_TABLE_MAX)
-
-    def snapshot(self) -> SnapshotWriter:
-        table = self._table()  # on the loop: a point-in-time copy (results are immutable bytes)
-        return _SessionSnapshot(_SNAP_HEAD.pack(_SNAP_MAGIC, len(table)) + table, self.capture_inner())
+        return _SessionSnapshot({"time": self._log_time, "sessions": sessions}, self.capture_inner())
 
     def capture_inner(self) -> bytes | SnapshotWriter:
         """Capture the application's state (on the loop). Default: ``inner.snapshot()``."""
@@ -362,12 +360,13 @@ class SessionStateMachine(StateMachine):
 
 
 class _SessionSnapshot(SnapshotWriter):
-    def __init__(self, head: bytes, inner: bytes | SnapshotWriter) -> None:
-        self.head = head
+    def __init__(self, table: dict[str, Any], inner: bytes | SnapshotWriter) -> None:
+        self.table = table
         self.inner = inner
 
     def chunks(self) -> Iterator[bytes]:
-        yield self.head
+        table = encode(self.table, _SNAP_TABLE_MAX)
+        yield _SNAP_HEAD.pack(_SNAP_MAGIC, len(table)) + table
         if isinstance(self.inner, SnapshotWriter):
             yield from self.inner.chunks()
         elif isinstance(self.inner, bytes | bytearray):

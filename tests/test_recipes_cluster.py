@@ -37,7 +37,8 @@ def make_group() -> ReplicatedStateMachine:
 
 
 class GroupCluster:
-    def __init__(self, tmp: Path | None = None) -> None:
+    def __init__(self, tmp: Path | None = None, factory: Any = make_group) -> None:
+        self.factory = factory
         self.ids = ["n1", "n2", "n3"]
         self.members = {i: f"mem://{i}" for i in self.ids}
         self.net = MemoryNetwork()
@@ -48,7 +49,7 @@ class GroupCluster:
         self.nodes: dict[str, RaftNode] = {}
 
     async def start(self, node_id: str, connect: bool = True) -> RaftNode:
-        group = self.groups[node_id] = make_group()
+        group = self.groups[node_id] = self.factory()
         if self.tmp is not None:
             storage = DiskStorage(self.tmp / node_id)
         else:
