@@ -218,6 +218,26 @@ async def test_the_election_runs_the_work_on_exactly_one_member_and_fails_over(c
         await asyncio.gather(*runs.values(), return_exceptions=True)
 
 
+async def test_the_election_resigns_when_the_work_returns_or_raises(cluster: GroupCluster) -> None:
+    election = cluster.obj("n1", "scheduler")
+
+    async def work(token: int) -> int:
+        return token
+
+    token = await election.run("n1", work, ttl=5.0)
+    await election.sync()
+    assert election.leader() is None  # resigned: the next candidate need not wait for the TTL
+
+    async def failing(token: int) -> None:
+        raise RuntimeError("the work failed")
+
+    with pytest.raises(RuntimeError, match="the work failed"):
+        await election.run("n2", failing, ttl=5.0)
+    await election.sync()
+    assert election.leader() is None
+    assert await cluster.obj("n3", "scheduler").campaign("n3", ttl=5.0, timeout=2) > token
+
+
 async def test_queue_items_are_popped_exactly_once_across_members(cluster: GroupCluster) -> None:
     for i in range(20):
         await cluster.obj("n1", "jobs").push(i)

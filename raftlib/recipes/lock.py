@@ -352,10 +352,11 @@ class Election(Locks):
                             reason = f"no refresh succeeded for a whole TTL ({exc!r})"
                             break
             if task.done():
-                result = task.result()
-                with contextlib.suppress(CommandError, TimeoutError, NodeStopped):
-                    await self.resign(candidate, token)
-                return result
+                try:
+                    return task.result()  # or the work's exception
+                finally:
+                    with contextlib.suppress(CommandError, TimeoutError, NodeStopped, RecipeError):
+                        await self.resign(candidate, token)
             raise CampaignLost(candidate, token, reason)
         finally:
             if not task.done():
