@@ -12,6 +12,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_node import FAST
 
 import raftlib
@@ -143,6 +145,23 @@ def test_two_machines_fed_the_same_log_agree_exactly() -> None:
         results.append([repr(sm.apply(e, i)) for i, e in enumerate(log, 1)])
         results.append(sm.snapshot().chunks().__next__())
     assert results[0] == results[2] and results[1] == results[3]
+
+
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_any_arrival_order_with_retries_applies_each_sequence_once_in_first_arrival_order(
+    arrivals: list[int],
+) -> None:
+    # Reference: a command takes effect the first time its sequence number reaches the log;
+    # every later copy gets that first result. (The client never acknowledges here.)
+    sm = machine()
+    sid = sm.apply(register_entry(T0), 1)
+    first: dict[int, int] = {}
+    for i, seq in enumerate(arrivals, 2):
+        result = sm.apply(command_entry(sid, seq, 1, f"s{seq}".encode()), i)
+        first.setdefault(seq, len(first) + 1)
+        assert result == first[seq]
+    assert sm.inner.items == [f"s{seq}" for seq in first]  # type: ignore[union-attr]
 
 
 def test_registrations_beyond_max_sessions_are_refused() -> None:
@@ -286,6 +305,31 @@ async def test_the_session_table_survives_snapshots_and_a_restart(cluster: Sessi
     assert await node.propose(command_entry(sid, 5, 5, b"c4")) == 5
     assert cluster.sms[follower].inner.items == [f"c{i}" for i in range(5)]  # type: ignore[union-attr]
     await session.close()
+
+
+async def test_a_follower_catching_up_by_snapshot_gets_the_session_table() -> None:
+    c = SessionCluster(snapshot_entries=10, snapshot_trailing_entries=2)
+    for i in c.ids:
+        await c.start(i)
+    try:
+        leader = await c.leader()
+        lagging = next(i for i in c.ids if i != leader.id)
+        await c.stop(lagging)
+        session = Session(leader, keepalive=None)
+        sid = await session.open()
+        for i in range(30):  # the leader snapshots and compacts past what the follower has
+            await session.call(f"c{i}".encode())
+        node = await c.start(lagging)
+        await node.read_barrier()
+        assert node.metrics["snapshots_installed"] >= 1
+        assert sid in c.sms[lagging].sessions()
+        # A late duplicate of seq 30 proposed through the restored follower: recorded result.
+        assert await node.propose(command_entry(sid, 30, 30, b"c29")) == 30
+        await leader.read_barrier()
+        assert c.sms[leader.id].inner.items == [f"c{i}" for i in range(30)]  # type: ignore[union-attr]
+        await session.close()
+    finally:
+        await c.close()
 
 
 async def test_an_idle_session_expires_in_log_time_and_its_calls_fail() -> None:
