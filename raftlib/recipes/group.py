@@ -293,20 +293,24 @@ class _GroupClock(LogClock):
             obj.on_promoted()
 
     async def on_leader(self) -> None:
+        duties = []
         for obj in list(self.group._objects.values()):
             for method, args in obj.due_commands():
                 key = (obj.name, method, repr(args))
-                if key in self._inflight:
-                    continue
-                self._inflight.add(key)
-                try:
-                    payload = encode([obj.name, method, list(args), {}])
-                    await self.node.propose(plain_entry(payload, stamp_for(self.node)), timeout=2.0)
-                except _DUTY_ERRORS as exc:
-                    log.debug("leader duty %s.%s%r not done: %r", obj.name, method, args, exc)
-                    return
-                finally:
-                    self._inflight.discard(key)
+                if key not in self._inflight:
+                    self._inflight.add(key)
+                    duties.append(self._propose_duty(key, obj.name, method, args))
+        if duties:  # proposed together: they share the leader's next batch
+            await asyncio.gather(*duties)
+
+    async def _propose_duty(self, key: tuple[str, str, str], name: str, method: str, args: list[Any]) -> None:
+        try:
+            payload = encode([name, method, list(args), {}])
+            await self.node.propose(plain_entry(payload, stamp_for(self.node)), timeout=2.0)
+        except _DUTY_ERRORS as exc:  # still due at the next interval: proposed again then
+            log.debug("leader duty %s.%s%r not done: %r", name, method, args, exc)
+        finally:
+            self._inflight.discard(key)
 
 
 class _ObjectsSnapshot(SnapshotWriter):
