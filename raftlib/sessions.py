@@ -221,6 +221,8 @@ class SessionStateMachine(StateMachine):
             return InvalidCommand(f"entry {index} is not a version-{ENVELOPE_VERSION} session envelope")
         _, kind, stamp = _HEAD.unpack_from(command)
         if stamp > self._log_time:
+            if self._log_time == 0.0:
+                self._first_leader_stamp(stamp)
             self._log_time = stamp
             self._expire()
         if stamp < 0:  # a follower's clock: trusted only within the window of the leader's
@@ -261,9 +263,16 @@ class SessionStateMachine(StateMachine):
             rec.last_active = self._activity
         self._sessions.move_to_end(sid)
 
+    def _first_leader_stamp(self, stamp: float) -> None:
+        # Activity recorded before any leader stamp came unclamped from followers' clocks; clamp
+        # it now, so activity again lies within clock_period of the log time it was recorded at.
+        for rec in self._sessions.values():
+            rec.last_active = min(rec.last_active, stamp + self.clock_period)
+
     def _expire(self) -> None:
-        # Sessions are kept in order of activity; activities are near-monotonic (a follower's
-        # stamp may sit up to clock_period ahead), so scan that much past the first live one.
+        # Sessions are kept in order of their last activity entry. Activity is at least the log
+        # time of its entry and at most clock_period past it, and log time never goes back: once
+        # a session's activity is clock_period past the limit, every later one is live.
         limit = self._log_time - self.session_timeout
         sessions = self._sessions
         expired = []

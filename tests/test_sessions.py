@@ -136,6 +136,16 @@ def test_a_follower_stamp_counts_as_activity_only_within_the_leaders_clock_windo
     assert sid not in sm.sessions()
 
 
+def test_activity_stamped_before_any_leader_stamp_is_clamped_when_the_first_one_arrives() -> None:
+    sm = machine(session_timeout=10.0, clock_period=1.0)
+    early = sm.apply(register_entry(-(T0 + 3600)), 1)  # a follower an hour ahead, log time still 0
+    late = sm.apply(register_entry(-T0), 2)
+    sm.apply(tick_entry(T0), 3)  # the first leader stamp
+    assert sm.sessions() == {early: T0 + 1, late: T0}
+    sm.apply(tick_entry(T0 + 11.5), 4)
+    assert sm.sessions() == {}
+
+
 def test_two_machines_fed_the_same_log_agree_exactly() -> None:
     log = [register_entry(T0), register_entry(-T0)]
     log += [command_entry(1, s, max(1, s - 2), f"v{s}".encode(), T0 + s) for s in range(1, 30)]
@@ -162,6 +172,60 @@ def test_any_arrival_order_with_retries_applies_each_sequence_once_in_first_arri
         first.setdefault(seq, len(first) + 1)
         assert result == first[seq]
     assert sm.inner.items == [f"s{seq}" for seq in first]  # type: ignore[union-attr]
+
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "keepalive", "tick"]),
+        st.integers(0, 6),  # which session (by registration order) a keep-alive is for
+        st.floats(0, 4),  # how far the proposer's clock moved
+        st.booleans(),  # stamped by the leader?
+        st.floats(-3, 3),  # a follower's clock error
+    ),
+    max_size=60,
+)
+
+
+@given(steps)
+@settings(max_examples=200, deadline=None)
+def test_expiry_matches_a_full_scan_reference(script: list[tuple[str, int, float, bool, float]]) -> None:
+    timeout, period = 5.0, 1.0
+    sm = machine(session_timeout=timeout, clock_period=period)
+    ref: dict[int, float] = {}
+    log_time = 0.0
+    clock = T0
+    registered: list[int] = []
+    for index, (kind, which, dt, by_leader, skew) in enumerate(script, 1):
+        clock += dt
+        stamp = clock if by_leader else -(clock + skew)
+        if kind == "register":
+            entry = register_entry(stamp)
+        elif kind == "keepalive" and registered:
+            entry = keepalive_entry(registered[which % len(registered)], stamp)
+        else:
+            entry = tick_entry(stamp)
+        result = sm.apply(entry, index)
+        # The reference: the documented rules, with a scan of every session.
+        if stamp > log_time:
+            if log_time == 0.0:
+                ref = {k: min(v, stamp + period) for k, v in ref.items()}
+            log_time = stamp
+            ref = {k: v for k, v in ref.items() if v >= log_time - timeout}
+        if stamp < 0:
+            activity = -stamp if log_time == 0.0 else min(max(-stamp, log_time), log_time + period)
+        else:
+            activity = log_time
+        if kind == "register":
+            ref[index] = activity
+            registered.append(index)
+            assert result == index
+        elif kind == "keepalive" and registered:
+            sid = registered[which % len(registered)]
+            if sid in ref:
+                ref[sid] = max(ref[sid], activity)
+            else:
+                assert isinstance(result, SessionExpired)
+        assert sm.sessions() == ref
 
 
 def test_registrations_beyond_max_sessions_are_refused() -> None:
