@@ -32,7 +32,16 @@ MAX_DEPTH = 32
 """Nesting bound: deeper values are refused (bounded recursion on decode)."""
 
 _VERSION_BYTE = bytes([VERSION])
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+# One encoder and decoder for every call: json.dumps/loads with options build new ones each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 class CodecError(RaftError, ValueError):
@@ -105,14 +114,12 @@ CommandError._registry["command_failed"] = CommandError
 def _tag(v: Any, depth: int) -> Any:
     t = type(v)
     if t in _SCALARS:
-        if t is float and (v != v or v in (float("inf"), float("-inf"))):
-            raise CodecError(f"cannot encode the non-finite float {v!r}")
-        return v
+        return v  # a non-finite float is refused by the encoder (allow_nan=False)
     if depth >= MAX_DEPTH:
         raise CodecError(f"value nested deeper than {MAX_DEPTH} levels")
     d = depth + 1
     if t is list:
-        return [_tag(x, d) for x in v]
+        return [x if type(x) in _SCALARS else _tag(x, d) for x in v]
     if t is dict:
         if all(type(k) is str and not k.startswith("$") for k in v):
             return {k: _tag(x, d) for k, x in v.items()}
@@ -139,7 +146,7 @@ def _untag(v: Any, depth: int) -> Any:
         raise CodecError(f"encoding nested deeper than {MAX_DEPTH} levels")
     d = depth + 1
     if t is list:
-        return [_untag(x, d) for x in v]
+        return [x if type(x) in _SCALARS else _untag(x, d) for x in v]
     if t is not dict:
         raise CodecError(f"unexpected JSON value of type {t.__name__}")
     if len(v) != 1 or not next(iter(v)).startswith("$"):
@@ -169,10 +176,11 @@ def _untag(v: Any, depth: int) -> Any:
 
 def encode(value: Any, max_bytes: int = MAX_BYTES) -> bytes:
     """Encode ``value``; raises :class:`CodecError` or :class:`PayloadTooLarge`."""
+    tagged = _tag(value, 0)
     try:
-        text = json.dumps(_tag(value, 0), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except RecursionError as exc:  # pragma: no cover - MAX_DEPTH stops this first
-        raise CodecError("value nested too deeply") from exc
+        text = _ENCODER.encode(tagged)
+    except ValueError as exc:  # NaN or an infinity
+        raise CodecError(f"cannot encode a non-finite float: {exc}") from exc
     data = _VERSION_BYTE + text.encode()
     if len(data) > max_bytes:
         raise PayloadTooLarge(len(data), max_bytes)
@@ -191,7 +199,7 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BYTES) -> 
     if data[0] != VERSION:
         raise UnsupportedVersion(data[0])
     try:
-        raw = json.loads(bytes(data[1:]))
+        raw = _DECODER.decode(bytes(data[1:]).decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise CodecError(f"not a valid encoding: {exc}") from exc
     return _untag(raw, 0)

@@ -90,6 +90,11 @@ def test_codec_refuses_unknown_versions_oversize_payloads_and_foreign_types() ->
         encode(list(itertools.accumulate(range(40), lambda acc, _: [acc], initial=[]))[-1])
     with pytest.raises(CodecError):
         decode(b"")
+    for constant in (b"NaN", b"[Infinity]", b"-Infinity"):
+        with pytest.raises(CodecError, match="finite"):
+            decode(b"\x01" + constant)
+    with pytest.raises(CodecError):
+        encode([1, float("inf")])
     with pytest.raises(CodecError):
         decode(b"\x01{not json")
 
