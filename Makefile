@@ -28,7 +28,7 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install when the build configuration changes (editable: the in-place extension is used).
-$(STAMP): $(VPY) setup.py pyproject.toml
+$(STAMP): $(VPY) setup.py pyproject.toml raftlib/_version.py
 	$(VPY) -m pip install --quiet --upgrade pip "setuptools>=68" wheel "Cython>=3.0"
 	$(VPY) -m pip install --quiet -e '.[test,kv]'
 	touch $@
@@ -37,7 +37,7 @@ venv: $(STAMP)
 
 # Rebuild the extension in place whenever the Cython source changes.
 $(EXT): raftlib/_core.pyx setup.py $(STAMP)
-	$(VPY) setup.py --quiet build_ext --inplace
+	RAFTLIB_REQUIRE_EXTENSIONS=1 $(VPY) setup.py --quiet build_ext --inplace
 	touch $@
 
 build: $(EXT)

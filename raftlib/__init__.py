@@ -5,6 +5,7 @@
 """
 
 from raftlib._accel import COMPILED
+from raftlib._version import __version__
 from raftlib.core import (
     Config,
     Entry,
@@ -21,16 +22,18 @@ from raftlib.errors import (
     ConfChangeError,
     ConfChangeInProgress,
     ConfigError,
+    LeadershipLost,
     LeadershipTransferError,
     NodeStopped,
     NotLeader,
     ProposalDropped,
     RaftError,
+    RequestTimeout,
     StateMachineError,
     StorageCorrupted,
     UncommittedLimitExceeded,
 )
-from raftlib.node import LeaderChange, NodeConfig, RaftNode, install_uvloop
+from raftlib.runtime import LeaderChange, NodeConfig, RaftNode, install_uvloop
 from raftlib.sessions import (
     Session,
     SessionCallTimeout,
@@ -41,8 +44,6 @@ from raftlib.sessions import (
 from raftlib.statemachine import SnapshotWriter, StateMachine
 from raftlib.valuecodec import CommandError
 
-__version__ = "0.1.0"
-
 __all__ = [
     "COMPILED",
     "CommandError",
@@ -50,6 +51,7 @@ __all__ = [
     "ConfChangeInProgress",
     "Config",
     "ConfigError",
+    "LeadershipLost",
     "LeadershipTransferError",
     "Entry",
     "HardState",
@@ -71,6 +73,7 @@ __all__ = [
     "PersistentState",
     "ProposalDropped",
     "RaftError",
+    "RequestTimeout",
     "RawNode",
     "Ready",
     "Role",

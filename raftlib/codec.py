@@ -48,6 +48,17 @@ __all__ = [
     "encode_many",
     "encode_handshake_ack",
     "parse_header",
+    "ANSWER_ACCEPT",
+    "ANSWER_ACCEPT_PROVEN",
+    "ANSWER_CHALLENGE",
+    "ANSWER_PROOF",
+    "ANSWER_REFUSE",
+    "AUTH_HMAC_SHA256",
+    "AUTH_MAC_BYTES",
+    "AUTH_NONCE_BYTES",
+    "AUTH_NONE",
+    "decode_handshake_answer",
+    "encode_handshake_answer",
 ]
 
 MAGIC = b"RF"
@@ -72,6 +83,33 @@ _SNAP = struct.Struct("<qqIIII")  # index, term, |voters|, |outgoing|, |learners
 _U16 = struct.Struct("<H")
 _HANDSHAKE = struct.Struct("<HHHH")  # protocol version, len(cluster id), len(sender), len(receiver)
 _ACK = struct.Struct("<BH")  # status (0 ok), len(reason)
+_AUTH = struct.Struct("<BB")  # hello's optional auth extension: scheme, len(nonce)
+
+AUTH_NONE = 0
+"""Hello without authentication (no shared secret configured): the extension is absent."""
+AUTH_HMAC_SHA256 = 1
+"""Hello of a dialler that proves the cluster's shared secret by HMAC-SHA256 challenge/response."""
+AUTH_NONCE_BYTES = 32
+"""Size of each side's random nonce in the shared-secret handshake."""
+AUTH_MAC_BYTES = 32
+"""Size of an HMAC-SHA256 proof."""
+_MAX_NONCE_BYTES = 64
+
+ANSWER_ACCEPT = 0
+"""Handshake answer: accepted (body: no data)."""
+ANSWER_REFUSE = 1
+"""Handshake answer: refused (data: the reason, UTF-8); either side may send it, then closes."""
+ANSWER_CHALLENGE = 2
+"""Acceptor's challenge to a dialler that offered HMAC-SHA256 (data: the acceptor's nonce)."""
+ANSWER_PROOF = 3
+"""Dialler's proof of the shared secret (data: its MAC over the transcript)."""
+ANSWER_ACCEPT_PROVEN = 4
+"""Acceptor accepts the dialler's proof and proves the secret in turn (data: its MAC)."""
+_ANSWER_SIZES = {
+    ANSWER_CHALLENGE: AUTH_NONCE_BYTES,
+    ANSWER_PROOF: AUTH_MAC_BYTES,
+    ANSWER_ACCEPT_PROVEN: AUTH_MAC_BYTES,
+}
 
 _F_REJECT = 0x01
 _F_DONE = 0x02
@@ -429,31 +467,46 @@ class FrameDecoder:
 
 
 class Handshake:
-    """First frame on a transport connection: who connects to whom, in which cluster."""
+    """First frame on a transport connection: who connects to whom, in which cluster.
 
-    __slots__ = ("cluster_id", "protocol", "receiver", "sender")
+    ``auth``/``nonce``: :data:`AUTH_NONE` and ``b""`` when the dialler has no
+    shared secret; :data:`AUTH_HMAC_SHA256` and its fresh random nonce when it
+    means to prove one (the acceptor then answers with a challenge).
+    """
 
-    def __init__(self, cluster_id: str, sender: str, receiver: str, protocol: int = WIRE_VERSION) -> None:
+    __slots__ = ("auth", "cluster_id", "nonce", "protocol", "receiver", "sender")
+
+    def __init__(
+        self,
+        cluster_id: str,
+        sender: str,
+        receiver: str,
+        protocol: int = WIRE_VERSION,
+        *,
+        auth: int = AUTH_NONE,
+        nonce: bytes = b"",
+    ) -> None:
         self.cluster_id = cluster_id
         self.sender = sender
         self.receiver = receiver
         self.protocol = protocol
+        self.auth = auth
+        self.nonce = nonce
+
+    def _key(self) -> tuple[str, str, str, int, int, bytes]:
+        return (self.cluster_id, self.sender, self.receiver, self.protocol, self.auth, self.nonce)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Handshake) and (
-            self.cluster_id,
-            self.sender,
-            self.receiver,
-            self.protocol,
-        ) == (other.cluster_id, other.sender, other.receiver, other.protocol)
+        return isinstance(other, Handshake) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.cluster_id, self.sender, self.receiver, self.protocol))
+        return hash(self._key())
 
     def __repr__(self) -> str:
+        auth = f", auth={self.auth}, nonce={self.nonce.hex()}" if self.auth or self.nonce else ""
         return (
             f"Handshake(cluster_id={self.cluster_id!r}, sender={self.sender!r}, "
-            f"receiver={self.receiver!r}, protocol={self.protocol})"
+            f"receiver={self.receiver!r}, protocol={self.protocol}{auth})"
         )
 
 
@@ -462,11 +515,22 @@ def _frame(flags: int, body: bytes) -> bytes:
 
 
 def encode_handshake(hs: Handshake) -> bytes:
-    """Encode a handshake as one complete frame (header flag :data:`FLAG_HANDSHAKE`)."""
+    """Encode a handshake as one complete frame (header flag :data:`FLAG_HANDSHAKE`).
+
+    Without authentication the body is exactly the version-1 hello; with it, the
+    auth extension (scheme u8, len(nonce) u8, nonce) follows the three ids.
+    """
     c = _id_bytes(hs.cluster_id, "cluster id")
     s = _id_bytes(hs.sender, "sender")
     r = _id_bytes(hs.receiver, "receiver")
-    return _frame(FLAG_HANDSHAKE, _HANDSHAKE.pack(hs.protocol, len(c), len(s), len(r)) + c + s + r)
+    body = _HANDSHAKE.pack(hs.protocol, len(c), len(s), len(r)) + c + s + r
+    if hs.auth != AUTH_NONE or hs.nonce:
+        if not 0 < hs.auth <= 0xFF:
+            raise CodecError(f"bad auth scheme {hs.auth!r}")
+        if type(hs.nonce) is not bytes or not 0 < len(hs.nonce) <= _MAX_NONCE_BYTES:
+            raise CodecError(f"an authenticating hello needs a nonce of 1..{_MAX_NONCE_BYTES} bytes")
+        body += _AUTH.pack(hs.auth, len(hs.nonce)) + hs.nonce
+    return _frame(FLAG_HANDSHAKE, body)
 
 
 def decode_handshake(body: bytes | bytearray | memoryview) -> Handshake:
@@ -477,40 +541,83 @@ def decode_handshake(body: bytes | bytearray | memoryview) -> Handshake:
                 raise CodecError("truncated handshake")
             proto, lc, ls, lr = _HANDSHAKE.unpack_from(mv, 0)
             pos = _HANDSHAKE.size
-            if pos + lc + ls + lr != len(mv):
+            end = pos + lc + ls + lr
+            if end > len(mv):
                 raise CodecError("handshake lengths do not match its size")
             c = str(mv[pos : pos + lc], "utf-8")
             pos += lc
             s = str(mv[pos : pos + ls], "utf-8")
             pos += ls
             r = str(mv[pos : pos + lr], "utf-8")
-            return Handshake(c, s, r, proto)
+            if end == len(mv):
+                return Handshake(c, s, r, proto)
+            if len(mv) - end < _AUTH.size:
+                raise CodecError("handshake lengths do not match its size")
+            auth, ln = _AUTH.unpack_from(mv, end)
+            if auth == AUTH_NONE or not 0 < ln <= _MAX_NONCE_BYTES or end + _AUTH.size + ln != len(mv):
+                raise CodecError("malformed handshake auth extension")
+            nonce = bytes(mv[end + _AUTH.size :])
+            return Handshake(c, s, r, proto, auth=auth, nonce=nonce)
     except CodecError:
         raise
     except (struct.error, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise CodecError(f"malformed handshake: {exc}") from exc
 
 
-def encode_handshake_ack(ok: bool, reason: str = "") -> bytes:
-    """Encode the accepting side's answer to a handshake (``ok``, or a reason for refusing)."""
-    r = reason.encode("utf-8")[:0xFFFF]
-    return _frame(FLAG_HANDSHAKE, _ACK.pack(0 if ok else 1, len(r)) + r)
+def encode_handshake_answer(status: int, data: bytes = b"") -> bytes:
+    """Encode a handshake answer frame: status u8 (``ANSWER_*``), len(data) u16, data.
+
+    ``data`` is empty for :data:`ANSWER_ACCEPT`, the UTF-8 reason for
+    :data:`ANSWER_REFUSE` (cut to 65535 bytes), and a nonce or MAC of its fixed
+    size for the shared-secret steps.
+    """
+    if status == ANSWER_REFUSE:
+        data = data[:0xFFFF]
+    elif status == ANSWER_ACCEPT:
+        if data:
+            raise CodecError("an accept answer carries no data")
+    elif _ANSWER_SIZES.get(status) != len(data):
+        raise CodecError(f"bad handshake answer: status {status} with {len(data)} bytes of data")
+    return _frame(FLAG_HANDSHAKE, _ACK.pack(status, len(data)) + data)
 
 
-def decode_handshake_ack(body: bytes | bytearray | memoryview) -> tuple[bool, str]:
-    """Decode a handshake answer into ``(ok, reason)``."""
+def decode_handshake_answer(body: bytes | bytearray | memoryview) -> tuple[int, bytes]:
+    """Decode any handshake answer into ``(status, data)``; sizes are checked per status."""
     try:
         with memoryview(body) as mv:
             if len(mv) < _ACK.size:
                 raise CodecError("truncated handshake answer")
             status, ln = _ACK.unpack_from(mv, 0)
-            if _ACK.size + ln != len(mv) or status > 1:
+            if _ACK.size + ln != len(mv):
                 raise CodecError("malformed handshake answer")
-            return status == 0, str(mv[_ACK.size :], "utf-8", "replace")
+            if status == ANSWER_ACCEPT:
+                ok = ln == 0
+            elif status == ANSWER_REFUSE:
+                ok = True
+            else:
+                ok = _ANSWER_SIZES.get(status) == ln
+            if not ok:
+                raise CodecError(f"malformed handshake answer (status {status}, {ln} bytes)")
+            return status, bytes(mv[_ACK.size :])
     except CodecError:
         raise
     except (struct.error, ValueError, TypeError) as exc:
         raise CodecError(f"malformed handshake answer: {exc}") from exc
+
+
+def encode_handshake_ack(ok: bool, reason: str = "") -> bytes:
+    """Encode the accepting side's answer to a handshake (``ok``, or a reason for refusing)."""
+    if ok:
+        return encode_handshake_answer(ANSWER_ACCEPT)
+    return encode_handshake_answer(ANSWER_REFUSE, reason.encode("utf-8"))
+
+
+def decode_handshake_ack(body: bytes | bytearray | memoryview) -> tuple[bool, str]:
+    """Decode an accept/refuse answer into ``(ok, reason)`` (other statuses are a :class:`CodecError`)."""
+    status, data = decode_handshake_answer(body)
+    if status not in (ANSWER_ACCEPT, ANSWER_REFUSE):
+        raise CodecError(f"expected an accept or refuse answer, got status {status}")
+    return status == ANSWER_ACCEPT, str(data, "utf-8", "replace")
 
 
 def encode_many(messages: Sequence[Message]) -> bytes:

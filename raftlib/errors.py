@@ -40,13 +40,71 @@ class ProposalDropped(RaftError):
     """A proposal was not accepted into the log, or was lost before committing.
 
     ``reason`` is a short machine-readable word (``"leadership_lost"``,
-    ``"transfer_pending"``, ``"uncommitted_limit"``, ...).
+    ``"transfer_pending"``, ``"uncommitted_limit"``, ``"forward_lost"``, ...).
+
+    ``may_still_commit`` tells whether the command can still take effect:
+
+    * ``False``: it certainly never will (it never entered a log, or another
+      leader's entry took its index). Retrying is safe.
+    * ``True``: the outcome is unknown. The entry sits in some log and a later
+      leader may commit and apply it (or already has). Retrying a command that
+      is not idempotent may apply it twice: use client sessions, or read the
+      state back first.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, may_still_commit: bool = False) -> None:
         self.reason = reason
         self.detail = detail
+        self.may_still_commit = may_still_commit
         super().__init__(f"proposal dropped ({reason}){': ' + detail if detail else ''}")
+
+
+class LeadershipLost(ProposalDropped):
+    """The leader that held the request stopped leading before the request completed.
+
+    hashicorp/raft's ``ErrLeadershipLost``: raised at once, for every proposal
+    and read barrier in flight, when the leader steps down (check-quorum, a
+    higher term, its removal, a leadership transfer), and on a follower for
+    the proposals and reads it forwarded to a leader it no longer follows.
+
+    ``may_still_commit`` (see :class:`ProposalDropped`) is ``True`` for a
+    proposal that was appended to a log (it may be committed by the next
+    leader) and ``False`` for a read barrier (reads change nothing: retry) or
+    an entry that was certainly overwritten. ``index`` and ``term`` locate the
+    entry when it was appended (0 otherwise).
+
+    >>> err = LeadershipLost(True, index=7, term=2)
+    >>> err.reason, err.may_still_commit
+    ('leadership_lost', True)
+    """
+
+    def __init__(self, may_still_commit: bool, detail: str = "", *, index: int = 0, term: int = 0) -> None:
+        self.index = index
+        self.term = term
+        if not detail:
+            where = f"entry {index} of term {term}" if index else "the request"
+            outcome = "may still be committed by the next leader" if may_still_commit else "was not applied"
+            detail = f"{where} {outcome}"
+        super().__init__("leadership_lost", detail, may_still_commit=may_still_commit)
+
+
+class RequestTimeout(RaftError, TimeoutError):
+    """A request did not complete within its deadline (``NodeConfig.request_timeout`` by default).
+
+    The outcome of a timed-out proposal is unknown: its entry may still be
+    committed and applied. ``operation`` is ``"propose"``, ``"read_barrier"``,
+    ``"wait_applied"``, ``"conf_change"`` or ``"transfer_leadership"``;
+    ``timeout`` the deadline in seconds; ``index`` the log index of the entry
+    when it was known (0 otherwise). It is a :class:`TimeoutError`, so code
+    catching that keeps working.
+    """
+
+    def __init__(self, operation: str, timeout: float, index: int = 0) -> None:
+        self.operation = operation
+        self.timeout = timeout
+        self.index = index
+        at = f" (log index {index}; it may still be applied)" if index else ""
+        super().__init__(f"{operation} did not complete within {timeout:g} s{at}")
 
 
 class UncommittedLimitExceeded(ProposalDropped):

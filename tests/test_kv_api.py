@@ -715,7 +715,7 @@ async def test_client_and_peer_tls(tmp_path: Any) -> None:
         cfg.listen_client_urls = cfg.advertise_client_urls = [f"https://127.0.0.1:{ports[2 * i]}"]
         cert, key, ca = str(tmp_path / f"{n}.crt"), str(tmp_path / f"{n}.key"), str(tmp_path / "ca.crt")
         cfg.client_tls = ClientTls(cert, key, ca, client_cert_auth=True)
-        cfg.peer_tls = TlsConfig(cert, key, ca)
+        cfg.peer_tls = TlsConfig(cert, key, ca, peer_identity="address")  # as --peer-cert-file sets it
         servers.append(KVServer(cfg))
     c = Cluster(0)
     c.servers, c.names, c.ports = servers, names, ports

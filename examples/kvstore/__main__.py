@@ -101,6 +101,24 @@ def parse_initial_cluster(text: str) -> dict[str, list[str]]:
     return out
 
 
+def read_peer_secret(path: str) -> bytes:
+    """The shared peer secret in ``path``, without surrounding whitespace (a final newline)."""
+    from raftlib.errors import ConfigError
+    from raftlib.transport.peerauth import check_peer_secret
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(64 * 1024).strip()
+    except OSError as exc:
+        raise FlagError(f"--peer-shared-secret-file: cannot read {path!r}: {exc.strerror or exc}") from None
+    try:
+        secret = check_peer_secret(raw)
+    except ConfigError as exc:
+        raise FlagError(f"--peer-shared-secret-file {path!r}: {exc}") from None
+    assert secret is not None
+    return secret
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m examples.kvstore",
@@ -132,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     flag("peer-key-file", default="", help="path to the peer server TLS key file")
     flag("peer-trusted-ca-file", default="", help="path to the peer server TLS trusted CA file")
     flag("peer-client-cert-auth", type=_bool, nargs="?", const=True, default=True, help="(always on)")
+    flag(
+        "peer-shared-secret-file",
+        default="",
+        help="(extension) file holding the secret every member proves to its peers (>= 16 bytes)",
+    )
     flag("unsafe-no-fsync", type=_bool, nargs="?", const=True, default=False, help="disable fsync (unsafe)")
     flag(
         "restore-snapshot",
@@ -201,7 +224,10 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
             )
         from raftlib.transport import TlsConfig
 
-        peer_tls = TlsConfig(a.peer_cert_file, a.peer_key_file, a.peer_trusted_ca_file)
+        # etcd's peer check: a member's certificate must name the host of its peer URL.
+        peer_tls = TlsConfig(
+            a.peer_cert_file, a.peer_key_file, a.peer_trusted_ca_file, peer_identity="address"
+        )
     if any(u.startswith("https:") for u in listen_peer) and peer_tls is None:
         raise FlagError("https peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file")
     config = ServerConfig(
@@ -221,6 +247,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
         request_timeout=a.request_timeout,
         client_tls=client_tls,
         peer_tls=peer_tls,
+        peer_secret=read_peer_secret(a.peer_shared_secret_file) if a.peer_shared_secret_file else None,
         fsync=not a.unsafe_no_fsync,
         restore_snapshot=a.restore_snapshot,
     )

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import raftlib
-from examples.kvstore.errors import EtcdError
+from examples.kvstore.errors import MSG_LEADER_CHANGED, MSG_TIMEOUT_LEADER_FAIL, EtcdError
 from examples.kvstore.machine import KVMachine
 from raftlib.transport import TcpTransport, TlsConfig
 
@@ -113,6 +113,8 @@ class ServerConfig:
     lease_check_interval: float = 0.25
     client_tls: ClientTls | None = None
     peer_tls: TlsConfig | None = None
+    peer_secret: bytes | None = field(default=None, repr=False)
+    """Shared secret members prove to each other at the peer handshake (--peer-shared-secret-file)."""
     fsync: bool = True
     restore_snapshot: str | None = None
     """A file from ``/v3/maintenance/snapshot`` to seed a NEW member's state with (--restore-snapshot)."""
@@ -354,6 +356,7 @@ class KVServer:
             snapshot_trailing_entries=0 if restoring else max(1, min(5000, cfg.snapshot_count // 2)),
             cluster_id=cfg.initial_cluster_token,
             tls=cfg.peer_tls,
+            peer_secret=cfg.peer_secret,
             fsync=cfg.fsync,
         )
         listen = url_address(cfg.listen_peer_urls[0])
@@ -363,6 +366,7 @@ class KVServer:
             {k: v for k, v in members.items() if k != self.node_id},
             cluster_id=cfg.initial_cluster_token,
             ssl=cfg.peer_tls,
+            peer_secret=cfg.peer_secret,
         )
         raft_dir = os.path.join(cfg.data_dir, "member") if cfg.data_dir else None
         self.state.on_restore = self._on_restore_threadsafe
@@ -611,6 +615,16 @@ class KVServer:
                 except raftlib.NotLeader:
                     pass  # no leader (yet): wait for one
                 except raftlib.ProposalDropped as exc:
+                    if exc.may_still_commit:
+                        # The leader went away with the entry in its log: it may yet be applied, so
+                        # a retry could apply it twice. As etcd: without a leader until the deadline,
+                        # 'request timed out'; once another leads, the leader-failure timeout.
+                        remaining = deadline - loop.time()
+                        with contextlib.suppress(raftlib.NotLeader, raftlib.NodeStopped):
+                            if remaining > 0:
+                                await node.wait_leader(remaining)
+                                raise etcd_error(14, MSG_TIMEOUT_LEADER_FAIL) from None
+                        raise timed_out() from None
                     if exc.reason not in ("leadership_lost", "transfer_pending", "not_leader", "dropped"):
                         raise timed_out() from None  # applied or not: unknown, as etcd's timeout
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
@@ -630,6 +644,8 @@ class KVServer:
             await node.read_barrier(timeout=self.config.request_timeout)
         except TimeoutError:
             raise timed_out() from None
+        except raftlib.LeadershipLost:
+            raise etcd_error(14, MSG_LEADER_CHANGED) from None  # etcd's ReadIndex answer on a leader change
         except raftlib.NodeStopped:
             raise etcd_error(14, "etcdserver: server stopped") from None
 

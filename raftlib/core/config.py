@@ -50,6 +50,10 @@ class Config:
     ``check_quorum`` and clocks whose drift is small against the election timeout)."""
     forward_proposals: bool = False
     """Followers forward ``propose_with_context`` to the leader instead of refusing."""
+    async_storage_writes: bool = False
+    """The driver may take the next Ready while earlier writes are in flight, confirming each
+    with ``RawNode.persisted()`` (thesis §10.2.1); committed entries are handed out for
+    application only once durable locally. Off: the classic one-Ready-at-a-time contract."""
     snapshot_entries: int = 10_000
     """``should_snapshot()`` is true once this many entries were applied since the last snapshot."""
     snapshot_bytes: int = 64 << 20

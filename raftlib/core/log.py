@@ -4,12 +4,15 @@ Index bookkeeping and term lookups live in the hot-path ``Log`` (C arrays when
 compiled). This wrapper adds the three marks that order everything else::
 
     snapshot_index <= applied <= applying <= committed <= last_index
-                                       stable <= last_index
+                              stable <= in_progress <= last_index
 
-``stable`` is the last index known durable in the driver's storage; entries
-after it are handed out by ``unstable_entries()`` until the driver confirms
-them with ``stable_to()``. ``applying`` is the last index handed to the driver
-to apply; ``applied`` the last one it confirmed.
+``stable`` is the last index known durable in the driver's storage;
+``in_progress`` (>= ``stable``) the last index handed to the driver to write.
+``unstable_entries()`` hands out the entries after ``in_progress`` once each;
+the driver confirms them with ``stable_to()``. With asynchronous storage
+writes several such writes may be in flight at once (thesis §10.2.1).
+``applying`` is the last index handed to the driver to apply; ``applied`` the
+last one it confirmed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from raftlib._accel import Entry, Log, LogIndexError
 class RaftLog:
     """Entries with commit/apply/persist progress and their invariants."""
 
-    __slots__ = ("applied", "applying", "committed", "log", "stable")
+    __slots__ = ("applied", "applying", "committed", "in_progress", "log", "stable")
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class RaftLog:
         self.applied = min(max(applied, snapshot_index), self.committed)
         self.applying = self.applied
         self.stable = last
+        self.in_progress = last
 
     # -- reading -----------------------------------------------------------
 
@@ -88,9 +92,11 @@ class RaftLog:
             return -1
         conflict = self.log.find_conflict(entries) if entries else 0
         last_new = self.log.maybe_append(prev_index, prev_term, self.committed, entries)
-        if conflict and conflict <= self.stable:
-            # The durable copy beyond conflict-1 no longer matches the log.
-            self.stable = conflict - 1
+        if conflict and conflict <= self.in_progress:
+            # The copy written (or being written) beyond conflict-1 no longer matches the log:
+            # the replacement entries are handed out again.
+            self.in_progress = conflict - 1
+            self.stable = min(self.stable, conflict - 1)
         return last_new
 
     def commit_to(self, index: int) -> bool:
@@ -126,18 +132,23 @@ class RaftLog:
         # Handed to the driver to restore; ``applied`` moves when it confirms
         # (RawNode.advance of the Ready carrying the snapshot).
         self.applying = index
-        self.stable = max(self.stable, index)
-        if self.stable > self.log.last_index():
-            self.stable = self.log.last_index()
+        last = self.log.last_index()
+        self.stable = min(max(self.stable, index), last)
+        self.in_progress = min(max(self.in_progress, self.stable), last)
 
     # -- persistence and application --------------------------------------
 
     def unstable_entries(self) -> list[Entry]:
-        """Entries not yet confirmed durable, in order."""
+        """Entries not yet handed to the driver to write, in order; marks them in progress."""
         last = self.log.last_index()
-        if self.stable >= last:
+        if self.in_progress >= last:
             return []
-        return self.log.slice(self.stable + 1, last + 1, 1 << 62)
+        entries = self.log.slice(self.in_progress + 1, last + 1, 1 << 62)
+        self.in_progress = last
+        return entries
+
+    def has_unstable_entries(self) -> bool:
+        return self.in_progress < self.log.last_index()
 
     def stable_to(self, index: int, term: int) -> None:
         """The driver made entries up to (index, term) durable.
@@ -148,16 +159,20 @@ class RaftLog:
         if index > self.stable and self.log.match_term(index, term):
             self.stable = index
 
-    def next_committed_entries(self, max_bytes: int) -> list[Entry]:
-        """Committed entries not yet handed out for application, within a byte budget."""
+    def next_committed_entries(self, max_bytes: int, durable_only: bool = False) -> list[Entry]:
+        """Committed entries not yet handed out for application, within a byte budget.
+
+        ``durable_only``: only those also durable here (asynchronous storage writes: an entry
+        whose local write is still in flight is applied once it completes).
+        """
         lo = self.applying + 1
-        hi = self.committed + 1
+        hi = (min(self.committed, self.stable) if durable_only else self.committed) + 1
         if lo >= hi:
             return []
         return self.log.slice(lo, hi, max_bytes)
 
-    def has_next_committed_entries(self) -> bool:
-        return self.applying < self.committed
+    def has_next_committed_entries(self, durable_only: bool = False) -> bool:
+        return self.applying < (min(self.committed, self.stable) if durable_only else self.committed)
 
     def applying_to(self, index: int) -> None:
         self.applying = max(self.applying, index)

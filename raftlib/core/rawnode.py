@@ -17,6 +17,25 @@ loops::
 
 Only one Ready is outstanding at a time; stepping and ticking may continue
 while it is handled. See docs/core.md for why each rule exists.
+
+With ``Config.async_storage_writes`` (thesis §10.2.1, etcd's async storage
+writes) the write of a Ready may still be in flight when the driver calls
+``advance()`` and takes the next Ready::
+
+        rd = node.ready()
+        send(rd.messages)
+        start_write(rd)                       # in order; may complete later
+        apply(rd.committed_entries)           # only entries durable here
+        node.advance(rd)
+        ...
+    # when the write of rd is durable (writes complete in the order started):
+        node.persisted(rd)
+        send(rd.persisted_messages)
+
+Acknowledgements of ``rd``'s entries (and vote grants) go out only once it is
+durable, the leader counts itself toward a quorum only for durable entries
+(``persisted()`` steps its own acknowledgement), and committed entries are
+handed out for application only once they are durable locally too.
 """
 
 from __future__ import annotations
@@ -76,6 +95,15 @@ class Ready:
 
     sync: bool = False
     """Set by ``ready()``: see :meth:`must_sync`."""
+    self_messages: list[Message] = field(default_factory=list)
+    """Messages to this node itself that need the write to be durable first (the leader's
+    acknowledgement of its own entries, a candidate's vote for itself): stepped by
+    ``advance()``, or by ``persisted()`` with asynchronous storage writes."""
+
+    def needs_write_order(self) -> bool:
+        """True when something of this Ready waits for its write (or, with asynchronous
+        writes, for the writes before it): a sync, or acknowledgements to send after it."""
+        return self.sync or bool(self.persisted_messages) or bool(self.self_messages)
 
     def must_sync(self) -> bool:
         """True when something must be made durable (fsync) before ``persisted_messages``.
@@ -100,7 +128,7 @@ class RawNode:
     ('leader', 1)
     """
 
-    __slots__ = ("_outstanding", "_prev_hard", "_prev_soft", "_self_msgs", "raft")
+    __slots__ = ("_async", "_outstanding", "_prev_hard", "_prev_soft", "raft")
 
     def __init__(
         self,
@@ -119,7 +147,7 @@ class RawNode:
         self._prev_hard = self.raft.hard_state()
         self._prev_soft = self.raft.soft_state()
         self._outstanding: Ready | None = None
-        self._self_msgs: list[Message] = []
+        self._async = config.async_storage_writes
 
     # -- inputs --------------------------------------------------------------
 
@@ -215,8 +243,8 @@ class RawNode:
             or r.proposal_results
             or r.snapshot_chunks
             or r.pending_install is not None
-            or r.log.stable < r.log.last_index()
-            or r.log.has_next_committed_entries()
+            or r.log.has_unstable_entries()
+            or r.log.has_next_committed_entries(self._async)
             or r.hard_state() != self._prev_hard
             or r.soft_state() != self._prev_soft
         )
@@ -248,15 +276,15 @@ class RawNode:
         after = r.msgs_after_persist
         r.msgs_after_persist = []
         rd.persisted_messages = [m for m in after if m.to != r.id]
-        self._self_msgs = [m for m in after if m.to == r.id]
+        rd.self_messages = [m for m in after if m.to == r.id]
         if rd.entries and r.role is Role.LEADER:
             # The leader counts its own entries only once they are durable.
             last = rd.entries[-1]
             if last.term == r.term:
-                self._self_msgs.append(
+                rd.self_messages.append(
                     Message(MessageType.APPEND_RESP, r.id, r.id, r.term, index=last.index)
                 )
-        rd.committed_entries = r.log.next_committed_entries(r.config.max_apply_bytes)
+        rd.committed_entries = r.log.next_committed_entries(r.config.max_apply_bytes, self._async)
         if rd.committed_entries:
             r.log.applying_to(rd.committed_entries[-1].index)
         self._outstanding = rd
@@ -268,17 +296,34 @@ class RawNode:
             raise RuntimeError("advance() must be given the Ready returned by the last ready()")
         self._outstanding = None
         r = self.raft
-        if rd.entries:
-            last = rd.entries[-1]
-            r.log.stable_to(last.index, last.term)
+        if not self._async:
+            self._stable(rd)
         if rd.snapshot is not None:
             r.log.applied_to(max(r.log.applied, rd.snapshot.index))
         if rd.committed_entries:
             r.log.applied_to(max(r.log.applied, rd.committed_entries[-1].index))
             r.apply_conf_entries(rd.committed_entries)
-        msgs, self._self_msgs = self._self_msgs, []
+        if not self._async:
+            self._step_self(rd)
+
+    def persisted(self, rd: Ready) -> None:
+        """Asynchronous storage writes: the write of ``rd`` is durable (and so are the writes of
+        every Ready before it). Call once per Ready whose write was started, in Ready order,
+        before or after its :meth:`advance`; then send ``rd.persisted_messages``."""
+        if not self._async:
+            raise RuntimeError("persisted() is for Config.async_storage_writes; advance() covers it")
+        self._stable(rd)
+        self._step_self(rd)
+
+    def _stable(self, rd: Ready) -> None:
+        if rd.entries:
+            last = rd.entries[-1]
+            self.raft.log.stable_to(last.index, last.term)
+
+    def _step_self(self, rd: Ready) -> None:
+        msgs, rd.self_messages = rd.self_messages, []
         for m in msgs:
-            r.step(m)
+            self.raft.step(m)
 
     # -- introspection -----------------------------------------------------------
 

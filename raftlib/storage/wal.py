@@ -55,6 +55,7 @@ from raftlib.core import Entry, HardState, PersistentState, SnapshotMeta
 from raftlib.errors import StorageCorrupted
 from raftlib.storage.base import StorageError
 from raftlib.storage.files import FileOps
+from raftlib.storage.lock import DataDirLock
 from raftlib.storage.snapshot import SnapshotStore
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "DiskStorage", "WAL_VERSION"]
@@ -242,7 +243,9 @@ class DiskStorage:
     durable then, and a warning is logged). ``segment_bytes`` bounds a segment
     (a new one starts once it is exceeded). ``keep_snapshots`` is how many
     snapshots are kept. ``fileops`` replaces the file operations (fault
-    injection, see :class:`~raftlib.storage.files.FileOps`).
+    injection, see :class:`~raftlib.storage.files.FileOps`). ``lock`` takes the
+    data directory's lock (:mod:`raftlib.storage.lock`) at load, so a second
+    process cannot write it; read-only tools pass ``False``.
 
     Nothing happens on disk until :meth:`load`; any other method loads first
     if needed.
@@ -256,6 +259,7 @@ class DiskStorage:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = 2,
         fileops: FileOps | None = None,
+        lock: bool = True,
     ) -> None:
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
@@ -272,6 +276,8 @@ class DiskStorage:
             )
         self._lock = threading.RLock()
         self._snapshot_write_lock = threading.Lock()
+        self._take_lock = lock
+        self._dir_lock: DataDirLock | None = None
         self._loaded = False
         self._closed = False
         self._failed: str | None = None
@@ -300,6 +306,18 @@ class DiskStorage:
             ops.makedirs(self.wal_dir)
         except OSError as e:
             raise StorageError(self.wal_dir, e.errno, f"cannot create the data directory: {e}") from e
+        if self._take_lock and self._dir_lock is None:
+            self._dir_lock = DataDirLock.acquire(self.data_dir)
+        try:
+            return self._recover_locked()
+        except BaseException:
+            if self._dir_lock is not None and not self._loaded:  # a failed start frees the directory
+                self._dir_lock.release()
+                self._dir_lock = None
+            raise
+
+    def _recover_locked(self) -> PersistentState:
+        ops = self.ops
         self.snapshots.scan()
         r = self._replay(repair=True)
         snap = self.snapshots.latest()
@@ -744,6 +762,8 @@ class DiskStorage:
             if self._closed:
                 return
             self._closed = True
+            if self._dir_lock is not None:
+                self._dir_lock.release()
             self.snapshots.close()
             if self._fd is not None:
                 fd, self._fd = self._fd, None

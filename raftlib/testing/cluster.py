@@ -152,6 +152,8 @@ class SimNode:
         "sm",
         "storage",
         "up",
+        "write_at",
+        "writes",
     )
 
     def __init__(self, node_id: str) -> None:
@@ -172,6 +174,10 @@ class SimNode:
         self.reads: list[tuple[int, bytes]] = []
         """Confirmed reads waiting for the state machine to reach their index: (index, context)."""
         self.restarts = 0
+        self.writes: list[Any] = []
+        """Asynchronous storage writes in flight, oldest first (they complete in this order)."""
+        self.write_at = 0
+        """When the newest write in flight completes (writes complete in order)."""
 
     def __repr__(self) -> str:
         if not self.up:
@@ -436,6 +442,8 @@ class SimCluster:
         node.sm = sm
         node.up = True
         node.pending = None
+        node.writes = []
+        node.write_at = 0
         node.held_hard_state = None
         node.results = {}
         node.reads = []
@@ -447,6 +455,7 @@ class SimCluster:
     def _drive(self, node: SimNode) -> None:
         """Take and handle Readies until the node has none (or a write is in progress)."""
         raw = node.raw
+        pipelined = raw.raft.config.async_storage_writes
         while node.up and node.pending is None and raw.has_ready():
             rd = raw.ready()
             if self.checker is not None:
@@ -454,16 +463,48 @@ class SimCluster:
             for m in rd.messages:
                 self._send(node, m)
             lo, hi = self.persist_delay
+            if pipelined:
+                if rd.hard_state is not None:
+                    if self.hold_unsynced and not rd.must_sync():
+                        node.held_hard_state, rd.hard_state = rd.hard_state, None
+                    else:
+                        node.held_hard_state = None  # superseded by this newer hard state
+                elif (rd.entries or rd.snapshot is not None) and node.held_hard_state is not None:
+                    # A held commit index rides with the next write started, never with an
+                    # earlier one still in flight: its entries may not cover that index.
+                    rd.hard_state, node.held_hard_state = node.held_hard_state, None
+            if pipelined and rd.snapshot is None and not rd.snapshot_chunks:
+                # Thesis §10.2.1: the write goes on while the next Ready is taken.
+                if rd.needs_write_order() or rd.hard_state is not None:
+                    if hi == 0 and not node.writes:
+                        self._write(node, rd)
+                    else:
+                        d = lo if lo == hi else self.rng.randint(lo, hi)
+                        node.write_at = max(self.now + max(d, 1), node.write_at)
+                        node.writes.append(rd)
+                        self.queue.push(node.write_at, PERSIST, (node.id, node.incarnation, rd))
+                self._finish(node, rd)
+                continue
             nothing_to_write = rd.hard_state is None and not rd.entries and rd.snapshot is None
-            if hi == 0 or nothing_to_write or (self.hold_unsynced and not rd.must_sync()):
+            if (hi == 0 and not node.writes) or nothing_to_write or ((
+                self.hold_unsynced and not rd.must_sync()
+            ) and not node.writes):
                 self._complete(node, rd)
             else:
+                # Synchronous, or a snapshot with asynchronous writes: after every write before it.
                 node.pending = rd
                 d = lo if lo == hi else self.rng.randint(lo, hi)
-                self.queue.push(self.now + max(d, 1), PERSIST, (node.id, node.incarnation, rd))
+                node.write_at = max(self.now + max(d, 1), node.write_at)
+                self.queue.push(node.write_at, PERSIST, (node.id, node.incarnation, rd))
 
     def _complete(self, node: SimNode, rd: Any) -> None:
         """The Ready's write is durable: finish handling it and advance."""
+        self._write(node, rd)
+        self._finish(node, rd)
+        node.pending = None
+
+    def _write(self, node: SimNode, rd: Any) -> None:
+        """The Ready's write is durable: store it, send what waited for it."""
         st = node.storage
         for chunk in rd.snapshot_chunks:
             del st.incoming[chunk.offset :]
@@ -489,8 +530,11 @@ class SimCluster:
             # for the next synced write (a crash loses it; the leader tells the commit again).
             node.held_hard_state = rd.hard_state
         elif rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-            hs = rd.hard_state if rd.hard_state is not None else node.held_hard_state
-            node.held_hard_state = None
+            hs = rd.hard_state
+            if not node.raw.raft.config.async_storage_writes:
+                if hs is None:
+                    hs = node.held_hard_state
+                node.held_hard_state = None
             if hs is not None:
                 st.hard_state = hs
             st.append(rd.entries)
@@ -499,6 +543,11 @@ class SimCluster:
                 self.checker.on_persist(node.id, st)
         for m in rd.persisted_messages:
             self._send(node, m)
+        if node.raw.raft.config.async_storage_writes:
+            node.raw.persisted(rd)
+
+    def _finish(self, node: SimNode, rd: Any) -> None:
+        """Apply the Ready's committed entries, answer its proposals and reads, advance."""
         raw = node.raw
         for e in rd.committed_entries:
             if self.checker is not None:
@@ -507,7 +556,6 @@ class SimCluster:
                 node.results[e.index] = node.sm.apply(bytes(e.data), e.index)
             node.applied = e.index
         raw.advance(rd)
-        node.pending = None
         for pr in rd.proposal_results:
             pcb = self._proposal_callbacks.pop(pr.context, None)
             if pcb is not None:
@@ -648,7 +696,13 @@ class SimCluster:
             if node.incarnation != incarnation or not node.up:
                 return  # the node crashed while writing: the write is lost
             self._note("persist", node_id, _describe_ready(rd))
-            self._complete(node, rd)
+            if node.writes and node.writes[0] is rd:
+                node.writes.pop(0)  # an asynchronous write: the Ready was handled already
+                self._write(node, rd)
+            else:
+                if node.writes:
+                    raise SimulationError(f"{node_id}: a write completed before an earlier one")
+                self._complete(node, rd)
             self._drive(node)
             self._after((node_id,))
         elif kind == CALL:

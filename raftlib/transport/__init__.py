@@ -2,7 +2,7 @@
 
 from raftlib.transport.base import STAT_NAMES, OnMessage, Transport, parse_address
 from raftlib.transport.memory import MemoryNetwork, MemoryTransport
-from raftlib.transport.tcp import TcpTransport
+from raftlib.transport.tcp import REFUSAL_REASONS, TcpTransport
 from raftlib.transport.tls import TlsConfig
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "MemoryNetwork",
     "MemoryTransport",
     "OnMessage",
+    "REFUSAL_REASONS",
     "TcpTransport",
     "TlsConfig",
     "Transport",

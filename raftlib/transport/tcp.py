@@ -7,12 +7,23 @@ etcd's stream types do). So two nodes talking both ways hold two connections.
 
 Connection set-up (see ``docs/transport.md``)::
 
-    dialler -> acceptor   handshake frame: protocol version, cluster id, sender id, receiver id
-    acceptor -> dialler   answer frame: ok, or refused with a reason (then the acceptor closes)
+    dialler -> acceptor   hello: protocol version, cluster id, sender id, receiver id
+                          (+ auth scheme and the dialler's nonce when a shared secret is configured)
+    acceptor -> dialler   answer: ok, or refused with a reason (then the acceptor closes)
+    with a shared secret, instead of "ok":
+    acceptor -> dialler   challenge: the acceptor's nonce
+    dialler -> acceptor   proof: HMAC over both nonces, cluster id and both node ids
+    acceptor -> dialler   ok + the acceptor's own proof (the dialler checks it), or refused
 
-The acceptor refuses (logging the reason, counting ``rejected_handshakes``) a
-wrong protocol version, a different cluster id, a sender that is not one of its
-peers, or a receiver id that is not its own. After the handshake every frame on
+The acceptor refuses a wrong protocol version, a different cluster id, a sender
+that is not one of its peers, a receiver id that is not its own, a TLS
+certificate that does not name the claimed member, a missing, unexpected or
+wrong shared-secret proof; the dialler refuses an acceptor whose certificate or
+proof is wrong. Every refusal is counted (``rejected_handshakes`` and
+``metrics["handshake_refused"][reason]``; the refused side counts
+``metrics["handshake_refused_by_peer"][reason]``) and logged at WARNING once per
+peer and reason (then at most every ``warning_interval``; DEBUG otherwise). The
+secret itself never travels (see ``raftlib.transport.peerauth``). After the handshake every frame on
 the connection is a message whose ``frm`` must be the handshake's sender and
 whose ``to`` must be this node; anything else (garbage, an oversized frame, a
 spoofed sender) closes the connection, is logged and counted in ``bad_frames``.
@@ -35,9 +46,18 @@ import logging
 import random
 import socket as _socket
 import ssl as _ssl
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from raftlib.codec import (
+    ANSWER_ACCEPT,
+    ANSWER_ACCEPT_PROVEN,
+    ANSWER_CHALLENGE,
+    ANSWER_PROOF,
+    ANSWER_REFUSE,
+    AUTH_HMAC_SHA256,
+    AUTH_NONCE_BYTES,
+    AUTH_NONE,
     DEFAULT_MAX_FRAME_BYTES,
     FLAG_HANDSHAKE,
     HEADER_SIZE,
@@ -46,17 +66,43 @@ from raftlib.codec import (
     FrameDecoder,
     Handshake,
     decode_handshake,
-    decode_handshake_ack,
+    decode_handshake_answer,
     encode,
     encode_handshake,
     encode_handshake_ack,
+    encode_handshake_answer,
     parse_header,
 )
 from raftlib.core.messages import Message
 from raftlib.transport.base import OnMessage, new_stats, parse_address
+from raftlib.transport.peerauth import ACCEPTOR, DIALLER, PeerSecret
 from raftlib.transport.tls import TlsConfig
 
-__all__ = ["TcpTransport"]
+__all__ = ["REFUSAL_REASONS", "TcpTransport"]
+
+REFUSAL_REASONS = (
+    "protocol",
+    "cluster_id",
+    "receiver",
+    "unknown_sender",
+    "peer_identity",
+    "secret_missing",
+    "secret_unexpected",
+    "secret_mismatch",
+)
+"""Why a handshake is refused: the keys of ``TcpTransport.metrics["handshake_refused"]``.
+
+``protocol``: a wire or auth version we do not speak; ``cluster_id``: another cluster;
+``receiver``: the connection was meant for another node id; ``unknown_sender``: not in
+our peer set; ``peer_identity``: the TLS certificate does not name the member;
+``secret_missing``: the other side did not prove the shared secret we require;
+``secret_unexpected``: it uses a shared secret and we have none; ``secret_mismatch``:
+its proof is wrong (different secrets, or a replayed or forged handshake).
+A refusal travels as ``"<reason>: <detail>"``; ``metrics["handshake_refused_by_peer"]``
+also has ``other`` for a refusal text without a known reason.
+"""
+
+_MAX_LOG_KEYS = 1024
 
 log = logging.getLogger("raftlib.transport.tcp")
 
@@ -77,6 +123,20 @@ _NET_ERRORS = (
 
 class _Refused(Exception):
     """The peer answered our handshake with a refusal."""
+
+
+class _Refusing(Exception):
+    """We refuse the peer we dialled (``reason`` is one of :data:`REFUSAL_REASONS`)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _reason_of(text: str) -> str:
+    """The reason code a refusal text starts with (``other`` when it names none)."""
+    code = text.partition(":")[0]
+    return code if code in REFUSAL_REASONS else "other"
 
 
 class _Peer:
@@ -116,7 +176,14 @@ class TcpTransport:
     ``listen`` is ``"host:port"`` (port 0 picks a free port; read ``address``
     after :meth:`start`). ``peers`` maps node ids to ``"host:port"`` (our own
     id, if present, is ignored). ``cluster_id`` must be the same on every node.
+    ``peer_secret`` (bytes or str, at least 16 bytes; the same on every node) makes
+    peers prove, both ways, that they hold it (HMAC challenge/response; the secret
+    never travels); ``None`` keeps the cluster-id-only handshake, and the two
+    settings refuse each other. A bad value raises :class:`~raftlib.errors.ConfigError`.
     ``rng`` supplies the back-off jitter (inject a seeded one for reproducible tests).
+
+    ``metrics`` holds ``handshake_refused`` (refusals this node made) and
+    ``handshake_refused_by_peer`` (refusals it received), each a dict of counts by reason.
     """
 
     def __init__(
@@ -127,6 +194,7 @@ class TcpTransport:
         *,
         cluster_id: str,
         ssl: TlsConfig | None = None,
+        peer_secret: bytes | str | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_queue_messages: int = 4096,
         max_queue_bytes: int = 64 * 1024 * 1024,
@@ -143,6 +211,7 @@ class TcpTransport:
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
         parse_address(listen)  # ValueError now rather than at start()
+        self._secret = PeerSecret(peer_secret) if peer_secret is not None else None
         self.node_id = node_id
         self.listen = listen
         self.cluster_id = cluster_id
@@ -157,6 +226,12 @@ class TcpTransport:
         self.user_timeout = user_timeout
         self.warning_interval = warning_interval
         self.stats: dict[str, int] = new_stats()
+        self.metrics: dict[str, dict[str, int]] = {
+            "handshake_refused": dict.fromkeys(REFUSAL_REASONS, 0),
+            "handshake_refused_by_peer": dict.fromkeys((*REFUSAL_REASONS, "other"), 0),
+        }
+        # (direction, peer, reason) -> [time of the last WARNING, refusals since]
+        self._refusal_log: dict[tuple[str, str, str], list[float]] = {}
         self._rng = rng if rng is not None else random.Random()
         self._peers: dict[str, _Peer] = {}
         self._server_ctx: _ssl.SSLContext | None = None
@@ -222,6 +297,11 @@ class TcpTransport:
             if sender is not None and sender not in wanted:
                 log.info("%s: closing incoming connection from removed peer %s", self.node_id, sender)
                 w.close()
+
+    @property
+    def authenticates_with_secret(self) -> bool:
+        """Whether peers must prove the shared secret (``peer_secret`` was given)."""
+        return self._secret is not None
 
     @property
     def peers(self) -> dict[str, str]:
@@ -379,11 +459,13 @@ class TcpTransport:
                 )
                 writer = w
                 self._tune(w)
-                w.write(encode_handshake(Handshake(self.cluster_id, self.node_id, p.node_id)))
-                ok, reason = await asyncio.wait_for(self._read_answer(reader), self.handshake_timeout)
-                if not ok:
-                    raise _Refused(reason)
-            except (*_NET_ERRORS, _Refused) as exc:
+                await asyncio.wait_for(self._dial_handshake(p, reader, w), self.handshake_timeout)
+            except (*_NET_ERRORS, _Refused, _Refusing) as exc:
+                if isinstance(exc, _Refusing):
+                    self.stats["rejected_handshakes"] += 1
+                    self.metrics["handshake_refused"][exc.reason] += 1
+                elif isinstance(exc, _Refused):
+                    self.metrics["handshake_refused_by_peer"][_reason_of(str(exc))] += 1
                 if writer is not None:
                     writer.close()
                     await self._wait_closed(writer)
@@ -433,12 +515,60 @@ class TcpTransport:
             if writer is not None:
                 writer.close()
 
-    async def _read_answer(self, reader: asyncio.StreamReader) -> tuple[bool, str]:
+    async def _dial_handshake(self, p: _Peer, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        """Our side of the handshake with the peer we dialled; returns once it accepted us.
+
+        Raises :class:`_Refused` when the peer refuses, :class:`_Refusing` when we
+        refuse it (its certificate or its proof of the secret is wrong).
+        """
+        me, them = self.node_id, p.node_id
+        if self.tls is not None:
+            why = self.tls.check_peer_certificate(w.get_extra_info("peercert"), them, p.address)
+            if why is not None:
+                raise _Refusing("peer_identity", f"peer {them!r} at {p.address}: {why}")
+        secret = self._secret
+        nonce = secret.new_nonce() if secret is not None else b""
+        auth = AUTH_HMAC_SHA256 if secret is not None else AUTH_NONE
+        w.write(encode_handshake(Handshake(self.cluster_id, me, them, auth=auth, nonce=nonce)))
+        status, data = await self._read_answer(reader)
+        if status == ANSWER_REFUSE:
+            raise _Refused(str(data, "utf-8", "replace"))
+        if secret is None:
+            if status == ANSWER_ACCEPT:
+                return
+            if status == ANSWER_CHALLENGE:
+                text = f"peer {them!r} asks for a shared secret, and this node has none configured"
+                w.write(encode_handshake_ack(False, f"secret_unexpected: {text}"))
+                raise _Refusing("secret_unexpected", text)
+            raise CodecError(f"unexpected handshake answer (status {status})")
+        if status == ANSWER_ACCEPT:
+            raise _Refusing(
+                "secret_missing", f"peer {them!r} accepted us without proving the cluster's shared secret"
+            )
+        if status != ANSWER_CHALLENGE:
+            raise CodecError(f"unexpected handshake answer (status {status})")
+        their_nonce = data
+        w.write(
+            encode_handshake_answer(
+                ANSWER_PROOF, secret.proof(DIALLER, self.cluster_id, me, them, nonce, their_nonce)
+            )
+        )
+        status, data = await self._read_answer(reader)
+        if status == ANSWER_REFUSE:
+            raise _Refused(str(data, "utf-8", "replace"))
+        if status != ANSWER_ACCEPT_PROVEN:
+            raise CodecError(f"unexpected handshake answer (status {status})")
+        if not secret.verify(data, ACCEPTOR, self.cluster_id, me, them, nonce, their_nonce):
+            raise _Refusing(
+                "secret_mismatch", f"peer {them!r} at {p.address} did not prove the cluster's shared secret"
+            )
+
+    async def _read_answer(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
         header = await reader.readexactly(HEADER_SIZE)
         flags, length = parse_header(header, _MAX_HANDSHAKE_BYTES)
         if flags != FLAG_HANDSHAKE:
             raise CodecError("expected a handshake answer")
-        return decode_handshake_ack(await reader.readexactly(length))
+        return decode_handshake_answer(await reader.readexactly(length))
 
     async def _connect_failed(self, p: _Peer, exc: BaseException) -> None:
         """Log (rate-limited), drop the queue, and hold the peer in back-off for a while."""
@@ -446,17 +576,20 @@ class TcpTransport:
         p.failures += 1
         delay = self._backoff_delay(p.failures)
         now = self._loop.time()
-        reason = (
-            f"refused: {exc}"
-            if isinstance(exc, _Refused)
-            else (repr(exc) if str(exc) else type(exc).__name__)
-        )
+        if isinstance(exc, _Refused):
+            reason = f"refused: {exc}"
+        elif isinstance(exc, _Refusing):
+            reason = f"refusing it: {exc}"
+        else:
+            reason = repr(exc) if str(exc) else type(exc).__name__
+        what = "handshake failed with" if isinstance(exc, (_Refused, _Refusing)) else "cannot reach"
         if p.failures == 1 or now - p.last_warning >= self.warning_interval:
             p.last_warning = now
             log.warning(
-                "%s: cannot reach peer %s at %s (%s); %d attempt(s) failed, retrying with back-off "
+                "%s: %s peer %s at %s (%s); %d attempt(s) failed, retrying with back-off "
                 "(at most %.1fs); messages to it are dropped meanwhile",
                 self.node_id,
+                what,
                 p.node_id,
                 p.address,
                 reason,
@@ -513,7 +646,9 @@ class TcpTransport:
         peer = writer.get_extra_info("peername")
         try:
             try:
-                hs = await asyncio.wait_for(self._read_handshake(reader), self.handshake_timeout)
+                sender = await asyncio.wait_for(
+                    self._accept_handshake(reader, writer, peer), self.handshake_timeout
+                )
             except CodecError as exc:
                 self.stats["bad_frames"] += 1
                 log.warning(
@@ -523,16 +658,13 @@ class TcpTransport:
             except _NET_ERRORS as exc:
                 log.info("%s: connection from %s ended before its handshake: %r", self.node_id, peer, exc)
                 return
-            reason = self._check_handshake(hs)
-            if reason is not None:
-                self.stats["rejected_handshakes"] += 1
-                log.warning("%s: refusing connection from %s (%r): %s", self.node_id, peer, hs.sender, reason)
-                writer.write(encode_handshake_ack(False, reason))
+            if sender is None:
                 return
-            writer.write(encode_handshake_ack(True))
-            self._incoming[writer] = hs.sender
-            log.debug("%s: accepted connection from %s at %s", self.node_id, hs.sender, peer)
-            await self._receive_loop(reader, hs.sender, peer)
+            self._incoming[writer] = sender
+            for key in [k for k in self._refusal_log if k[1] == sender]:
+                del self._refusal_log[key]  # a later refusal of this peer is news again
+            log.debug("%s: accepted connection from %s at %s", self.node_id, sender, peer)
+            await self._receive_loop(reader, sender, peer)
         except _NET_ERRORS as exc:
             log.debug("%s: connection from %s lost: %r", self.node_id, peer, exc)
         finally:
@@ -548,16 +680,114 @@ class TcpTransport:
             raise CodecError("first frame is not a handshake")
         return decode_handshake(await reader.readexactly(length))
 
-    def _check_handshake(self, hs: Handshake) -> str | None:
+    async def _accept_handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
+    ) -> str | None:
+        """The acceptor's side of the handshake: the sender's id once accepted, None if refused."""
+        hs = await self._read_handshake(reader)
+        refusal = self._check_handshake(hs)
+        if refusal is None and self.tls is not None:
+            why = self.tls.check_peer_certificate(
+                writer.get_extra_info("peercert"), hs.sender, self._peers[hs.sender].address
+            )
+            if why is not None:
+                refusal = ("peer_identity", f"peer {hs.sender!r}: {why}")
+        if refusal is None:
+            refusal = self._check_auth_offer(hs)
+        if refusal is not None:
+            self._refuse(writer, peer, hs.sender, *refusal)
+            return None
+        secret = self._secret
+        if secret is None:
+            writer.write(encode_handshake_ack(True))
+            return hs.sender
+        nonce = secret.new_nonce()
+        writer.write(encode_handshake_answer(ANSWER_CHALLENGE, nonce))
+        status, data = await self._read_answer(reader)
+        if status == ANSWER_REFUSE:
+            text = str(data, "utf-8", "replace")
+            self.metrics["handshake_refused_by_peer"][_reason_of(text)] += 1
+            fmt = "%s: connection from %s (%r) refused by the peer: %s"
+            self._log_refusal("by", hs.sender, _reason_of(text), fmt, peer, hs.sender, text)
+            return None
+        if status != ANSWER_PROOF:
+            raise CodecError(f"expected the dialler's proof, got answer status {status}")
+        if not secret.verify(data, DIALLER, self.cluster_id, hs.sender, self.node_id, hs.nonce, nonce):
+            self._refuse(
+                writer,
+                peer,
+                hs.sender,
+                "secret_mismatch",
+                f"peer {hs.sender!r} did not prove the cluster's shared secret (a different secret, "
+                "or a replayed handshake)",
+            )
+            return None
+        if hs.sender not in self._peers:  # removed by set_peers while we awaited the proof
+            self._refuse(writer, peer, hs.sender, "unknown_sender", f"{hs.sender!r} is no longer a peer")
+            return None
+        proof = secret.proof(ACCEPTOR, self.cluster_id, hs.sender, self.node_id, hs.nonce, nonce)
+        writer.write(encode_handshake_answer(ANSWER_ACCEPT_PROVEN, proof))
+        return hs.sender
+
+    def _check_handshake(self, hs: Handshake) -> tuple[str, str] | None:
         if hs.protocol != WIRE_VERSION:
-            return f"protocol version {hs.protocol} not supported (we speak {WIRE_VERSION})"
+            return "protocol", f"protocol version {hs.protocol} not supported (we speak {WIRE_VERSION})"
         if hs.cluster_id != self.cluster_id:
-            return f"cluster id mismatch: {hs.cluster_id!r} is not {self.cluster_id!r}"
+            return "cluster_id", f"cluster id mismatch: {hs.cluster_id!r} is not {self.cluster_id!r}"
         if hs.receiver != self.node_id:
-            return f"connection meant for {hs.receiver!r}, this is {self.node_id!r}"
+            return "receiver", f"connection meant for {hs.receiver!r}, this is {self.node_id!r}"
         if hs.sender not in self._peers:
-            return f"unknown sender {hs.sender!r} (not a peer of {self.node_id!r})"
+            return "unknown_sender", f"unknown sender {hs.sender!r} (not a peer of {self.node_id!r})"
         return None
+
+    def _check_auth_offer(self, hs: Handshake) -> tuple[str, str] | None:
+        if self._secret is None:
+            if hs.auth != AUTH_NONE:
+                return (
+                    "secret_unexpected",
+                    f"peer {hs.sender!r} authenticates with a shared secret, and {self.node_id!r} "
+                    "has none configured",
+                )
+            return None
+        if hs.auth == AUTH_NONE:
+            return (
+                "secret_missing",
+                f"peer {hs.sender!r} did not authenticate, and {self.node_id!r} requires the cluster's "
+                "shared secret",
+            )
+        if hs.auth != AUTH_HMAC_SHA256 or len(hs.nonce) != AUTH_NONCE_BYTES:
+            return "protocol", f"auth scheme {hs.auth} with a {len(hs.nonce)}-byte nonce not supported"
+        return None
+
+    def _refuse(
+        self, writer: asyncio.StreamWriter, peer: object, sender: str, reason: str, detail: str
+    ) -> None:
+        """Count, log (once per peer and reason) and send a refusal; the caller closes."""
+        text = f"{reason}: {detail}"
+        self.stats["rejected_handshakes"] += 1
+        self.metrics["handshake_refused"][reason] += 1
+        self._log_refusal(
+            "of", sender, reason, "%s: refusing connection from %s (%r): %s", peer, sender, text
+        )
+        writer.write(encode_handshake_ack(False, text))
+
+    def _log_refusal(self, direction: str, sender: str, reason: str, fmt: str, *args: object) -> None:
+        """WARNING the first time a peer is refused for ``reason``, then at most every
+        ``warning_interval`` (with the number of refusals in between); DEBUG otherwise."""
+        # An unauthenticated client can claim any id: only known peers get their own entry.
+        key = (direction, sender if sender in self._peers else "<unknown>", reason)
+        now = time.monotonic()
+        entry = self._refusal_log.get(key)
+        if entry is not None and now - entry[0] < self.warning_interval:
+            entry[1] += 1
+            log.debug(fmt, self.node_id, *args)
+            return
+        suppressed = int(entry[1]) if entry is not None else 0
+        if len(self._refusal_log) >= _MAX_LOG_KEYS:
+            del self._refusal_log[next(iter(self._refusal_log))]
+        self._refusal_log[key] = [now, 0]
+        more = f" ({suppressed} more refusal(s) logged at DEBUG since the last warning)" if suppressed else ""
+        log.warning(fmt + "%s", self.node_id, *args, more)
 
     async def _receive_loop(self, reader: asyncio.StreamReader, sender: str, peer: object) -> None:
         decoder = FrameDecoder(self.max_frame_bytes)

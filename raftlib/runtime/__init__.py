@@ -1,0 +1,16 @@
+"""The runtime: where the event loop, files and sockets meet the sans-IO core.
+
+One concept a file (docs/architecture.md):
+
+* ``config.py``: :class:`NodeConfig` (tunables, default deadlines) and :class:`LeaderChange`;
+* ``node.py``: :class:`RaftNode`, one group's member: the ready/advance loop and the public API;
+* ``requests.py``: callers waiting on the node (proposals, forwards, reads, applied-index
+  waiters) and the rules that make every wait end;
+* ``persist.py``: the storage stage (WAL writes and fsync, inline or in the I/O thread);
+* ``snapshots.py``: the snapshot file layout, capture and restore.
+"""
+
+from raftlib.runtime.config import LeaderChange, NodeConfig
+from raftlib.runtime.node import RaftNode, install_uvloop
+
+__all__ = ["LeaderChange", "NodeConfig", "RaftNode", "install_uvloop"]

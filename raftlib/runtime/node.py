@@ -1,0 +1,862 @@
+"""RaftNode: one Raft group's member, driving the core on the caller's event loop.
+
+Owns the group's core (``RawNode``), its ready/advance loop, its ticker and the tasks
+it spawns, and wires the runtime's other parts together:
+
+* :mod:`raftlib.runtime.persist`: the storage stage (WAL writes, one fsync per Ready);
+* :mod:`raftlib.runtime.requests`: every caller waiting on the node, and the rules that
+  make each wait end;
+* :mod:`raftlib.runtime.snapshots`: the snapshot file layout, capture and restore;
+* the transport (``raftlib.transport``) and the user's state machine.
+
+One Ready at a time (docs/core.md, docs/runtime.md):
+
+1. messages that may go out at once are handed to the transport, while
+2. the Ready's entries and hard state are written with one fsync (proposals arriving
+   meanwhile batch into the next Ready: group commit);
+3. then acknowledgements and vote grants are sent, committed entries are applied to the
+   state machine in order, and the futures of ``propose()`` resolve with ``apply``'s
+   return value.
+
+Invariants: only durable entries are acknowledged (step 3 follows step 2); entries are
+applied once each, in log order; every task the node starts is cancelled and awaited in
+:meth:`RaftNode.stop`; every public coroutine has a deadline.
+
+Example::
+
+    node = raftlib.RaftNode(
+        "n1",
+        members={"n1": "127.0.0.1:7001", "n2": "127.0.0.1:7002", "n3": "127.0.0.1:7003"},
+        state_machine=Counter(),
+        data_dir="data/n1",
+    )
+    async with node:
+        value = await node.propose(b"5")
+        await node.read_barrier()          # then read the state machine: linearizable
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from raftlib._accel import ENTRY_CONF_CHANGE, ENTRY_NORMAL
+from raftlib.core import (
+    Change,
+    ChangeKind,
+    ConfChange,
+    Entry,
+    Message,
+    MessageType,
+    PersistentState,
+    RawNode,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
+from raftlib.errors import (
+    ConfigError,
+    LeadershipLost,
+    NodeStopped,
+    NotLeader,
+    RaftError,
+    RequestTimeout,
+    StateMachineError,
+)
+from raftlib.runtime.config import LeaderChange, NodeConfig
+from raftlib.runtime.persist import StorageStage, TransferRejected
+from raftlib.runtime.requests import Requests, await_request
+from raftlib.runtime.snapshots import restore_snapshot, write_snapshot
+from raftlib.statemachine import SnapshotWriter, StateMachine
+from raftlib.transport.peerauth import check_peer_secret
+
+log = logging.getLogger("raftlib.node")
+
+
+class RaftNode:
+    """A member of a Raft cluster, running on the caller's event loop.
+
+    ``members`` maps node ids to ``host:port`` peer addresses; it bootstraps a
+    new cluster (every initial member is given the same map) and is ignored
+    when ``data_dir`` already holds state. A node joining an existing cluster
+    passes ``join=True`` and the addresses it knows; the leader adds it with
+    :meth:`add_member`.
+
+    ``data_dir=None`` keeps everything in memory (tests only: nothing survives
+    a restart). ``transport`` and ``storage`` may be given to replace the TCP
+    transport and the disk storage (the in-memory ones in tests).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        members: dict[str, str],
+        state_machine: StateMachine,
+        data_dir: str | os.PathLike[str] | None = None,
+        config: NodeConfig | None = None,
+        *,
+        join: bool = False,
+        transport: Any = None,
+        storage: Any = None,
+        on_leader_change: Callable[[LeaderChange], Any] | None = None,
+    ) -> None:
+        if not node_id or not isinstance(node_id, str):
+            raise ConfigError("node_id must be a non-empty string")
+        if not join and node_id not in members:
+            raise ConfigError(f"node {node_id!r} is not in members {sorted(members)}")
+        if node_id not in members and transport is None:
+            raise ConfigError(f"members must give the address node {node_id!r} listens on")
+        self.id = node_id
+        self.config = config or NodeConfig()
+        self.config.validate()
+        if self.config.peer_secret is not None:
+            check_peer_secret(self.config.peer_secret)  # ConfigError now rather than at start()
+        self._initial_members = dict(members)
+        self._join = join
+        self._sm = state_machine
+        self._data_dir = os.fspath(data_dir) if data_dir is not None else None
+        self._storage = storage
+        self._stage: StorageStage | None = None
+        self._pipelined = self.config.async_storage_writes
+        self._transport = transport
+        self._flush_transport: Callable[[], None] | None = None
+        self._on_leader_change = on_leader_change
+        self._addresses: dict[str, str] = dict(members)
+        self._core: RawNode | None = None
+        self._applied = 0
+        self._running = False
+        self._failure: BaseException | None = None
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._main_tasks: list[asyncio.Task[Any]] = []
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._snapshotter: concurrent.futures.ThreadPoolExecutor | None = None
+        self._requests = Requests(self.config.default_forward_timeout())
+        self._ctx_counter = itertools.count(1)
+        self._listeners: list[asyncio.Queue[LeaderChange]] = []
+        self._leader: str | None = None
+        self._snapshot_lock: asyncio.Lock | None = None
+        self._snapshotting = False
+        self.metrics: dict[str, float] = {
+            "proposals_committed": 0,
+            "proposals_applied": 0,
+            "proposals_failed": 0,
+            "leader_changes": 0,
+            "fsync_count": 0,
+            "fsync_seconds_total": 0.0,
+            "fsync_inline_count": 0,
+            "snapshots_taken": 0,
+            "snapshots_installed": 0,
+        }
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> RaftNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Recover from ``data_dir`` (or bootstrap), connect to peers and begin serving."""
+        if self._running:
+            return
+        self._wake = asyncio.Event()
+        self._snapshot_lock = asyncio.Lock()
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-{self.id}-rd")
+        self._snapshotter = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"raft-{self.id}-snap"
+        )
+        if self._storage is None:
+            from raftlib.storage import DiskStorage, MemoryStorage
+
+            if self._data_dir is None:
+                self._storage = MemoryStorage()
+            else:
+                self._storage = DiskStorage(self._data_dir, fsync=self.config.fsync)
+        stage = StorageStage(self._storage, self.id, self.config.inline_sync_below, self.metrics)
+        stage.pipeline(self._on_durable, self._flush, self._fatal)
+        self._stage = stage
+        state: PersistentState = await stage.call(self._storage.load)
+        applied = 0
+        if state.snapshot is not None:
+            restored = await stage.call(restore_snapshot, self._storage, state.snapshot.index, self._sm)
+            self._set_addresses(restored)
+            applied = state.snapshot.index
+        fresh = state.snapshot is None and not state.entries and state.hard_state.term == 0
+        voters = sorted(self._initial_members) if fresh and not self._join else []
+        if not fresh and not state.snapshot and not self._join:
+            # Restarting without a snapshot: the configuration is replayed from the
+            # log, starting from the bootstrap members.
+            voters = sorted(self._initial_members)
+        rng = random.Random(self.config.rng_seed) if self.config.rng_seed is not None else random.Random()
+        cfg = self.config.raft_config(self.id, voters, join=self._join and not voters)
+        self._pipelined = cfg.async_storage_writes
+        self._core = RawNode(cfg, state, rng=rng, applied=applied)
+        self._applied = applied
+        if self._transport is None:
+            from raftlib.transport.tcp import TcpTransport
+
+            self._transport = TcpTransport(
+                self.id,
+                listen=self._addresses[self.id],
+                peers=self._peer_addresses(),
+                cluster_id=self.config.cluster_id,
+                ssl=self.config.tls,
+                peer_secret=self.config.peer_secret,
+            )
+        else:
+            self._transport.set_peers(self._peer_addresses())
+        await self._transport.start(self._on_message)
+        # Optional in the Transport protocol: write queued messages before the loop blocks.
+        self._flush_transport = getattr(self._transport, "flush", None)
+        self._running = True
+        self._failure = None
+        self._main_tasks = [
+            asyncio.create_task(self._ticker(), name=f"raft-{self.id}-tick"),
+            asyncio.create_task(self._ready_loop(), name=f"raft-{self.id}-ready"),
+        ]
+        self._wake.set()
+        log.info("node %s started (term %d, commit %d)", self.id, self._core.term, self._core.commit_index)
+
+    async def stop(self) -> None:
+        """Stop serving: cancel and await every task, close sockets and files.
+
+        Pending proposals and reads fail with :class:`NodeStopped`. Idempotent.
+        """
+        was_running = self._running
+        self._running = False
+        tasks = self._main_tasks + list(self._tasks)
+        self._main_tasks = []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self._transport is not None and was_running:
+            await self._transport.stop()
+        loop = asyncio.get_running_loop()
+        for ex in (self._reader, self._snapshotter):
+            if ex is not None:
+                await loop.run_in_executor(None, ex.shutdown, True)
+        self._reader = self._snapshotter = None
+        if self._stage is not None:
+            stage, self._stage = self._stage, None
+            await stage.close(save_pending=was_running and self._failure is None, close_storage=was_running)
+        self._requests.fail_all(NodeStopped("failed" if self._failure else "stopped"))
+        for q in self._listeners:
+            q.put_nowait(LeaderChange(None, -1))
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # -- public operations -------------------------------------------------------------
+
+    def _check_running(self) -> RawNode:
+        if self._failure is not None:
+            raise NodeStopped(f"failed: {self._failure!r}") from self._failure
+        if not self._running or self._core is None:
+            raise NodeStopped("not started" if self._core is None else "stopped")
+        return self._core
+
+    def _not_leader(self) -> NotLeader:
+        lead = self._core.leader if self._core else None
+        return NotLeader(lead, self._addresses.get(lead) if lead else None)
+
+    def _limit(self, timeout: float | None) -> float | None:
+        """Seconds a call may wait: ``timeout``, or the configured default when None;
+        None (no deadline) for ``math.inf``."""
+        if timeout is None:
+            timeout = self.config.default_request_timeout()
+        elif not timeout >= 0:  # negative or NaN
+            raise ValueError(f"timeout must be >= 0 seconds (math.inf: no deadline), not {timeout}")
+        return None if math.isinf(timeout) else timeout
+
+    async def propose(self, command: bytes, timeout: float | None = None) -> Any:
+        """Replicate ``command``; returns the state machine's ``apply`` result on this node.
+
+        Every call ends. ``timeout`` is the deadline in seconds; ``None`` uses
+        ``NodeConfig.request_timeout`` (by default 5 s plus two election
+        timeouts, etcd's rule), ``math.inf`` waits without one. It raises:
+
+        * :class:`~raftlib.NotLeader` (with the leader's id and address) on a
+          follower unless ``forward_proposals`` is on, or when no leader emerged
+          within two election timeouts;
+        * :class:`~raftlib.LeadershipLost` when the leader holding the entry
+          stepped down (or, on a follower, the leader it forwarded to is no
+          longer followed) before the entry committed. Its
+          ``may_still_commit`` says whether the entry can still be applied
+          (``True``: it sits in a log and the next leader may commit it) or
+          certainly was not (``False``: another leader's entry took its index);
+        * :class:`~raftlib.ProposalDropped` when the entry never entered the
+          log (``transfer_pending``, a refused forward) or a forward was lost
+          (``forward_lost``, ``may_still_commit=True``);
+        * :class:`~raftlib.UncommittedLimitExceeded` under back-pressure;
+        * :class:`~raftlib.RequestTimeout` (a ``TimeoutError``) when the
+          deadline passed: the outcome is unknown, the entry may still be applied;
+        * :class:`~raftlib.NodeStopped` when the node stops meanwhile.
+
+        Cancelling the call (``task.cancel()``, or an outer ``wait_for``)
+        stops the wait only: an entry already handed to the core stays in the
+        log and may still be committed and applied. The node forgets the call
+        either way, so nothing accumulates.
+        """
+        core = self._check_running()
+        if not isinstance(command, bytes | bytearray | memoryview):
+            raise TypeError(f"command must be bytes, not {type(command).__name__}")
+        command = bytes(command)
+        if not command:
+            raise ValueError("empty commands are reserved for the leader's no-op entries")
+        limit = self._limit(timeout)
+        loop = asyncio.get_running_loop()
+        if core.leader is None:
+            # During an election: wait for its outcome (like etcd) rather than fail at once.
+            started = loop.time()
+            wait = self._leader_wait() if limit is None else min(limit, self._leader_wait())
+            await self.wait_leader(wait)
+            core = self._check_running()
+            if limit is not None:
+                limit = max(0.0, limit - (loop.time() - started))
+        fut: asyncio.Future[Any] = loop.create_future()
+        index = 0
+        ctx: bytes | None = None
+        if core.role is Role.LEADER:
+            index, term = core.propose(command)
+            self._requests.add_proposal(index, term, fut)
+        elif self.config.forward_proposals and core.leader is not None:
+            ctx = self._new_context()
+            core.propose_with_context(command, ctx)
+            self._requests.add_forwarded(ctx, fut, loop.time())
+        else:
+            raise self._not_leader()
+        self._wake.set()
+        try:
+            return await await_request(fut, limit, "propose", index)
+        finally:
+            if not fut.done() or fut.cancelled() or isinstance(fut.exception(), RequestTimeout):
+                self._requests.forget_proposal(index, ctx, fut)
+
+    def _leader_wait(self) -> float:
+        """How long calls wait for an election to produce a leader: two election timeouts."""
+        return 4 * self.config.election_tick * self.config.tick_interval
+
+    async def wait_leader(self, timeout: float | None = None) -> str:
+        """Wait until this node knows a leader; returns its id.
+
+        Raises NotLeader(None) when no leader emerged within ``timeout``
+        (default: two maximal election timeouts).
+        """
+        limit = timeout if timeout is not None else self._leader_wait()
+        deadline = time.monotonic() + limit
+        while True:
+            core = self._check_running()
+            if core.leader is not None:
+                return core.leader
+            if time.monotonic() >= deadline:
+                raise NotLeader(None)
+            await asyncio.sleep(min(self.config.tick_interval, max(0.0, deadline - time.monotonic())))
+
+    async def read_barrier(self, timeout: float | None = None) -> int:
+        """Wait until a linearizable read is safe on this node; returns the read index.
+
+        Confirms (thesis §6.4 ReadIndex) that the leader was still the leader
+        after this call began, then waits for this node to apply up to the
+        leader's commit index. Reading the state machine afterwards observes
+        every write acknowledged before the call. Works on followers too.
+
+        ``timeout`` as for :meth:`propose` (default ``NodeConfig.request_timeout``).
+        While no leader is known the call waits for one (within the deadline).
+        Raises :class:`~raftlib.LeadershipLost` (``may_still_commit=False``:
+        nothing was written, retrying is safe) when the leader stepped down
+        before confirming the read, :class:`~raftlib.RequestTimeout` at the
+        deadline.
+        """
+        self._check_running()
+        limit = self._limit(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - loop.time())
+
+        while True:
+            core = self._check_running()
+            ctx = self._new_context()
+            fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
+            try:
+                core.read_index(ctx)
+            except NotLeader:
+                # No leader known: wait for one, then ask again.
+                left = remaining()
+                if left is not None and left <= 0:
+                    raise RequestTimeout("read_barrier", limit or 0.0) from None
+                try:
+                    await self.wait_leader(left if left is not None else self._leader_wait())
+                except NotLeader:
+                    if left is not None and loop.time() >= deadline:  # type: ignore[operator]
+                        raise RequestTimeout("read_barrier", limit or 0.0) from None
+                continue
+            self._requests.add_read(ctx, fut)
+            self._wake.set()
+            try:
+                index, ok = await await_request(fut, remaining(), "read_barrier")
+            finally:
+                self._requests.reads.pop(ctx, None)
+            if not ok:
+                raise LeadershipLost(False, "the leader stepped down before it confirmed the read")
+            await self.wait_applied(index, remaining() if deadline is not None else math.inf)
+            return index
+
+    async def wait_applied(self, index: int, timeout: float | None = None) -> None:
+        """Wait until this node has applied ``index``.
+
+        ``timeout`` as for :meth:`propose` (default ``NodeConfig.request_timeout``);
+        raises :class:`~raftlib.RequestTimeout` at the deadline.
+        """
+        self._check_running()
+        if self._applied >= index:
+            return
+        limit = self._limit(timeout)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._requests.waiters.add(index, fut)
+        try:
+            await await_request(fut, limit, "wait_applied", index)
+        finally:
+            if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                self._requests.waiters.discard_done()
+
+    async def add_member(self, node_id: str, address: str, timeout: float | None = 30.0) -> None:
+        """Add a voter safely: it joins as a learner and is promoted once caught up.
+
+        Returns once it is a voter. The new node must be started with
+        ``join=True``. Raises ConfChangeInProgress while another change is in flight.
+        """
+        limit = self._limit(timeout)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._conf_change(Change(ChangeKind.ADD_MEMBER, node_id, address.encode()), limit)
+        while node_id not in self.membership().voters:
+            if limit is not None and loop.time() - started >= limit:
+                raise RequestTimeout("conf_change", limit)
+            await asyncio.sleep(self.config.tick_interval)
+
+    async def add_learner(self, node_id: str, address: str, timeout: float | None = 30.0) -> None:
+        """Add a non-voting member that receives the log (promote it later with :meth:`promote`)."""
+        await self._conf_change(Change(ChangeKind.ADD_LEARNER, node_id, address.encode()), timeout)
+
+    async def promote(self, node_id: str, timeout: float | None = 30.0) -> None:
+        """Make a learner a voter."""
+        await self._conf_change(Change(ChangeKind.ADD_VOTER, node_id), timeout)
+
+    async def remove_member(self, node_id: str, timeout: float | None = 30.0) -> None:
+        """Remove a voter or learner. Removing the leader hands leadership over once committed."""
+        await self._conf_change(Change(ChangeKind.REMOVE, node_id), timeout)
+
+    async def _conf_change(self, change: Change, timeout: float | None) -> None:
+        core = self._check_running()
+        if core.role is not Role.LEADER:
+            raise self._not_leader()
+        limit = self._limit(timeout)
+        index, term = core.propose_conf_change(ConfChange((change,)))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._requests.add_proposal(index, term, fut)
+        self._wake.set()
+        try:
+            await await_request(fut, limit, "conf_change", index)
+        finally:
+            if not fut.done() or fut.cancelled() or isinstance(fut.exception(), RequestTimeout):
+                self._requests.forget_proposal(index, None, fut)
+
+    async def transfer_leadership(self, target: str, timeout: float | None = None) -> None:
+        """Hand leadership to ``target`` (thesis §3.10); returns once it leads.
+
+        Raises TimeoutError when the transfer was abandoned (after an election
+        timeout, the target not having become leader).
+        """
+        core = self._check_running()
+        core.transfer_leadership(target)
+        self._wake.set()
+        limit = timeout if timeout is not None else 2 * self.config.election_timeout()
+        deadline = time.monotonic() + limit
+        while self._check_running().leader != target:
+            if time.monotonic() >= deadline:
+                raise RequestTimeout("transfer_leadership", limit)
+            await asyncio.sleep(self.config.tick_interval / 2)
+
+    async def snapshot(self) -> SnapshotMeta:
+        """Snapshot the state machine now and compact the log behind it."""
+        self._check_running()
+        assert self._snapshot_lock is not None
+        async with self._snapshot_lock:
+            return await self._take_snapshot()
+
+    def status(self) -> dict[str, Any]:
+        """Role, term, leader, commit/applied index, members, per-peer progress on the leader."""
+        if self._core is None:
+            return {"id": self.id, "running": False}
+        st = self._core.status()
+        st["applied"] = self._applied
+        st["running"] = self._running
+        st["leader_address"] = self._addresses.get(st["leader"]) if st["leader"] else None
+        st["members"] = dict(sorted(self._addresses.items()))
+        st["failure"] = repr(self._failure) if self._failure else None
+        return st
+
+    def membership(self) -> Any:
+        """The configuration in force (voters, learners, ...)."""
+        return self._check_running().membership
+
+    @property
+    def transport_stats(self) -> dict[str, int]:
+        """The transport's counters (sent, received, dropped, reconnects, bad_frames,
+        rejected_handshakes, ...): refused peers and garbage show up here."""
+        stats = getattr(self._transport, "stats", None)
+        return dict(stats) if stats else {}
+
+    @property
+    def leader(self) -> str | None:
+        return self._core.leader if self._core else None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._core is not None and self._core.role is Role.LEADER
+
+    def address_of(self, node_id: str) -> str | None:
+        return self._addresses.get(node_id)
+
+    async def leader_changes(self) -> AsyncIterator[LeaderChange]:
+        """Iterate over leadership changes as this node observes them, until it stops."""
+        q: asyncio.Queue[LeaderChange] = asyncio.Queue()
+        self._listeners.append(q)
+        try:
+            if self._core is not None:
+                yield LeaderChange(self._leader, self._core.term, self._addresses.get(self._leader or ""))
+            while True:
+                change = await q.get()
+                if change.term < 0:
+                    return
+                yield change
+        finally:
+            self._listeners.remove(q)
+
+    # -- the driver loop -------------------------------------------------------------------
+
+    def _new_context(self) -> bytes:
+        return f"{self.id}:{next(self._ctx_counter)}".encode()
+
+    def _peer_addresses(self) -> dict[str, str]:
+        return {k: v for k, v in self._addresses.items() if k != self.id}
+
+    def _on_message(self, m: Message) -> None:
+        core = self._core
+        if core is None or not self._running:
+            return
+        try:
+            core.step(m)
+        except (ValueError, RaftError) as exc:
+            log.warning("node %s dropped message %r: %s", self.id, m, exc)
+            return
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        interval = self.config.tick_interval
+        loop = asyncio.get_running_loop()
+        next_at = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            if next_at < time.monotonic():
+                next_at = time.monotonic() + interval  # fell behind (paused): do not burst
+            assert self._core is not None
+            self._core.tick()
+            if self._requests.forwarded and self._requests.expire_forwards(loop.time()):
+                self.metrics["proposals_failed"] = self._requests.failed
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        core = self._core
+        assert core is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while core.has_ready():
+                    rd = core.ready()
+                    try:
+                        await self._handle_ready(rd)
+                    except TransferRejected as exc:
+                        # The leader's snapshot arrived damaged. Nothing of this Ready
+                        # was made durable or acknowledged: go back to the durable state,
+                        # exactly as a restart would, and the leader sends it again.
+                        log.error("node %s: rejected a snapshot transfer: %s", self.id, exc.cause)
+                        core = await self._reload_core()
+                        continue
+                    core.advance(rd)
+                    self._after_advance()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._fatal(exc)
+
+    async def _reload_core(self) -> RawNode:
+        """Rebuild the core from what is durable (as after a restart), keeping the state machine."""
+        assert self._stage is not None and self._core is not None
+        state: PersistentState = await self._stage.call(self._storage.load)
+        self._core = RawNode(self._core.raft.config, state, rng=self._core.raft.rng, applied=self._applied)
+        self._wake.set()
+        return self._core
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.critical("node %s stopped on a fatal error: %r", self.id, exc, exc_info=exc)
+        self._failure = exc
+        self._running = False
+        err = exc if isinstance(exc, RaftError) else NodeStopped(f"failed: {exc!r}")
+        self._requests.fail_all(err)
+        for t in self._main_tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        assert self._transport is not None and self._core is not None and self._stage is not None
+        requests = self._requests
+        if rd.soft_state is not None:
+            self._observe_leader(rd.soft_state.leader)
+        # Appends without entries (a leader announcing its commit index, a probe) wait until
+        # the committed entries are applied: nobody waits on them, while the callers of those
+        # entries would otherwise have their answers queued behind two socket writes.
+        now: list[Message] = []
+        deferred: list[Message] = []
+        for m in rd.messages:
+            (deferred if m.type is MessageType.APPEND and not m.entries else now).append(m)
+        self._send(now)
+        snapshot = rd.snapshot is not None or bool(rd.snapshot_chunks)
+        if self._pipelined and not snapshot:
+            # Thesis §10.2.1: the write goes on while this Ready's committed entries (durable
+            # here already) are applied and the next Ready is taken; its acknowledgements
+            # leave from _on_durable.
+            self._stage.submit(rd)
+        else:
+            if self._pipelined:
+                await self._stage.drain()  # a snapshot replaces the log: no write may be in flight
+            await self._stage.persist(rd, self._flush_transport)
+        if rd.snapshot is not None:
+            self._set_addresses(
+                await self._stage.call(restore_snapshot, self._storage, rd.snapshot.index, self._sm)
+            )
+            self._applied = rd.snapshot.index
+            requests.waiters.release(self._applied)
+            self.metrics["snapshots_installed"] += 1
+            self._transport.set_peers(self._peer_addresses())
+            requests.covered_by_snapshot(rd.snapshot.index)
+        if self._pipelined and snapshot:
+            self._on_durable(rd)
+            self._flush()
+        elif not self._pipelined and rd.persisted_messages:
+            # Acknowledgements of what was just made durable: the leader is waiting on them.
+            self._send(rd.persisted_messages)
+            self._flush()
+        for res in rd.proposal_results:
+            requests.forward_answered(res, self._applied, self._addresses.get(res.leader or ""))
+        self._apply(rd.committed_entries)
+        if deferred:
+            self._send(deferred)
+        for rs in rd.read_states:
+            requests.read_answered(rs.context, rs.index, rs.ok)
+        self.metrics["proposals_failed"] = requests.failed
+
+    def _on_durable(self, rd: Ready) -> None:
+        """Asynchronous writes: ``rd`` (and every Ready before it) is durable. The core counts
+        the leader's own entries now, and the acknowledgements that waited for it go out."""
+        core = self._core
+        if core is None or not self._running:
+            return
+        core.persisted(rd)
+        if rd.persisted_messages:
+            self._send(rd.persisted_messages)
+        self._wake.set()
+
+    def _flush(self) -> None:
+        if self._flush_transport is not None:
+            self._flush_transport()
+
+    def _send(self, msgs: list[Message]) -> None:
+        if not msgs:
+            return
+        plain = []
+        for m in msgs:
+            if m.type is MessageType.SNAPSHOT:
+                self._spawn(self._send_snapshot_chunk(m))
+            else:
+                plain.append(m)
+        if plain:
+            assert self._transport is not None
+            self._transport.send(plain)
+
+    async def _send_snapshot_chunk(self, m: Message) -> None:
+        assert m.snapshot is not None and self._core is not None
+        loop = asyncio.get_running_loop()
+        try:
+            data, done = await loop.run_in_executor(
+                self._reader,
+                self._storage.read_snapshot_chunk,
+                m.snapshot.index,
+                m.offset,
+                self.config.snapshot_chunk_bytes,
+            )
+        except (OSError, RaftError) as exc:
+            log.warning("node %s cannot read snapshot %d for %s: %s", self.id, m.snapshot.index, m.to, exc)
+            self._core.report_snapshot_failure(m.to)
+            self._wake.set()
+            return
+        m.data, m.done = data, done
+        assert self._transport is not None
+        self._transport.send([m])
+
+    def _apply(self, entries: list[Entry]) -> None:
+        """§5.3: apply committed entries in log order, once each, and answer their proposers."""
+        requests = self._requests
+        by_index = requests.by_index
+        for e in entries:
+            result: Any = None
+            if e.type == ENTRY_CONF_CHANGE:
+                self._apply_addresses(e)
+            elif e.type == ENTRY_NORMAL and e.data:
+                try:
+                    result = self._sm.apply(e.data, e.index)
+                except Exception as exc:
+                    raise StateMachineError(e.index, exc) from exc
+                self.metrics["proposals_applied"] += 1
+            self._applied = e.index
+            if by_index and requests.applied(e, result):
+                self.metrics["proposals_committed"] += 1
+        if entries:
+            requests.waiters.release(self._applied)
+
+    def _apply_addresses(self, e: Entry) -> None:
+        try:
+            cc = ConfChange.decode(e.data)
+        except RaftError:
+            return
+        for ch in cc.changes:
+            if ch.kind is ChangeKind.REMOVE:
+                if ch.node_id != self.id:
+                    self._addresses.pop(ch.node_id, None)
+            elif ch.context:
+                self._addresses[ch.node_id] = ch.context.decode(errors="replace")
+        if self._transport is not None:
+            self._transport.set_peers(self._peer_addresses())
+
+    def _after_advance(self) -> None:
+        core = self._core
+        assert core is not None
+        if (
+            self.config.auto_snapshot
+            and not self._snapshotting
+            and core.should_snapshot()
+            and self._running
+        ):
+            self._snapshotting = True
+            self._spawn(self._auto_snapshot())
+
+    def _observe_leader(self, leader: str | None) -> None:
+        if leader == self._leader:
+            return
+        previous, self._leader = self._leader, leader
+        assert self._core is not None
+        if previous is not None and self._requests:
+            # The leader our requests depended on is gone: end them now rather than at their
+            # deadlines (entries at or below the commit index stay: they will be applied).
+            failed = self._requests.leader_lost(self._core.commit_index)
+            if failed:
+                log.info("node %s: %d proposal(s) ended by the change of leader", self.id, failed)
+        change = LeaderChange(leader, self._core.term, self._addresses.get(leader) if leader else None)
+        if leader is not None:
+            self.metrics["leader_changes"] += 1
+        log.info("node %s: leader is now %s (term %d)", self.id, leader, change.term)
+        for q in self._listeners:
+            q.put_nowait(change)
+        if self._on_leader_change is not None:
+            try:
+                self._on_leader_change(change)
+            except Exception:
+                log.exception("on_leader_change callback failed")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    async def _auto_snapshot(self) -> None:
+        try:
+            assert self._snapshot_lock is not None
+            async with self._snapshot_lock:
+                await self._take_snapshot()
+        except NotImplementedError as exc:
+            log.warning("node %s: automatic snapshot disabled: %s", self.id, exc)
+            self.config = replace(self.config, auto_snapshot=False)
+        except (OSError, RaftError) as exc:
+            log.error("node %s: snapshot failed: %r", self.id, exc)
+        except Exception:  # the state machine's snapshot() or its writer raised; a later apply retries
+            log.exception("node %s: snapshot failed in the state machine's writer", self.id)
+        finally:
+            self._snapshotting = False
+
+    async def _take_snapshot(self) -> SnapshotMeta:
+        core = self._check_running()
+        assert self._stage is not None
+        index = self._applied
+        if core.snapshot_meta is not None and core.snapshot_meta.index >= index:
+            return core.snapshot_meta
+        captured = self._sm.snapshot()  # on the loop, between applies: point in time
+        addresses = dict(self._addresses)
+        meta = core.snapshot_meta_at(index)
+        loop = asyncio.get_running_loop()
+        try:
+            # Not the WAL's thread: appends and acks go on while the snapshot is written.
+            await loop.run_in_executor(
+                self._snapshotter, write_snapshot, self._storage, meta, addresses, captured
+            )
+        finally:
+            if isinstance(captured, SnapshotWriter):
+                captured.release()
+        core.compact(index)
+        first = core.first_index()
+        await self._stage.call(self._storage.compact, first)
+        self.metrics["snapshots_taken"] += 1
+        log.info("node %s: snapshot at %d, log compacted to %d", self.id, index, first)
+        return meta
+
+    def _set_addresses(self, addresses: dict[str, str]) -> None:
+        """Adopt the peer addresses recorded in a snapshot (keeping our own)."""
+        own = self._addresses.get(self.id)
+        self._addresses = dict(addresses)
+        if own is not None:
+            self._addresses[self.id] = own
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop policy when uvloop is installed; returns True if it is."""
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+__all__ = ["LeaderChange", "NodeConfig", "RaftNode", "install_uvloop"]
