@@ -266,8 +266,12 @@ class SessionStateMachine(StateMachine):
     def _first_leader_stamp(self, stamp: float) -> None:
         # Activity recorded before any leader stamp came unclamped from followers' clocks; clamp
         # it now, so activity again lies within clock_period of the log time it was recorded at.
+        # Their order is that of arrival, not of activity: sort them once, so the expiry scan
+        # may stop at the first live session from now on.
         for rec in self._sessions.values():
             rec.last_active = min(rec.last_active, stamp + self.clock_period)
+        ordered = sorted(self._sessions.items(), key=lambda item: (item[1].last_active, item[0]))
+        self._sessions = OrderedDict(ordered)
 
     def _expire(self) -> None:
         # Sessions are kept in order of their last activity entry. Activity is at least the log

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, BinaryIO, TypeVar
 
-from raftlib.errors import NodeStopped, NotLeader
+from raftlib.errors import NodeStopped, NotLeader, ProposalDropped
 from raftlib.recipes.replicated import CommandFailed, RecipeError, Replicated, UnknownCommand
 from raftlib.sessions import (
     RETRYABLE,
@@ -244,7 +244,8 @@ class ReplicatedStateMachine(SessionStateMachine):
         """Linearizable read point for every object of this member (thesis §6.4 ReadIndex).
 
         Tried in slices of the session's ``attempt_timeout`` until ``timeout``: a read index
-        request sent to a leader that just died is then asked again of the next one.
+        request sent to a leader that just died or stepped down (``LeadershipLost``) is then
+        asked again of the next one.
         """
         node = self.node
         attempt = self._session.attempt_timeout if self._session is not None else timeout
@@ -255,7 +256,7 @@ class ReplicatedStateMachine(SessionStateMachine):
             try:
                 await node.read_barrier(max(0.0, min(attempt, remaining)))
                 return
-            except (TimeoutError, asyncio.TimeoutError, NotLeader):
+            except (TimeoutError, asyncio.TimeoutError, NotLeader, ProposalDropped):
                 if loop.time() >= deadline:
                     raise
             await asyncio.sleep(0.01)
