@@ -459,6 +459,10 @@ class LogClock:
 
 
 
+CLOSE_TIMEOUT = 1.0
+"""How long :meth:`Session.close` tries to close the session through the log."""
+
+
 class Session:
     """A client session: ``await session.call(payload)`` applies ``payload`` exactly once.
 
@@ -529,7 +533,8 @@ class Session:
         return self.session_id
 
     async def close(self) -> None:
-        """Close the session through the log (best effort, bounded by ``attempt_timeout``)."""
+        """Close the session through the log (best effort, for at most ``CLOSE_TIMEOUT`` seconds:
+        a session that could not be closed expires after the session timeout)."""
         task, self._keepalive_task = self._keepalive_task, None
         if task is not None:
             task.cancel()
@@ -538,7 +543,7 @@ class Session:
         sid, self.session_id = self.session_id, None
         if sid is not None:
             with contextlib.suppress(CommandError, TimeoutError, NodeStopped):
-                await self._submit(lambda node: close_entry(sid, stamp_for(node)), self.attempt_timeout)
+                await self._submit(lambda node: close_entry(sid, stamp_for(node)), CLOSE_TIMEOUT)
 
     async def call(self, payload: bytes, timeout: float | None = None) -> Any:
         """Apply ``payload`` exactly once; returns the state machine's result.
