@@ -319,6 +319,15 @@ def test_every_object_round_trips_through_a_snapshot() -> None:
     assert snapshot_bytes(twin) == snapshot_bytes(g)
 
 
+def test_get_returns_a_registered_object_of_the_asked_type() -> None:
+    g, _ = fresh()
+    assert g.get("d", ReplDict) is g.objects["d"]
+    with pytest.raises(RecipeError, match="is a ReplDict, not a Counter"):
+        g.get("d", Counter)
+    with pytest.raises(RecipeError, match="no object named 'x'"):
+        g.get("x", Counter)
+
+
 def test_a_snapshot_restores_only_onto_the_same_objects() -> None:
     g, drive = fresh()
     drive("c", "add", 1)

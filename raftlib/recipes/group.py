@@ -96,6 +96,15 @@ class ReplicatedStateMachine(SessionStateMachine):
         self._objects[obj.name] = obj
         return obj
 
+    def get(self, name: str, kind: type[Obj]) -> Obj:
+        """The object registered as ``name``, checked to be a ``kind`` (typed for mypy)."""
+        obj = self._objects.get(name)
+        if obj is None:
+            raise RecipeError(f"no object named {name!r} is registered (have {sorted(self._objects)})")
+        if not isinstance(obj, kind):
+            raise RecipeError(f"{name!r} is a {type(obj).__name__}, not a {kind.__name__}")
+        return obj
+
     @property
     def objects(self) -> dict[str, Replicated]:
         """The registered objects by name (a copy)."""
