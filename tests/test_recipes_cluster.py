@@ -16,6 +16,7 @@ from raftlib.recipes import (
     CampaignLost,
     Counter,
     Election,
+    LockLost,
     Locks,
     LockTimeout,
     Queue,
@@ -187,6 +188,20 @@ async def test_hold_refreshes_the_lease_in_the_background(cluster: GroupCluster)
         assert cluster.obj("n3", "locks").holder("k").token == token
     await cluster.obj("n3", "locks").sync()
     assert cluster.obj("n3", "locks").holder("k") is None
+
+
+async def test_hold_cancels_the_block_with_lock_lost_when_the_lease_is_gone(cluster: GroupCluster) -> None:
+    locks = cluster.obj("n1", "locks")
+    loop = asyncio.get_running_loop()
+    with pytest.raises(LockLost) as err:
+        async with locks.hold("k", "a", ttl=0.3) as token:
+            # Someone releases it behind our back (or the leader expired it): the next
+            # refresh is refused and the block is cancelled.
+            await cluster.obj("n3", "locks").release("k", "a", token)
+            started = loop.time()
+            await asyncio.sleep(5)
+    assert loop.time() - started < 1
+    assert err.value.token == token and "LockNotHeld" in err.value.reason
 
 
 async def test_the_election_runs_the_work_on_exactly_one_member_and_fails_over(cluster: GroupCluster) -> None:

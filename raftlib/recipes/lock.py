@@ -60,6 +60,18 @@ class LockTimeout(TimeoutError):
         super().__init__(f"lock {key!r} not acquired in time (held by {who})")
 
 
+class LockLost(Exception):
+    """The lease of a lock held with :meth:`Locks.hold` was lost while the block ran; the block
+    was cancelled. ``reason`` tells why (a refused refresh, a stopped node, ...)."""
+
+    def __init__(self, key: str, owner: str, token: int, reason: str) -> None:
+        self.key = key
+        self.owner = owner
+        self.token = token
+        self.reason = reason
+        super().__init__(f"{owner} lost lock {key!r} (token {token}): {reason}")
+
+
 class CampaignLost(Exception):
     """The elected member lost its lease (expired, or its node stopped); its work was cancelled."""
 
@@ -214,23 +226,52 @@ class Locks(Replicated):
         self, key: str, owner: str, ttl: float = 10.0, timeout: float | None = 30.0
     ) -> AsyncIterator[int]:
         """``async with locks.hold(key, owner) as token``: acquire, refresh every ttl/3 in the
-        background, release at exit (best effort: the lease expires anyway)."""
+        background, release at exit (best effort: the lease expires anyway).
+
+        If the lease is lost while the block runs (a refresh refused, the node stopped, the
+        group disconnected, or no refresh succeeded for a whole TTL), the block is cancelled
+        and :class:`LockLost` is raised from the ``async with``.
+        """
         token = await self.acquire(key, owner, ttl, timeout)
+        body = asyncio.current_task()
+        lost: list[str] = []
 
         async def keep() -> None:
+            loop = asyncio.get_running_loop()
+            last_ok = loop.time()
             while True:
                 await asyncio.sleep(ttl / 3)
-                await self.refresh(key, owner, token)
+                left = last_ok + ttl - loop.time()
+                try:
+                    if left <= 0:
+                        raise TimeoutError(f"no refresh succeeded for {ttl} s")
+                    await asyncio.wait_for(self.refresh(key, owner, token), left)
+                    last_ok = loop.time()
+                except (CommandError, RecipeError, NodeStopped, TimeoutError, asyncio.TimeoutError) as exc:
+                    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) and loop.time() < last_ok + ttl:
+                        continue  # one slow refresh: the lease still runs
+                    lost.append(repr(exc))
+                    if body is not None:
+                        body.cancel()
+                    return
 
         keeper = asyncio.create_task(keep())
         try:
             yield token
+        except asyncio.CancelledError:
+            if not lost:
+                raise
+            uncancel = getattr(body, "uncancel", None)  # Python 3.11+: this cancel was ours
+            if uncancel is not None:
+                uncancel()
+            raise LockLost(key, owner, token, lost[0]) from None
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await keeper
-            with contextlib.suppress(CommandError, TimeoutError, NodeStopped):
-                await self.release(key, owner, token)
+            if not lost:
+                with contextlib.suppress(CommandError, TimeoutError, NodeStopped, RecipeError):
+                    await self.release(key, owner, token)
 
     # -- leader duties ----------------------------------------------------------------------------
 
@@ -365,4 +406,13 @@ class Election(Locks):
                     await task
 
 
-__all__ = ["CampaignLost", "Election", "InvalidLease", "LockHolder", "LockNotHeld", "LockTimeout", "Locks"]
+__all__ = [
+    "CampaignLost",
+    "Election",
+    "InvalidLease",
+    "LockHolder",
+    "LockLost",
+    "LockNotHeld",
+    "LockTimeout",
+    "Locks",
+]
