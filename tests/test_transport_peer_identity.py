@@ -535,9 +535,8 @@ async def test_node_config_peer_secret_keeps_a_member_with_another_secret_out() 
 
 def test_a_bad_node_config_peer_secret_is_a_config_error_at_construction() -> None:
     with pytest.raises(ConfigError, match="at least 16"):
-        RaftNode(
-            "n0", {"n0": "127.0.0.1:0"}, Log(), config=NodeConfig(peer_secret="short"), storage=MemoryStorage()
-        )
+        RaftNode("n0", {"n0": "127.0.0.1:0"}, Log(), config=NodeConfig(peer_secret="short"),
+                 storage=MemoryStorage())
 
 
 # ---------------------------------------------------------------------------- mutual TLS
