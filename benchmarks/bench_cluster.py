@@ -198,9 +198,11 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | No
 
 def run_raftlib(base: Path, concurrency: int, seconds: float, warmup: float, value_bytes: int,
                 uvloop: bool, profile_dir: Path | None, tag: str,
-                snapshot_entries: int = 10**9) -> dict[str, Any]:
+                snapshot_entries: int = 10**9, fsync: bool = True) -> dict[str, Any]:
     # No snapshots during a run (PySyncObj's log compaction is off too): see docs/performance.md.
     extra = ["--snapshot-entries", str(snapshot_entries)] + (["--uvloop"] if uvloop else [])
+    if not fsync:
+        extra.append("--no-fsync")
     with ProcCluster(3, base, extra_args=extra) as c:
         leader = c.wait_leader()
         st = c.status(leader) or {}
@@ -236,7 +238,7 @@ def run_raftlib(base: Path, concurrency: int, seconds: float, warmup: float, val
         _check(counters == set(range(1, top + 1)), "raftlib keys do not match the writes acknowledged")
         _check(top + 2 <= len(ref) <= n_warm + n_meas + 2, f"raftlib holds {len(ref)} keys")
         fsyncs = res["fsyncs"] - (warm["fsyncs"] if warm else 0)
-        res.update(durable=True, compiled=st.get("compiled"), checked_keys=len(ref),
+        res.update(durable=fsync, compiled=st.get("compiled"), checked_keys=len(ref),
                    writes_per_fsync=n_meas / fsyncs if fsyncs else None)
         return res
 
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pso-variants", default=DEFAULT_VARIANTS,
                    help=f"comma-separated, of {','.join(VARIANTS)} (default {DEFAULT_VARIANTS})")
     p.add_argument("--no-uvloop", action="store_true", help="run raftlib on the default asyncio loop")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="also run raftlib with fsync off (equal durability with PySyncObj) and report it")
     p.add_argument("--plot", type=Path, help="write a PNG of throughput and p99 vs concurrency")
     p.add_argument("--profile-dir", type=Path,
                    help="py-spy record (raw format) raftlib's leader during each measured run")
@@ -368,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_cluster-"))
     raft_rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in concs}
+    nofsync_rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in concs}
     pso_rounds: dict[int, dict[str, list[dict[str, Any]]]] = {c: {v: [] for v in variants} for c in concs}
     compiled = None
     t_start = time.monotonic()
@@ -381,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  c={conc:<5} round {r}  raftlib            {res['writes_per_s']:>9.0f} w/s  "
                       f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:8.2f} ms  "
                       f"{_cpu(res)} [{res['checked_keys']} keys identical on 3 replicas]", file=err)
+                if args.no_fsync:
+                    res = run_raftlib(tmp / f"raftnf-c{conc}-r{r}", conc, args.seconds, args.warmup,
+                                      args.value_bytes, use_uvloop, None, f"nf{r}", fsync=False)
+                    nofsync_rounds[conc].append(res)
+                    print(f"  c={conc:<5} round {r}  raftlib no fsync   {res['writes_per_s']:>9.0f} w/s  "
+                          f"p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:8.2f} ms  {_cpu(res)}", file=err)
                 for v in variants:
                     res = run_pysyncobj(tmp / f"pso-{v}-c{conc}-r{r}", v, conc, args.seconds, args.warmup,
                                         args.value_bytes)
@@ -411,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio = rb["writes_per_s"] / pb["writes_per_s"] if pb["writes_per_s"] else float("inf")
         print(f"{c:>5} {'raftlib':<26} {'yes':>7} {rb['writes_per_s']:>10.0f} {rb['p50_ms']:>8.2f} "
               f"{rb['p99_ms']:>9.2f} {ratio:>6.2f}x", file=err)
+        if args.no_fsync:
+            nb = best(nofsync_rounds[c])
+            nratio = nb["writes_per_s"] / pb["writes_per_s"] if pb["writes_per_s"] else float("inf")
+            print(f"{c:>5} {'raftlib (no fsync)':<26} {'no':>7} {nb['writes_per_s']:>10.0f} "
+                  f"{nb['p50_ms']:>8.2f} {nb['p99_ms']:>9.2f} {nratio:>6.2f}x", file=err)
         for v in variants:
             pv = per_variant[v]
             mark = " *" if v == bv else ""
@@ -421,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
                       "writes_per_s": round(rb["writes_per_s"], 1), "p50_ms": round(rb["p50_ms"], 3),
                       "p99_ms": round(rb["p99_ms"], 3), "ratio": round(ratio, 3),
                       "uvloop": use_uvloop, "compiled": compiled})
+        if args.no_fsync:
+            lines.append({"system": "raftlib-nofsync", **common, "durable": False,
+                          "writes_per_s": round(nb["writes_per_s"], 1), "p50_ms": round(nb["p50_ms"], 3),
+                          "p99_ms": round(nb["p99_ms"], 3), "ratio": round(nratio, 3),
+                          "uvloop": use_uvloop, "compiled": compiled})
         lines.append({"system": "pysyncobj", **common, "durable": False,
                       "writes_per_s": round(pb["writes_per_s"], 1), "p50_ms": round(pb["p50_ms"], 3),
                       "p99_ms": round(pb["p99_ms"], 3), "config": bv,

@@ -520,6 +520,14 @@ class RaftNode:
         return self._check_running().membership
 
     @property
+    def handshake_refusals(self) -> dict[str, int]:
+        """Peer connections this node refused at the handshake, by reason (``secret_mismatch``,
+        ``cluster_mismatch``, ``tls_name_mismatch``, ...; see docs/transport.md)."""
+        metrics = getattr(self._transport, "metrics", None)
+        refused = metrics.get("handshake_refused") if isinstance(metrics, dict) else None
+        return dict(refused) if refused else {}
+
+    @property
     def transport_stats(self) -> dict[str, int]:
         """The transport's counters (sent, received, dropped, reconnects, bad_frames,
         rejected_handshakes, ...): refused peers and garbage show up here."""
