@@ -408,16 +408,28 @@ class LogClock:
     time ``sm`` shows, and if so stamps a tick; subclasses add other leader duties through
     :meth:`on_leader` (the batteries expire leases there). ``period`` defaults to the state
     machine's ``clock_period`` (a tenth of the session timeout).
+
+    A follower's clock sleeps until the node reports a leadership change (``leader_changes()``),
+    checking at least every ``idle_check`` seconds, so idle members cost next to nothing.
     """
 
     def __init__(
-        self, node: Any, sm: SessionStateMachine, *, period: float | None = None, interval: float = 0.05
+        self,
+        node: Any,
+        sm: SessionStateMachine,
+        *,
+        period: float | None = None,
+        interval: float = 0.05,
+        idle_check: float = 1.0,
     ) -> None:
         self.node = node
         self.sm = sm
         self.period = period if period is not None else sm.clock_period
         self.interval = interval
+        self.idle_check = idle_check
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
         self._was_leader = False
 
     def start(self) -> None:
@@ -426,19 +438,36 @@ class LogClock:
             self._task = asyncio.create_task(self._run(), name=f"log-clock-{getattr(self.node, 'id', '?')}")
 
     async def stop(self) -> None:
-        """Cancel the clock's task and wait for it."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Cancel the clock's tasks and wait for them."""
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watcher = None
+
+    async def _watch(self) -> None:
+        async for _ in self.node.leader_changes():
+            self._changed.set()
+
+    async def _idle(self) -> None:
+        """Wait for a leadership change (or ``idle_check`` seconds) while not the leader."""
+        node = self.node
+        if node.running and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.create_task(self._watch())
+            await asyncio.sleep(0)  # let it subscribe before the state is checked again
+            if node.is_leader:
+                return
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), self.idle_check)
+        self._changed.clear()
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
             node = self.node
             if not node.running or not node.is_leader:
                 self._was_leader = False
+                await self._idle()
                 continue
             if not self._was_leader:
                 self._was_leader = True
@@ -450,13 +479,13 @@ class LogClock:
                 await self.on_leader()
             except _CLOCK_ERRORS as exc:
                 log.debug("log clock on %s: %r", getattr(node, "id", "?"), exc)
+            await asyncio.sleep(self.interval)
 
     def on_promoted(self) -> None:
         """Called once when this member is seen to have become the leader."""
 
     async def on_leader(self) -> None:
         """Called every ``interval`` on the leader (after the tick check)."""
-
 
 
 CLOSE_TIMEOUT = 1.0

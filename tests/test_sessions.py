@@ -419,6 +419,29 @@ async def test_an_idle_session_expires_in_log_time_and_its_calls_fail() -> None:
         await c.close()
 
 
+async def test_a_followers_clock_sleeps_until_leadership_changes(cluster: SessionCluster) -> None:
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.nodes.values() if n is not leader)
+
+    class Counting(LogClock):
+        wakeups = 0
+
+        async def _idle(self) -> None:
+            Counting.wakeups += 1
+            await super()._idle()
+
+    clock = Counting(follower, cluster.sms[follower.id], interval=0.01, idle_check=10.0)
+    clock.start()
+    try:
+        await asyncio.sleep(0.5)  # fifty intervals: a polling clock would wake fifty times
+        assert Counting.wakeups <= 3
+        await leader.transfer_leadership(follower.id)
+        await asyncio.sleep(0.1)
+        assert clock._was_leader  # woken by the change, not by the 10 s check
+    finally:
+        await clock.stop()
+
+
 async def test_a_call_that_cannot_reach_a_quorum_ends_with_a_timeout(cluster: SessionCluster) -> None:
     leader = await cluster.leader()
     session = Session(leader, attempt_timeout=0.1, timeout=0.6, keepalive=None)
