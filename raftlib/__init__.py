@@ -34,10 +34,19 @@ from raftlib.errors import (
     UncommittedLimitExceeded,
 )
 from raftlib.runtime import LeaderChange, NodeConfig, RaftHost, RaftNode, install_uvloop
+from raftlib.sessions import (
+    Session,
+    SessionCallTimeout,
+    SessionExpired,
+    SessionStateMachine,
+    TooManyPendingResponses,
+)
 from raftlib.statemachine import SnapshotWriter, StateMachine
+from raftlib.valuecodec import CommandError
 
 __all__ = [
     "COMPILED",
+    "CommandError",
     "ConfChangeError",
     "ConfChangeInProgress",
     "Config",
@@ -51,6 +60,10 @@ __all__ = [
     "NodeStopped",
     "RaftHost",
     "RaftNode",
+    "Session",
+    "SessionCallTimeout",
+    "SessionExpired",
+    "SessionStateMachine",
     "SnapshotWriter",
     "StateMachine",
     "StateMachineError",
@@ -67,6 +80,7 @@ __all__ = [
     "Role",
     "SoftState",
     "StorageCorrupted",
+    "TooManyPendingResponses",
     "UncommittedLimitExceeded",
     "__version__",
 ]

@@ -359,3 +359,19 @@ async def test_forwards_expire_in_deadline_order_and_answers_after_expiry_are_ig
     assert 9 not in r.by_index, "an expired forward's late answer is dropped"
     r.forward_answered(ProposalResult(b"b", 10, 2), applied=0, leader_address=None)
     assert r.by_index[10][1] is b and len(r.forwarded) == 0
+
+
+async def test_default_deadlines_are_swept_in_order_and_explicit_timers_are_left_alone() -> None:
+    loop = asyncio.get_running_loop()
+    r = Requests(forward_timeout=1.0)
+    early, timer, late = loop.create_future(), loop.create_future(), loop.create_future()
+    r.add_proposal(1, 1, early, deadline=10.0)
+    r.add_proposal(2, 1, timer)  # an explicit timeout: the caller's own timer ends it
+    r.add_proposal(3, 1, late, deadline=12.0)
+    assert r.expire_deadlines(now=11.0, timeout=7.0) == 1
+    exc = early.exception()
+    assert isinstance(exc, RequestTimeout) and exc.index == 1 and exc.timeout == 7.0
+    assert not timer.done() and not late.done()
+    assert sorted(r.by_index) == [2, 3]
+    assert r.expire_deadlines(now=12.5, timeout=7.0) == 1 and isinstance(late.exception(), RequestTimeout)
+    assert list(r.by_index) == [2]

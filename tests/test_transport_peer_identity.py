@@ -525,6 +525,9 @@ async def test_node_config_peer_secret_keeps_a_member_with_another_secret_out() 
         await asyncio.sleep(0.1)
         assert sms["n2"].items == []
         assert nodes["n2"].transport_stats["rejected_handshakes"] > 0
+        # The members refuse the stranger and say why (exported by the KV store's /metrics).
+        refusals = [nodes[i].handshake_refusals for i in ("n0", "n1")]
+        assert any(r.get("secret_mismatch", 0) > 0 for r in refusals), refusals
         assert "peer_secret" not in repr(NodeConfig(peer_secret=SECRET)) and SECRET not in repr(
             NodeConfig(peer_secret=SECRET)
         )
@@ -533,15 +536,10 @@ async def test_node_config_peer_secret_keeps_a_member_with_another_secret_out() 
             await n.stop()
 
 
-async def test_a_bad_node_config_peer_secret_is_a_config_error() -> None:
-    node = RaftNode(
-        "n0", {"n0": "127.0.0.1:0"}, Log(), config=NodeConfig(peer_secret="short"), storage=MemoryStorage()
-    )
-    try:
-        with pytest.raises(ConfigError, match="at least 16"):
-            await node.start()
-    finally:
-        await node.stop()
+def test_a_bad_node_config_peer_secret_is_a_config_error_at_construction() -> None:
+    with pytest.raises(ConfigError, match="at least 16"):
+        RaftNode("n0", {"n0": "127.0.0.1:0"}, Log(), config=NodeConfig(peer_secret="short"),
+                 storage=MemoryStorage())
 
 
 # ---------------------------------------------------------------------------- mutual TLS

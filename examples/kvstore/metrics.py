@@ -25,6 +25,7 @@ and latencies are ordinary prometheus-client metrics.
 | raftlib_snapshots_installed_total | counter | snapshots installed from the leader (raftlib) |
 | raftlib_transport_rejected_handshakes_total | counter | peer connections refused at the handshake |
 | raftlib_transport_bad_frames_total | counter | peer connections closed on a bad frame (raftlib transport) |
+| raftlib_transport_handshake_refused_total{reason} | counter | handshakes refused, by reason |
 | etcd_network_client_grpc_received_bytes_total / _sent_bytes_total | counter | request / response bytes |
 | grpc_server_handled_total | counter | per gRPC method and code |
 | grpc_server_handling_seconds | histogram | per gRPC method |
@@ -197,6 +198,15 @@ class _LiveCollector(Collector):
             "Peer connections refused at the handshake (another cluster, unknown member, bad TLS).",
             value=ts.get("rejected_handshakes", 0),
         )
+        refused = CounterMetricFamily(
+            "raftlib_transport_handshake_refused",
+            "Peer connections this member refused at the handshake, by reason (wrong shared secret, "
+            "certificate naming another member, another cluster, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted((node.handshake_refusals if node is not None else {}).items()):
+            refused.add_metric([reason], count)
+        yield refused
         yield CounterMetricFamily(
             "raftlib_transport_bad_frames",
             "Peer connections closed on a malformed, oversized or spoofed frame.",

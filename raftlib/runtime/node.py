@@ -134,6 +134,7 @@ class RaftNode:
         self.id = node_id
         self.config = config or NodeConfig()
         self.config.validate()
+        self._default_timeout = self.config.default_request_timeout()
         if self.config.peer_secret is not None:
             check_peer_secret(self.config.peer_secret)  # ConfigError now rather than at start()
         self._initial_members = dict(members)
@@ -308,7 +309,7 @@ class RaftNode:
         """Seconds a call may wait: ``timeout``, or the configured default when None;
         None (no deadline) for ``math.inf``."""
         if timeout is None:
-            timeout = self.config.default_request_timeout()
+            timeout = self._default_timeout
         elif not timeout >= 0:  # negative or NaN
             raise ValueError(f"timeout must be >= 0 seconds (math.inf: no deadline), not {timeout}")
         return None if math.isinf(timeout) else timeout
@@ -343,15 +344,18 @@ class RaftNode:
         either way, so nothing accumulates.
         """
         core = self._check_running()
-        if not isinstance(command, bytes | bytearray | memoryview):
-            raise TypeError(f"command must be bytes, not {type(command).__name__}")
-        command = bytes(command)
+        if type(command) is not bytes:
+            if not isinstance(command, bytes | bytearray | memoryview):
+                raise TypeError(f"command must be bytes, not {type(command).__name__}")
+            command = bytes(command)
         if not command:
             raise ValueError("empty commands are reserved for the leader's no-op entries")
         limit = self._limit(timeout)
         if self.quiesced:
             self._activity()
         loop = asyncio.get_running_loop()
+        # The default deadline is swept by the ticker (no timer per call); explicit ones get a timer.
+        swept = timeout is None and limit is not None
         if core.leader is None:
             # During an election: wait for its outcome (like etcd) rather than fail at once.
             started = loop.time()
@@ -363,21 +367,25 @@ class RaftNode:
         fut: asyncio.Future[Any] = loop.create_future()
         index = 0
         ctx: bytes | None = None
+        deadline = loop.time() + limit if swept and limit is not None else math.inf
         if core.role is Role.LEADER:
             index, term = core.propose(command)
-            self._requests.add_proposal(index, term, fut)
+            self._requests.add_proposal(index, term, fut, deadline)
         elif self.config.forward_proposals and core.leader is not None:
             ctx = self._new_context()
             core.propose_with_context(command, ctx)
-            self._requests.add_forwarded(ctx, fut, loop.time())
+            self._requests.add_forwarded(ctx, fut, loop.time(), deadline)
         else:
             raise self._not_leader()
         self._wake.set()
         try:
+            if swept:
+                return await fut
             return await await_request(fut, limit, "propose", index)
-        finally:
-            if not fut.done() or fut.cancelled() or isinstance(fut.exception(), RequestTimeout):
-                self._requests.forget_proposal(index, ctx, fut)
+        except BaseException:
+            # Timed out or cancelled (or failed, and already forgotten): forget the caller.
+            self._requests.forget_proposal(index, ctx, fut)
+            raise
 
     def _leader_wait(self) -> float:
         """How long calls wait for an election to produce a leader: two election timeouts."""
@@ -556,6 +564,14 @@ class RaftNode:
         return self._check_running().membership
 
     @property
+    def handshake_refusals(self) -> dict[str, int]:
+        """Peer connections this node refused at the handshake, by reason (``secret_mismatch``,
+        ``cluster_mismatch``, ``tls_name_mismatch``, ...; see docs/transport.md)."""
+        metrics = getattr(self._transport, "metrics", None)
+        refused = metrics.get("handshake_refused") if isinstance(metrics, dict) else None
+        return dict(refused) if refused else {}
+
+    @property
     def transport_stats(self) -> dict[str, int]:
         """The transport's counters (sent, received, dropped, reconnects, bad_frames,
         rejected_handshakes, ...): refused peers and garbage show up here."""
@@ -630,8 +646,12 @@ class RaftNode:
         if core is None or not self._running:
             return
         core.tick()
-        if self._requests.forwarded and self._requests.expire_forwards(asyncio.get_running_loop().time()):
-            self.metrics["proposals_failed"] = self._requests.failed
+        requests = self._requests
+        if requests.by_index or requests.forwarded:
+            now = asyncio.get_running_loop().time()
+            if requests.forwarded and requests.expire_forwards(now):
+                self.metrics["proposals_failed"] = requests.failed
+            requests.expire_deadlines(now, self._default_timeout)
         self._wake.set()
 
     def quiescable(self) -> bool:

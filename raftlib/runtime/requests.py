@@ -16,8 +16,10 @@ resolved by exactly one of
   ``forward_timeout`` (:meth:`expire_forwards`): ``ProposalDropped("forward_lost",
   may_still_commit=True)``, since the leader may have appended it and only its
   answer was lost;
-* its caller's deadline or cancellation (:func:`await_request` removes it from
-  the tables it sits in);
+* its caller's deadline: the default one (``NodeConfig.request_timeout``) is kept in
+  the table entry itself and swept once per tick (:meth:`expire_deadlines`; no timer
+  per call), an explicit one by a timer (:func:`await_request`);
+* its caller's cancellation (the node removes it from the tables it sits in);
 * the node stopping or failing (:meth:`fail_all`).
 
 Entries at or below the commit index are never failed on a leader change: they
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from typing import Any, TypeVar
 
 from raftlib.core import Entry
@@ -97,11 +100,12 @@ class Requests:
 
     def __init__(self, forward_timeout: float) -> None:
         self.forward_timeout = forward_timeout
-        self.by_index: dict[int, tuple[int, asyncio.Future[Any]]] = {}
-        """Proposals placed in the log: index -> (term, future)."""
-        self.forwarded: dict[bytes, tuple[float, asyncio.Future[Any]]] = {}
-        """Forwarded proposals awaiting the leader's answer: context -> (deadline, future), in
-        deadline order (one constant timeout, so insertion order)."""
+        self.by_index: dict[int, tuple[int, asyncio.Future[Any], float]] = {}
+        """Proposals placed in the log: index -> (term, future, default deadline or inf). In
+        index order, so the default deadlines (one constant timeout) are in order too."""
+        self.forwarded: dict[bytes, tuple[float, asyncio.Future[Any], float]] = {}
+        """Forwarded proposals awaiting the leader's answer: context -> (forward deadline,
+        future, default deadline or inf), in deadline order (insertion order)."""
         self.reads: dict[bytes, asyncio.Future[tuple[int, bool]]] = {}
         self.waiters = AppliedWaiters()
         self.failed = 0
@@ -112,11 +116,17 @@ class Requests:
 
     # -- registration ---------------------------------------------------------------------
 
-    def add_proposal(self, index: int, term: int, fut: asyncio.Future[Any]) -> None:
-        self.by_index[index] = (term, fut)
+    def add_proposal(
+        self, index: int, term: int, fut: asyncio.Future[Any], deadline: float = math.inf
+    ) -> None:
+        """``deadline``: the loop time at which :meth:`expire_deadlines` fails it (``inf``: the caller
+        keeps its own timer)."""
+        self.by_index[index] = (term, fut, deadline)
 
-    def add_forwarded(self, ctx: bytes, fut: asyncio.Future[Any], now: float) -> None:
-        self.forwarded[ctx] = (now + self.forward_timeout, fut)
+    def add_forwarded(
+        self, ctx: bytes, fut: asyncio.Future[Any], now: float, deadline: float = math.inf
+    ) -> None:
+        self.forwarded[ctx] = (now + self.forward_timeout, fut, deadline)
 
     def add_read(self, ctx: bytes, fut: asyncio.Future[tuple[int, bool]]) -> None:
         self.reads[ctx] = fut
@@ -139,7 +149,7 @@ class Requests:
         held = self.forwarded.pop(res.context, None)
         if held is None:
             return
-        fut = held[1]
+        fut, deadline = held[1], held[2]
         if fut.done():
             return
         if res.error is not None:
@@ -157,7 +167,7 @@ class Requests:
                 )
             )
         else:
-            self.by_index[res.index] = (res.term, fut)
+            self.by_index[res.index] = (res.term, fut, deadline)
 
     def read_answered(self, ctx: bytes, index: int, ok: bool) -> None:
         fut = self.reads.pop(ctx, None)
@@ -169,7 +179,7 @@ class Requests:
         waiting = self.by_index.pop(e.index, None)
         if waiting is None:
             return False
-        term, fut = waiting
+        term, fut, _ = waiting
         if fut.done():
             return False
         if term == e.term:
@@ -185,7 +195,7 @@ class Requests:
         """A snapshot installed up to ``index``: the proposals below it were applied inside it, with
         results this node cannot know."""
         for i in [i for i in self.by_index if i <= index]:
-            _, fut = self.by_index.pop(i)
+            fut = self.by_index.pop(i)[1]
             if not fut.done():
                 self.failed += 1
                 fut.set_exception(
@@ -200,11 +210,11 @@ class Requests:
         another leader). Returns how many requests failed."""
         n = 0
         for index in [i for i in self.by_index if i > commit_index]:
-            term, fut = self.by_index.pop(index)
+            term, fut, _ = self.by_index.pop(index)
             if not fut.done():
                 fut.set_exception(LeadershipLost(True, index=index, term=term))
                 n += 1
-        for _, fut in self.forwarded.values():
+        for _, fut, _ in self.forwarded.values():
             if not fut.done():
                 fut.set_exception(LeadershipLost(True, "the leader changed before it answered the forward"))
                 n += 1
@@ -222,7 +232,7 @@ class Requests:
         fwd = self.forwarded
         while fwd:
             ctx = next(iter(fwd))
-            deadline, fut = fwd[ctx]
+            deadline, fut, _ = fwd[ctx]
             if deadline > now:
                 break
             del fwd[ctx]
@@ -238,11 +248,35 @@ class Requests:
         self.failed += n
         return n
 
+    def expire_deadlines(self, now: float, timeout: float) -> int:
+        """Fail the proposals whose default deadline passed (``timeout`` seconds after they began)
+        with :class:`RequestTimeout`; once per tick. Returns how many."""
+        n = 0
+        expired = []
+        for index, (_, fut, deadline) in self.by_index.items():
+            if deadline > now:
+                if deadline != math.inf:
+                    break  # default deadlines are in index order: the rest are later
+                continue
+            expired.append(index)
+            if not fut.done():
+                fut.set_exception(RequestTimeout("propose", timeout, index))
+                n += 1
+        for index in expired:
+            del self.by_index[index]
+        stale = [ctx for ctx, (_, fut, deadline) in self.forwarded.items() if deadline <= now]
+        for ctx in stale:
+            fut = self.forwarded.pop(ctx)[1]
+            if not fut.done():
+                fut.set_exception(RequestTimeout("propose", timeout))
+                n += 1
+        return n
+
     def fail_all(self, exc: BaseException) -> None:
-        for _, fut in self.by_index.values():
+        for _, fut, _ in self.by_index.values():
             if not fut.done():
                 fut.set_exception(exc)
-        for _, fut in self.forwarded.values():
+        for _, fut, _ in self.forwarded.values():
             if not fut.done():
                 fut.set_exception(exc)
         for rfut in self.reads.values():
