@@ -22,7 +22,8 @@ Requests (one JSON object per line; one JSON answer per line, in order):
   ``balanced`` (false on timeout), ``leads``, ``leaderless``, ``waited``.
 * ``{"op": "bench", "seconds": 5, "writers": 64, "value_bytes": 100, "prefix": "m",
   "start_at": <epoch s>}``: closed-loop writer ``i`` writes to group ``g<i % N>``; this host
-  runs the writers of the groups it leads when the call starts (after ``start_at``). Answers
+  runs the writers of the groups it leads when the call starts (after ``start_at``; with none,
+  it waits ``seconds`` so the counts cover the same window). Answers
   ``writes``, ``elapsed``, ``writers`` run here, ``failed`` (writes that ended in an error:
   the writer stops), ``errors`` by type, ``latency_ms`` (sorted; at most ``max_samples``
   evenly spaced over the sorted latencies, so percentiles are kept), ``fsyncs`` and
@@ -188,7 +189,9 @@ class HostControl:
 
         started = perf()
         await asyncio.gather(*(writer(w, node) for w, node in mine))
-        elapsed = perf() - started if mine else 0.0
+        if not mine:  # no writer here: still a window as long, for the fsync and batch counts
+            await asyncio.sleep(max(0.0, stop_at - perf()))
+        elapsed = perf() - started
         q1 = host.status()
         latencies.sort()
         return {
