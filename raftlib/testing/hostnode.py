@@ -237,6 +237,8 @@ async def run(args: argparse.Namespace) -> None:
         fsync=not args.no_fsync,
         snapshot_entries=args.snapshot_entries,
     )
+    if not args.memory:
+        os.makedirs(args.data_dir, exist_ok=True)
     host = RaftHost(
         args.id,
         args.hosts,
