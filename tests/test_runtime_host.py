@@ -247,3 +247,32 @@ async def test_remove_group_stops_it_and_forgets_its_state(hosts: Hosts) -> None
         assert gids[1] not in host.groups
     # The other group is untouched.
     await (await hosts.leader(gids[0])).propose(put("k", "v"), timeout=5)
+
+
+async def test_a_follower_that_missed_the_last_commit_gets_a_heartbeat_before_the_leader_quiesces_again(
+    hosts: Hosts,
+) -> None:
+    # The commit-only append that tells one follower the last entry committed is lost (as when
+    # a connection is in back-off at start-up). The leader then holds a whole replicated log and
+    # asks to quiesce; the lagging follower refuses. Rule: the woken leader sends a real
+    # heartbeat (carrying its commit index) before it may quiesce again, so the follower
+    # catches up and every member quiesces, instead of quiesce/refuse/wake forever.
+    (g,) = await hosts.add_groups(1)
+    leader = await hosts.leader(g)
+    await leader.propose(put("a", "1"))
+    lagging = next(h for h in HOSTS if h != leader.id)
+    transport = hosts.hosts[leader.id]._transport
+    real_send = transport.send
+
+    def lossy(group_id: str, messages: Any) -> None:
+        kept = [m for m in messages
+                if not (group_id == g and m.to == lagging and m.type.name == "APPEND" and not m.entries)]
+        real_send(group_id, kept)
+
+    transport.send = lossy
+    await leader.propose(put("b", "2"))
+    await asyncio.sleep(0.05)
+    transport.send = real_send
+    await wait_until(lambda: all(h.status()["quiesced"] == 1 for h in hosts.hosts.values()), timeout=5)
+    assert hosts.hosts[lagging].group(g).status()["commit"] == leader.status()["commit"]
+    assert hosts.hosts[lagging].group(g).leader == leader.id

@@ -20,7 +20,9 @@ Invariants:
   pair (coalesced for all groups); when a host is not heard from within an election
   timeout, every quiesced group it leads or serves wakes up on the others, so elections
   and check-quorum work as without quiescence. A woken leader assumes no lease (its lease
-  clock stood still) and restarts its check-quorum window.
+  clock stood still) and restarts its check-quorum window, and ticks at least one heartbeat
+  interval (so sends one real heartbeat, carrying its commit index) before it may quiesce
+  again: a follower that refused because it missed the last commit catches up.
 * Every task the host starts is owned and awaited in :meth:`RaftHost.stop`.
 """
 
@@ -135,6 +137,8 @@ class RaftHost:
         self._groups: dict[str, RaftNode] = {}
         self._active: dict[str, RaftNode] = {}
         """Groups being ticked (not quiesced)."""
+        self._hold: dict[str, float] = {}
+        """Group -> the tick count before which a woken leader may not quiesce again."""
         self._queue: WriteQueue | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._snapshotter: concurrent.futures.ThreadPoolExecutor | None = None
@@ -297,6 +301,7 @@ class RaftHost:
         (remove the member from the group first, with the leader's ``remove_member``)."""
         node = self._groups.pop(group_id, None)
         self._active.pop(group_id, None)
+        self._hold.pop(group_id, None)
         if node is not None:
             await node.stop()
         if self._log is not None and self._queue is not None:
@@ -349,8 +354,9 @@ class RaftHost:
     def _tick(self) -> None:
         self.metrics["ticks"] += 1
         self._liveness()
+        ticks = self.metrics["ticks"]
         for gid, node in list(self._active.items()):
-            if self.quiesce and node.quiescable():
+            if self.quiesce and self._hold.get(gid, 0) <= ticks and node.quiescable():
                 self._quiesce_leader(gid, node)  # instead of this tick's heartbeat
             else:
                 node.tick()
@@ -407,6 +413,9 @@ class RaftHost:
         for gid, n in self._groups.items():
             if n is node:
                 self._active[gid] = node
+                # Tick long enough for one real heartbeat (with the commit index) before
+                # quiescing again: a follower that refused may only lack that.
+                self._hold[gid] = self.metrics["ticks"] + self.config.heartbeat_tick + 1
                 break
         if node._core is not None:
             node._core.wake()
