@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_transport_helpers import close_writer, closed_by_peer, hb, host_port, wait_until
+from test_transport_helpers import append, close_writer, closed_by_peer, hb, host_port, wait_until
 from test_transport_tls import OPENSSL, _make_ca, _make_cert, tls
 
 from raftlib import NodeConfig, RaftNode, StateMachine
@@ -171,6 +171,20 @@ async def test_everything_queued_for_a_host_between_two_flushes_leaves_in_one_wr
         assert [c for g2, c in received[1:] if g2 == groups[3]] == [1, 2]
         a.flush()  # nothing queued: no write
         assert len(writes) == 1
+    finally:
+        await stop_all(hosts)
+
+
+async def test_a_batch_larger_than_a_frame_is_split_into_group_frames_in_order() -> None:
+    hosts, _ = await tcp_hosts(["h1", "h2"], max_frame_bytes=4096)
+    got: list[Message] = []
+    hosts["h2"].register_group("g", got.append)
+    try:
+        batch = [append("h1", "h2", seq, n=2, size=700) for seq in range(20)]  # ~1.5 KB each, ~30 KB
+        hosts["h1"].send("g", batch)
+        await wait_until(lambda: len(got) == 20)
+        assert [m.commit for m in got] == list(range(20))
+        assert hosts["h2"].stats["bad_frames"] == 0 and hosts["h1"].stats["sent"] == 20
     finally:
         await stop_all(hosts)
 
