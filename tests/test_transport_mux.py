@@ -371,7 +371,7 @@ async def test_group_adapter_is_a_transport_that_only_checks_its_peers(
 ) -> None:
     _, hosts, _ = await memory_hosts(["h1", "h2"], peers={"h1": "", "h2": ""})
     adapter: GroupTransport = hosts["h1"].group("g")
-    assert adapter.stats is hosts["h1"].stats
+    assert adapter.stats is hosts["h1"].stats and adapter.metrics is hosts["h1"].metrics
     with caplog.at_level(logging.WARNING, logger="raftlib.transport.mux"):
         adapter.set_peers({"h1": "x", "h2": "y", "h9": "z"})
         adapter.set_peers({"h9": "z"})

@@ -93,6 +93,7 @@ class HostTransportBase:
 
     host_id: str
     stats: dict[str, int]
+    metrics: dict[str, dict[str, int]]
 
     def __init__(self, on_unknown_group: HostOnMessage | None = None) -> None:
         self.on_unknown_group: HostOnMessage | None = on_unknown_group
@@ -203,7 +204,8 @@ class GroupTransport:
     per-host queues; ``set_peers`` only checks that the group's members are hosts the
     host knows (addresses are the host's business: ``HostTransport.set_peers``) and logs
     a warning for any that is not; ``stop()`` unregisters the group and leaves the host
-    and its connections running. ``stats`` is the host's dict (shared by every group).
+    and its connections running. ``stats`` and ``metrics`` are the host's dicts (shared by
+    every group).
     """
 
     def __init__(self, host: HostTransportBase, group_id: str) -> None:
@@ -217,6 +219,11 @@ class GroupTransport:
     def stats(self) -> dict[str, int]:
         """The host transport's counters (shared by every group on the host)."""
         return self.host.stats
+
+    @property
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """The host transport's handshake refusal counts (connections are the host's, not the group's)."""
+        return self.host.metrics
 
     async def start(self, on_message: OnMessage) -> None:
         """Register the group on the host; ``on_message`` receives its messages."""
