@@ -58,6 +58,7 @@ __all__ = [
     "decode_group_frame",
     "encode_group",
     "encode_group_frame",
+    "group_header",
     "group_tag",
     "decode_handshake",
     "decode_handshake_ack",
@@ -525,10 +526,21 @@ def encode_group_frame(tag: bytes, frames: Sequence[bytes]) -> bytes:
     The caller keeps the body within the receiver's bound (``max_frame_bytes`` +
     :data:`GROUP_FRAME_OVERHEAD`); nothing is re-encoded here, only joined.
     """
+    if len(frames) == 1:
+        f = frames[0]
+        return b"".join((_HEADER.pack(MAGIC, WIRE_VERSION, FLAG_GROUP, len(tag) + len(f)), tag, f))
     if not frames:
         raise CodecError("a group frame carries at least one message")
-    body_len = len(tag) + sum(map(len, frames))
-    return b"".join([_HEADER.pack(MAGIC, WIRE_VERSION, FLAG_GROUP, body_len), tag, *frames])
+    return b"".join([group_header(len(tag) + sum(map(len, frames))), tag, *frames])
+
+
+def group_header(body_len: int) -> bytes:
+    """The 8-byte header of a group frame whose body (tag + message frames) is ``body_len`` bytes.
+
+    A transport may queue ``group_header(n)``, the tag and the message frames as separate
+    parts and write them with one join, copying each message's bytes only once.
+    """
+    return _HEADER.pack(MAGIC, WIRE_VERSION, FLAG_GROUP, body_len)
 
 
 def encode_group(group_id: str, messages: Sequence[Message]) -> bytes:
@@ -536,17 +548,17 @@ def encode_group(group_id: str, messages: Sequence[Message]) -> bytes:
     return encode_group_frame(group_tag(group_id), [encode(m) for m in messages])
 
 
-def _decode_group_body(mv: memoryview, max_frame_bytes: int) -> tuple[str, list[Message]]:
-    """Decode a group frame's body: the group id, then message frames up to its exact end."""
-    end = len(mv)
-    if end < 1:
+def _decode_group_body(mv: memoryview, pos: int, end: int, max_frame_bytes: int) -> tuple[str, list[Message]]:
+    """Decode the group frame body ``mv[pos:end]``: the group id, then message frames up to its exact end."""
+    if pos >= end:
         raise CodecError("empty group frame body")
-    pos = 1 + mv[0]
-    if pos > end:
+    gend = pos + 1 + mv[pos]
+    if gend > end:
         raise CodecError("truncated group id")
-    group = str(mv[1:pos], "utf-8")
-    if pos == end:
+    group = str(mv[pos + 1 : gend], "utf-8")
+    if gend == end:
         raise CodecError(f"group frame for {group!r} carries no message")
+    pos = gend
     out: list[Message] = []
     unpack = _HEADER.unpack_from
     while pos < end:
@@ -584,7 +596,7 @@ def decode_group_frame(
             length = _parse_group_header(mv, 0, max_frame_bytes)
             if len(mv) != HEADER_SIZE + length:
                 raise CodecError(f"frame length {len(mv)} does not match its header ({HEADER_SIZE + length})")
-            return _decode_group_body(mv[HEADER_SIZE:], max_frame_bytes)
+            return _decode_group_body(mv, HEADER_SIZE, len(mv), max_frame_bytes)
     except CodecError:
         raise
     except (struct.error, ValueError, TypeError, UnicodeDecodeError, IndexError, OverflowError) as exc:
@@ -660,13 +672,18 @@ class GroupFrameDecoder:
         with memoryview(data) as mv:
             try:
                 try:
+                    unpack = _HEADER.unpack_from
+                    limit = max_bytes + GROUP_FRAME_OVERHEAD
                     while total - pos >= HEADER_SIZE:
-                        length = _parse_group_header(mv, pos, max_bytes)
+                        magic, version, flags, length = unpack(mv, pos)
+                        if magic != MAGIC or version != WIRE_VERSION or flags != FLAG_GROUP or length > limit:
+                            _parse_group_header(mv, pos, max_bytes)  # raises, naming what is wrong
                         start = pos + HEADER_SIZE
-                        if total - start < length:
+                        end = start + length
+                        if end > total:
                             break
-                        out.append(_decode_group_body(mv[start : start + length], max_bytes))
-                        pos = start + length
+                        out.append(_decode_group_body(mv, start, end, max_bytes))
+                        pos = end
                 except CodecError:
                     raise
                 except (

@@ -208,10 +208,10 @@ class MemoryHostTransport(HostTransportBase):
             stats["bytes_received"] += len(payload)
             try:
                 batches = GroupFrameDecoder().feed(payload)
-            except CodecError as exc:  # cannot happen unless the codec is broken; counted like TCP
+            except CodecError as exc:  # cannot happen unless the codec is broken; handled like TCP
                 stats["bad_frames"] += 1
                 log.warning("%s: bad frame from %s: %s", self.host_id, sender, exc)
-                return
+                batches = list(exc.groups)  # the valid frames before the bad one are still delivered
         else:
             batches = payload
         for group_id, msgs in batches:

@@ -37,7 +37,7 @@ from raftlib.codec import (
     CodecError,
     GroupFrameDecoder,
     encode,
-    encode_group_frame,
+    group_header,
     group_tag,
 )
 from raftlib.core.messages import Message
@@ -93,6 +93,7 @@ class HostTransportBase:
 
     host_id: str
     stats: dict[str, int]
+    metrics: dict[str, dict[str, int]]
 
     def __init__(self, on_unknown_group: HostOnMessage | None = None) -> None:
         self.on_unknown_group: HostOnMessage | None = on_unknown_group
@@ -203,7 +204,8 @@ class GroupTransport:
     per-host queues; ``set_peers`` only checks that the group's members are hosts the
     host knows (addresses are the host's business: ``HostTransport.set_peers``) and logs
     a warning for any that is not; ``stop()`` unregisters the group and leaves the host
-    and its connections running. ``stats`` is the host's dict (shared by every group).
+    and its connections running. ``stats`` and ``metrics`` are the host's dicts (shared by
+    every group).
     """
 
     def __init__(self, host: HostTransportBase, group_id: str) -> None:
@@ -217,6 +219,11 @@ class GroupTransport:
     def stats(self) -> dict[str, int]:
         """The host transport's counters (shared by every group on the host)."""
         return self.host.stats
+
+    @property
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """The host transport's handshake refusal counts (connections are the host's, not the group's)."""
+        return self.host.metrics
 
     async def start(self, on_message: OnMessage) -> None:
         """Register the group on the host; ``on_message`` receives its messages."""
@@ -336,28 +343,33 @@ class _MuxTcp(TcpTransport):
             loop.call_soon(self._flush)
 
     def _pack(self, p: _Peer, tag: bytes, frames: list[bytes]) -> None:
-        """Append ``frames`` to ``p``'s queue as group frames of at most ``max_frame_bytes`` each
-        (one unless the batch is huge; a single bigger message gets a frame of its own)."""
+        """Queue ``frames`` for ``p`` as group frames of at most ``max_frame_bytes`` each (one unless
+        the batch is huge; a single bigger message gets a frame of its own). Header, tag and
+        message frames are queued as separate parts: the flush joins them in one copy."""
         limit = self.max_frame_bytes - len(tag)
         overhead = HEADER_SIZE + len(tag)
-        if sum(map(len, frames)) <= limit:
-            p.frames.append(encode_group_frame(tag, frames))
+        queue = p.frames
+        size = sum(map(len, frames))
+        if size <= limit:
+            queue.append(group_header(len(tag) + size))
+            queue.append(tag)
+            queue.extend(frames)
             p.count += len(frames)
             p.nbytes += overhead
             return
         chunk: list[bytes] = []
         size = 0
-        for f in frames:
-            if chunk and size + len(f) > limit:
-                p.frames.append(encode_group_frame(tag, chunk))
+        for f in [*frames, b""]:  # b"": the sentinel that closes the last chunk
+            if chunk and (not f or size + len(f) > limit):
+                queue.append(group_header(len(tag) + size))
+                queue.append(tag)
+                queue.extend(chunk)
                 p.count += len(chunk)
                 p.nbytes += overhead
                 chunk, size = [], 0
-            chunk.append(f)
-            size += len(f)
-        p.frames.append(encode_group_frame(tag, chunk))
-        p.count += len(chunk)
-        p.nbytes += overhead
+            if f:
+                chunk.append(f)
+                size += len(f)
 
     async def _receive_loop(self, reader: asyncio.StreamReader, sender: str, peer: object) -> None:
         decoder = GroupFrameDecoder(self.max_frame_bytes)

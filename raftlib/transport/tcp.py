@@ -37,6 +37,10 @@ in that queue (up to ``max_queue_messages`` / ``max_queue_bytes``; beyond that
 back-off ends; the next send then dials again. When the kernel cannot keep up
 (a slow reader), frames that would take the socket's write buffer beyond
 ``max_queue_bytes`` are dropped. Every drop is counted in ``stats["dropped"]``.
+
+The multi-group host transport (``raftlib.transport.mux``) reuses this class: it
+changes only the hello's protocol number (``_protocol``), what a queue entry holds
+(group frame parts; ``_Peer.count`` counts messages, not entries) and the receive loop.
 """
 
 from __future__ import annotations
