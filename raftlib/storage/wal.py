@@ -45,7 +45,6 @@ import logging
 import os
 import struct
 import threading
-import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +55,17 @@ from raftlib.errors import StorageCorrupted
 from raftlib.storage.base import StorageError
 from raftlib.storage.files import FileOps
 from raftlib.storage.lock import DataDirLock
+from raftlib.storage.records import (
+    TornTail,
+    decode_batch_body,
+    decode_hs,
+    encode_batch_body,
+    encode_hs,
+    frame,
+    scan_records,
+    truncate_file,
+    write_all,
+)
 from raftlib.storage.snapshot import SnapshotStore
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "DiskStorage", "WAL_VERSION"]
@@ -64,143 +74,31 @@ log = logging.getLogger("raftlib.storage")
 
 WAL_VERSION = 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
-MAX_RECORD = 1 << 30
-
 REC_SEGMENT = 1
 REC_BATCH = 2
 REC_SNAPSHOT = 3
 _KNOWN_TYPES = frozenset({REC_SEGMENT, REC_BATCH, REC_SNAPSHOT})
 
-_REC = struct.Struct("<IIB")  # length, crc, type
-_REC_HEADER = _REC.size  # 9
-_LENCRC = struct.Struct("<II")
 _SEG = struct.Struct("<IQQ")  # version, seq, first index
-_HS = struct.Struct("<QQH")  # term, commit, vote length
-_NO_VOTE = 0xFFFF
-_BATCH = struct.Struct("<QI")  # first index, count
-_ENT = struct.Struct("<QBI")  # term, type, data length
 _SNAP = struct.Struct("<QQB")  # index, term, keep
-_FLAG_HS = 1
 
 
 # -- encoding --------------------------------------------------------------
 
 
-def _frame(rtype: int, payload: bytes) -> bytes:
-    body = bytes((rtype,)) + payload
-    return _LENCRC.pack(len(payload), zlib.crc32(body)) + body
-
-
-def _encode_hs(hs: HardState) -> bytes:
-    if hs.vote is None:
-        return _HS.pack(hs.term, hs.commit, _NO_VOTE)
-    vote = hs.vote.encode()
-    if len(vote) >= _NO_VOTE:
-        raise ValueError("vote (node id) too long")
-    return _HS.pack(hs.term, hs.commit, len(vote)) + vote
-
-
-def _decode_hs(buf: memoryview, pos: int) -> tuple[HardState, int]:
-    term, commit, vlen = _HS.unpack_from(buf, pos)
-    pos += _HS.size
-    if vlen == _NO_VOTE:
-        return HardState(term, None, commit), pos
-    if pos + vlen > len(buf):
-        raise ValueError("vote runs past the record")
-    return HardState(term, bytes(buf[pos : pos + vlen]).decode(), commit), pos + vlen
-
-
 def encode_segment_header(seq: int, first_index: int, hs: HardState) -> bytes:
     """The framed SEGMENT record that starts a segment file."""
-    return _frame(REC_SEGMENT, _SEG.pack(WAL_VERSION, seq, first_index) + _encode_hs(hs))
+    return frame(REC_SEGMENT, _SEG.pack(WAL_VERSION, seq, first_index) + encode_hs(hs))
 
 
 def encode_batch(hs: HardState | None, entries: list[Entry]) -> bytes:
     """The framed BATCH record of one save (entries must be contiguous)."""
-    parts: list[bytes] = [bytes((_FLAG_HS if hs is not None else 0,))]
-    if hs is not None:
-        parts.append(_encode_hs(hs))
-    first = entries[0].index if entries else 0
-    parts.append(_BATCH.pack(first, len(entries)))
-    pack = _ENT.pack
-    for e in entries:
-        data = e.data
-        parts.append(pack(e.term, e.type, len(data)))
-        parts.append(data)
-    return _frame(REC_BATCH, b"".join(parts))
+    return frame(REC_BATCH, encode_batch_body(hs, entries))
 
 
 def encode_snapshot_mark(index: int, term: int, keep: bool) -> bytes:
     """The framed SNAPSHOT record: the install rule applied at ``index``."""
-    return _frame(REC_SNAPSHOT, _SNAP.pack(index, term, 1 if keep else 0))
-
-
-def _decode_batch(buf: memoryview) -> tuple[HardState | None, list[Entry]]:
-    flags = buf[0]
-    pos = 1
-    hs: HardState | None = None
-    if flags & _FLAG_HS:
-        hs, pos = _decode_hs(buf, pos)
-    first, count = _BATCH.unpack_from(buf, pos)
-    pos += _BATCH.size
-    out: list[Entry] = []
-    unpack = _ENT.unpack_from
-    size = len(buf)
-    for k in range(count):
-        term, etype, ln = unpack(buf, pos)
-        pos += _ENT.size
-        if pos + ln > size:
-            raise ValueError("entry data runs past the record")
-        out.append(Entry(first + k, term, bytes(buf[pos : pos + ln]), etype))
-        pos += ln
-    if pos != size:
-        raise ValueError(f"{size - pos} stray bytes after the entries")
-    return hs, out
-
-
-# -- scanning ----------------------------------------------------------------
-
-
-def _record_at(buf: memoryview, pos: int) -> tuple[int, int] | None:
-    """(type, length) of a valid record at ``pos``, or None."""
-    size = len(buf)
-    if size - pos < _REC_HEADER:
-        return None
-    length, crc, rtype = _REC.unpack_from(buf, pos)
-    if rtype not in _KNOWN_TYPES or length > MAX_RECORD or pos + _REC_HEADER + length > size:
-        return None
-    if zlib.crc32(buf[pos + 8 : pos + _REC_HEADER + length]) != crc:
-        return None
-    return int(rtype), int(length)
-
-
-def _valid_record_after(buf: memoryview, bad: int) -> int | None:
-    """Offset of some valid record starting after ``bad``, or None (then ``bad`` is a torn tail)."""
-    size = len(buf)
-    if size - bad >= _REC_HEADER:
-        # Fast path: the bad record's length field may be intact.
-        length: int = _REC.unpack_from(buf, bad)[0]
-        nxt = bad + _REC_HEADER + length
-        if length <= MAX_RECORD and nxt < size and _record_at(buf, nxt) is not None:
-            return nxt
-    for pos in range(bad + 1, size - _REC_HEADER + 1):
-        if buf[pos + 8] in _KNOWN_TYPES and _record_at(buf, pos) is not None:
-            return pos
-    return None
-
-
-def _bad_reason(buf: memoryview, pos: int) -> str:
-    size = len(buf)
-    if size - pos < _REC_HEADER:
-        return f"record header cut short ({size - pos} of {_REC_HEADER} bytes)"
-    length, _crc, rtype = _REC.unpack_from(buf, pos)
-    if length > MAX_RECORD:
-        return f"implausible record length {length}"
-    if pos + _REC_HEADER + length > size:
-        return f"record of {length} bytes runs past the end of the file"
-    if rtype not in _KNOWN_TYPES:
-        return f"unknown record type {rtype}"
-    return "CRC mismatch"
+    return frame(REC_SNAPSHOT, _SNAP.pack(index, term, 1 if keep else 0))
 
 
 @dataclass(slots=True)
@@ -388,10 +286,8 @@ class DiskStorage:
                 continue
             found.append((parsed[0], os.path.join(self.wal_dir, name)))
         found.sort()
-        hs = HardState()
-        entries: list[Entry] = []
-        floor = 0
-        segments: list[_Segment] = []
+        state = _Replay(HardState(), [], 0, [])
+        segments = state.segments
         for i, (seq, path) in enumerate(found):
             if i and seq != found[i - 1][0] + 1:
                 raise StorageCorrupted(path, 0, f"WAL segment {found[i - 1][0] + 1:016x} is missing")
@@ -400,79 +296,20 @@ class DiskStorage:
             buf = memoryview(data)
             size = len(buf)
             seg = _Segment(seq, path, size)
-            pos = 0
-            while pos < size:
-                rec = _record_at(buf, pos)
-                if rec is None:
-                    reason = _bad_reason(buf, pos)
-                    after = _valid_record_after(buf, pos)
-                    if not last_segment or after is not None:
-                        where = "" if after is None else f" (valid record follows at offset {after})"
-                        raise StorageCorrupted(path, pos, reason + where)
-                    if not repair:
-                        raise StorageCorrupted(path, pos, reason + " (unrepaired torn tail)")
-                    log.warning(
-                        "WAL %s: torn last record at offset %d (%s); truncating %d bytes",
-                        path,
-                        pos,
-                        reason,
-                        size - pos,
-                    )
-                    self._truncate_file(path, pos)
-                    seg.size = pos
-                    break
-                rtype, length = rec
-                body = buf[pos + _REC_HEADER : pos + _REC_HEADER + length]
-                try:
-                    if pos == 0:
-                        if rtype != REC_SEGMENT:
-                            raise ValueError("segment does not start with a SEGMENT record")
-                        version, hseq, _first = _SEG.unpack_from(body)
-                        if version != WAL_VERSION:
-                            raise ValueError(f"unknown WAL format version {version}")
-                        if hseq != seq:
-                            raise ValueError(f"segment header says seq {hseq}, file name says {seq}")
-                        seg_hs, end = _decode_hs(body, _SEG.size)
-                        if end != length:
-                            raise ValueError("stray bytes after the segment header")
-                        hs = seg_hs  # the hard state current when the segment started
-                    elif rtype == REC_BATCH:
-                        bhs, ents = _decode_batch(body)
-                        if bhs is not None:
-                            hs = bhs
-                        if ents:
-                            first = ents[0].index
-                            if entries:
-                                base = entries[0].index
-                                if first > entries[-1].index + 1:
-                                    raise ValueError(
-                                        f"entries start at {first}, after a gap "
-                                        f"(last stored is {entries[-1].index})"
-                                    )
-                                if first <= base:
-                                    entries = ents
-                                else:
-                                    del entries[first - base :]
-                                    entries.extend(ents)
-                            else:
-                                if floor and first > floor + 1:
-                                    raise ValueError(f"entries start at {first} after a snapshot at {floor}")
-                                entries = ents
-                            seg.max_index = max(seg.max_index, ents[-1].index)
-                    elif rtype == REC_SNAPSHOT:
-                        index, _term, keep = _SNAP.unpack_from(body)
-                        if length != _SNAP.size:
-                            raise ValueError("bad SNAPSHOT record length")
-                        if keep and entries and entries[-1].index > index:
-                            entries = entries[max(0, index + 1 - entries[0].index) :]
-                        else:
-                            entries = []
-                        floor = index
-                    else:
-                        raise ValueError("SEGMENT record in the middle of a segment")
-                except (ValueError, struct.error, UnicodeDecodeError) as e:
-                    raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
-                pos += _REC_HEADER + length
+            try:
+                self._replay_segment(buf, path, seq, last_segment, seg, state)
+            except TornTail as t:
+                if not repair:
+                    raise StorageCorrupted(path, t.pos, t.reason + " (unrepaired torn tail)") from None
+                log.warning(
+                    "WAL %s: torn last record at offset %d (%s); truncating %d bytes",
+                    path,
+                    t.pos,
+                    t.reason,
+                    size - t.pos,
+                )
+                truncate_file(self.ops, path, t.pos, self.fsync)
+                seg.size = t.pos
             if seg.size == 0:
                 # The segment's creation was torn: it holds nothing and was never used.
                 if repair:
@@ -480,20 +317,62 @@ class DiskStorage:
                     self._remove_file(path)
                 continue
             segments.append(seg)
-        return _Replay(hs, entries, floor, segments)
+        return state
 
-    def _truncate_file(self, path: str, size: int) -> None:
-        ops = self.ops
-        try:
-            fd = ops.open(path, os.O_WRONLY)
+    def _replay_segment(
+        self, buf: memoryview, path: str, seq: int, last_segment: bool, seg: _Segment, r: _Replay
+    ) -> None:
+        """Apply one segment's records to ``r`` (raises TornTail at a torn last record)."""
+        for pos, rtype, body in scan_records(buf, path, _KNOWN_TYPES, last_segment):
             try:
-                ops.ftruncate(fd, size)
-                if self.fsync:
-                    ops.fsync(fd)
-            finally:
-                ops.close(fd)
-        except OSError as e:
-            raise StorageError(path, e.errno, f"cannot truncate a torn WAL tail: {e}") from e
+                if pos == 0:
+                    if rtype != REC_SEGMENT:
+                        raise ValueError("segment does not start with a SEGMENT record")
+                    version, hseq, _first = _SEG.unpack_from(body)
+                    if version != WAL_VERSION:
+                        raise ValueError(f"unknown WAL format version {version}")
+                    if hseq != seq:
+                        raise ValueError(f"segment header says seq {hseq}, file name says {seq}")
+                    seg_hs, end = decode_hs(body, _SEG.size)
+                    if end != len(body):
+                        raise ValueError("stray bytes after the segment header")
+                    r.hard_state = seg_hs  # the hard state current when the segment started
+                elif rtype == REC_BATCH:
+                    bhs, ents = decode_batch_body(body)
+                    if bhs is not None:
+                        r.hard_state = bhs
+                    if ents:
+                        first = ents[0].index
+                        if r.entries:
+                            base = r.entries[0].index
+                            if first > r.entries[-1].index + 1:
+                                raise ValueError(
+                                    f"entries start at {first}, after a gap "
+                                    f"(last stored is {r.entries[-1].index})"
+                                )
+                            if first <= base:
+                                r.entries = ents
+                            else:
+                                del r.entries[first - base :]
+                                r.entries.extend(ents)
+                        else:
+                            if r.floor and first > r.floor + 1:
+                                raise ValueError(f"entries start at {first} after a snapshot at {r.floor}")
+                            r.entries = ents
+                        seg.max_index = max(seg.max_index, ents[-1].index)
+                elif rtype == REC_SNAPSHOT:
+                    index, _term, keep = _SNAP.unpack_from(body)
+                    if len(body) != _SNAP.size:
+                        raise ValueError("bad SNAPSHOT record length")
+                    if keep and r.entries and r.entries[-1].index > index:
+                        r.entries = r.entries[max(0, index + 1 - r.entries[0].index) :]
+                    else:
+                        r.entries = []
+                    r.floor = index
+                else:
+                    raise ValueError("SEGMENT record in the middle of a segment")
+            except (ValueError, struct.error, UnicodeDecodeError) as e:
+                raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
 
     def _remove_file(self, path: str) -> None:
         try:
@@ -523,14 +402,6 @@ class DiskStorage:
                 f"{self._failed} earlier; restart required",
             )
 
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = self.ops.write(fd, view)
-            if n <= 0:
-                raise OSError(5, "write returned 0")
-            view = view[n:]
-
     def _roll(self) -> None:
         """Seal the active segment and start a new one (header + hard state, fsynced)."""
         seq = self._segments[-1].seq + 1 if self._segments else 1
@@ -540,7 +411,7 @@ class DiskStorage:
         fd: int | None = None
         try:
             fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-            self._write_all(fd, header)
+            write_all(self.ops, fd, header)
         except OSError as e:
             self._discard_new_segment(fd, path)
             raise StorageError(path, e.errno, f"cannot start a new WAL segment: {e}") from e
@@ -577,7 +448,7 @@ class DiskStorage:
         assert fd is not None
         ops = self.ops
         try:
-            self._write_all(fd, record)
+            write_all(self.ops, fd, record)
         except OSError as e:
             # Nothing was acknowledged: cut the partial record off again.
             try:
