@@ -12,6 +12,10 @@ Frame (little endian)::
 
 ``crc`` is CRC-32 (``zlib.crc32``) of the type byte and the payload.
 
+It also owns appending to a segment (:func:`create_segment`,
+:func:`append_record`): one write, one fdatasync, and on failure the partial
+record cut off again (or the log poisoned when that is impossible).
+
 Invariant kept by :func:`scan_records`: a record is yielded only if its frame
 is whole and its CRC matches; a bad record is reported as a :class:`TornTail`
 only when it is in the last segment and no valid record of a known type starts
@@ -21,10 +25,11 @@ at any later offset; every other bad record raises
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from raftlib.core import Entry, HardState
 from raftlib.errors import StorageCorrupted
@@ -35,6 +40,9 @@ __all__ = [
     "MAX_RECORD",
     "REC_HEADER",
     "TornTail",
+    "append_record",
+    "batch_span",
+    "create_segment",
     "decode_batch_body",
     "decode_hs",
     "encode_batch_body",
@@ -231,3 +239,86 @@ def truncate_file(ops: FileOps, path: str, size: int, fsync: bool) -> None:
             ops.close(fd)
     except OSError as e:
         raise StorageError(path, e.errno, f"cannot truncate a torn WAL tail: {e}") from e
+
+
+def batch_span(body: memoryview) -> tuple[int, int]:
+    """``(first index, count)`` of an encoded batch body, without decoding its entries."""
+    pos = 1
+    if body[0] & _FLAG_HS:
+        _hs, pos = decode_hs(body, pos)
+    first, count = _BATCH.unpack_from(body, pos)
+    return int(first), int(count)
+
+
+# -- appending to a segment --------------------------------------------------------
+
+
+def create_segment(
+    ops: FileOps, wal_dir: str, path: str, header: bytes, fsync: bool, poison: Callable[[str], None]
+) -> int:
+    """Create segment ``path`` holding ``header`` (file and directory fsynced when ``fsync``).
+
+    Returns the open descriptor (``O_APPEND``). On failure the file is removed
+    again and :class:`StorageError` raised; a failed fsync first calls
+    ``poison(reason)``: the log must refuse every further write.
+    """
+    fd: int | None = None
+    try:
+        fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        write_all(ops, fd, header)
+    except OSError as e:
+        _discard(ops, fd, path)
+        raise StorageError(path, e.errno, f"cannot start a new WAL segment: {e}") from e
+    try:
+        if fsync:
+            ops.fsync(fd)
+            ops.fsync_dir(wal_dir)
+    except OSError as e:
+        poison("fsync failed")
+        _discard(ops, fd, path)
+        raise StorageError(path, e.errno, f"fsync of a new WAL segment failed: {e}") from e
+    return fd
+
+
+def _discard(ops: FileOps, fd: int | None, path: str) -> None:
+    try:
+        if fd is not None:
+            ops.close(fd)
+        ops.unlink(path)
+    except OSError:
+        pass
+
+
+def append_record(
+    ops: FileOps,
+    fd: int,
+    path: str,
+    size: int,
+    record: bytes,
+    sync: bool,
+    poison: Callable[[str], None],
+) -> None:
+    """One write of ``record`` at the end of segment ``path`` (``size`` bytes so far) and,
+    when ``sync``, one fdatasync. On failure the partial record is cut off again (best
+    effort) and :class:`StorageError` raised, after ``poison(reason)`` when the log
+    must refuse every further write (a failed fsync, or a partial write that
+    could not be cut off)."""
+    try:
+        write_all(ops, fd, record)
+    except OSError as e:
+        # Nothing was acknowledged: cut the partial record off again.
+        try:
+            ops.ftruncate(fd, size)
+        except OSError:
+            poison("a failed write could not be rolled back")
+        raise StorageError(path, e.errno, f"WAL write failed: {e}") from e
+    if sync:
+        try:
+            ops.fdatasync(fd)
+        except OSError as e:
+            # The page cache may have dropped our dirty pages (or not): never
+            # trust this file handle again. Best effort: cut the record off.
+            poison("fsync failed")
+            with contextlib.suppress(OSError):
+                ops.ftruncate(fd, size)
+            raise StorageError(path, e.errno, f"WAL fsync failed: {e}") from e

@@ -40,7 +40,6 @@ not decode is corruption too.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import struct
@@ -57,6 +56,8 @@ from raftlib.storage.files import FileOps
 from raftlib.storage.lock import DataDirLock
 from raftlib.storage.records import (
     TornTail,
+    append_record,
+    create_segment,
     decode_batch_body,
     decode_hs,
     encode_batch_body,
@@ -64,7 +65,6 @@ from raftlib.storage.records import (
     frame,
     scan_records,
     truncate_file,
-    write_all,
 )
 from raftlib.storage.snapshot import SnapshotStore
 
@@ -402,70 +402,30 @@ class DiskStorage:
                 f"{self._failed} earlier; restart required",
             )
 
+    def _poison(self, reason: str) -> None:
+        self._failed = reason
+
     def _roll(self) -> None:
         """Seal the active segment and start a new one (header + hard state, fsynced)."""
         seq = self._segments[-1].seq + 1 if self._segments else 1
         path = os.path.join(self.wal_dir, _segment_name(seq, self.last_index() + 1))
         header = encode_segment_header(seq, self.last_index() + 1, self._hs)
-        ops = self.ops
-        fd: int | None = None
-        try:
-            fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-            write_all(self.ops, fd, header)
-        except OSError as e:
-            self._discard_new_segment(fd, path)
-            raise StorageError(path, e.errno, f"cannot start a new WAL segment: {e}") from e
-        try:
-            if self.fsync:
-                ops.fsync(fd)
-                ops.fsync_dir(self.wal_dir)
-        except OSError as e:
-            self._failed = "fsync failed"
-            self._discard_new_segment(fd, path)
-            raise StorageError(path, e.errno, f"fsync of a new WAL segment failed: {e}") from e
+        fd = create_segment(self.ops, self.wal_dir, path, header, self.fsync, self._poison)
         if self._fd is not None:
             try:
-                ops.close(self._fd)
+                self.ops.close(self._fd)
             except OSError as e:
                 log.warning("closing WAL segment %s failed: %s", self._segments[-1].path, e)
         self._fd = fd
         self._segments.append(_Segment(seq, path, len(header)))
-
-    def _discard_new_segment(self, fd: int | None, path: str) -> None:
-        try:
-            if fd is not None:
-                self.ops.close(fd)
-            self.ops.unlink(path)
-        except OSError:
-            pass
 
     def _append(self, record: bytes, max_index: int, sync: bool = True) -> None:
         """One write and (when ``sync``) one fsync of ``record`` at the end of the active segment."""
         if self._segments[-1].size >= self.segment_bytes:
             self._roll()
         seg = self._segments[-1]
-        fd = self._fd
-        assert fd is not None
-        ops = self.ops
-        try:
-            write_all(self.ops, fd, record)
-        except OSError as e:
-            # Nothing was acknowledged: cut the partial record off again.
-            try:
-                ops.ftruncate(fd, seg.size)
-            except OSError:
-                self._failed = "a failed write could not be rolled back"
-            raise StorageError(seg.path, e.errno, f"WAL write failed: {e}") from e
-        if self.fsync and sync:
-            try:
-                ops.fdatasync(fd)
-            except OSError as e:
-                # The page cache may have dropped our dirty pages (or not): never
-                # trust this file handle again. Best effort: cut the record off.
-                self._failed = "fsync failed"
-                with contextlib.suppress(OSError):
-                    ops.ftruncate(fd, seg.size)
-                raise StorageError(seg.path, e.errno, f"WAL fsync failed: {e}") from e
+        assert self._fd is not None
+        append_record(self.ops, self._fd, seg.path, seg.size, record, self.fsync and sync, self._poison)
         seg.size += len(record)
         if max_index > seg.max_index:
             seg.max_index = max_index
