@@ -101,6 +101,69 @@ def encode_snapshot_mark(index: int, term: int, keep: bool) -> bytes:
     return frame(REC_SNAPSHOT, _SNAP.pack(index, term, 1 if keep else 0))
 
 
+def replay_batch(entries: list[Entry], batch: list[Entry], floor: int, strict: bool) -> list[Entry]:
+    """The replayed log after a stored batch (non-empty): appended, or replacing from its first index.
+
+    Raises ``ValueError`` on a gap after the stored entries, or (``strict``:
+    the floor is known exactly) a first batch that does not start at ``floor + 1``.
+    """
+    first = batch[0].index
+    if entries:
+        base = entries[0].index
+        if first > entries[-1].index + 1:
+            raise ValueError(f"entries start at {first}, after a gap (last stored is {entries[-1].index})")
+        if first <= base:
+            return batch
+        del entries[first - base :]
+        entries.extend(batch)
+        return entries
+    if strict and first > floor + 1:
+        raise ValueError(f"entries start at {first} after a snapshot at {floor}")
+    return batch
+
+
+def replay_install(entries: list[Entry], index: int, keep: bool) -> list[Entry]:
+    """The replayed log after an install mark at ``index``: later entries survive only if ``keep``."""
+    if keep and entries and entries[-1].index > index:
+        return entries[max(0, index + 1 - entries[0].index) :]
+    return []
+
+
+def reconcile_with_snapshot(
+    path: str, entries: list[Entry], floor: int, snap: SnapshotMeta | None
+) -> tuple[list[Entry], int, tuple[int, int] | None]:
+    """Check a replayed log against the latest snapshot at recovery.
+
+    Returns the entries to keep, the new floor (index below which the log
+    holds nothing) and, when a snapshot from the leader was renamed into place
+    but its log record was lost in a crash, the ``(index, term)`` install mark
+    the caller must now write. Raises :class:`StorageCorrupted` (naming
+    ``path``) when the log starts after what the snapshot covers.
+    """
+    mark: tuple[int, int] | None = None
+    if snap is not None:
+        if entries:
+            first, last = entries[0].index, entries[-1].index
+            if first > snap.index + 1:
+                raise StorageCorrupted(
+                    path, 0, f"the log starts at {first} but the latest snapshot ends at {snap.index}"
+                )
+            if last < snap.index or (first <= snap.index and entries[snap.index - first].term != snap.term):
+                # A snapshot installed from the leader whose log update did not
+                # reach the WAL before a crash: finish the install rule now.
+                log.warning(
+                    "log does not match snapshot %d@%d: dropping the stored entries", snap.index, snap.term
+                )
+                entries = []
+                mark = (snap.index, snap.term)
+        floor = max(floor, snap.index)
+    elif entries and entries[0].index > floor + 1:
+        raise StorageCorrupted(
+            path, 0, f"the log starts at {entries[0].index} and no snapshot covers what precedes it"
+        )
+    return entries, floor, mark
+
+
 @dataclass(slots=True)
 class _Segment:
     seq: int
@@ -219,37 +282,7 @@ class DiskStorage:
         self.snapshots.scan()
         r = self._replay(repair=True)
         snap = self.snapshots.latest()
-        entries = r.entries
-        floor = r.floor
-        mark: tuple[int, int] | None = None
-        if snap is not None:
-            if entries:
-                first, last = entries[0].index, entries[-1].index
-                if first > snap.index + 1:
-                    raise StorageCorrupted(
-                        self.wal_dir,
-                        0,
-                        f"the log starts at {first} but the latest snapshot ends at {snap.index}",
-                    )
-                if last < snap.index or (
-                    first <= snap.index and entries[snap.index - first].term != snap.term
-                ):
-                    # A snapshot installed from the leader whose log update did not
-                    # reach the WAL before a crash: finish the install rule now.
-                    log.warning(
-                        "log does not match snapshot %d@%d: dropping the stored entries",
-                        snap.index,
-                        snap.term,
-                    )
-                    entries = []
-                    mark = (snap.index, snap.term)
-            floor = max(floor, snap.index)
-        elif entries and entries[0].index > floor + 1:
-            raise StorageCorrupted(
-                self.wal_dir,
-                0,
-                f"the log starts at {entries[0].index} and no snapshot covers what precedes it",
-            )
+        entries, floor, mark = reconcile_with_snapshot(self.wal_dir, r.entries, r.floor, snap)
         self._segments = r.segments
         self._hs = r.hard_state
         if entries:
@@ -342,32 +375,13 @@ class DiskStorage:
                     if bhs is not None:
                         r.hard_state = bhs
                     if ents:
-                        first = ents[0].index
-                        if r.entries:
-                            base = r.entries[0].index
-                            if first > r.entries[-1].index + 1:
-                                raise ValueError(
-                                    f"entries start at {first}, after a gap "
-                                    f"(last stored is {r.entries[-1].index})"
-                                )
-                            if first <= base:
-                                r.entries = ents
-                            else:
-                                del r.entries[first - base :]
-                                r.entries.extend(ents)
-                        else:
-                            if r.floor and first > r.floor + 1:
-                                raise ValueError(f"entries start at {first} after a snapshot at {r.floor}")
-                            r.entries = ents
+                        r.entries = replay_batch(r.entries, ents, r.floor, strict=r.floor > 0)
                         seg.max_index = max(seg.max_index, ents[-1].index)
                 elif rtype == REC_SNAPSHOT:
                     index, _term, keep = _SNAP.unpack_from(body)
                     if len(body) != _SNAP.size:
                         raise ValueError("bad SNAPSHOT record length")
-                    if keep and r.entries and r.entries[-1].index > index:
-                        r.entries = r.entries[max(0, index + 1 - r.entries[0].index) :]
-                    else:
-                        r.entries = []
+                    r.entries = replay_install(r.entries, index, bool(keep))
                     r.floor = index
                 else:
                     raise ValueError("SEGMENT record in the middle of a segment")
