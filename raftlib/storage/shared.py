@@ -860,7 +860,12 @@ class GroupStorage:
     def begin_incoming_snapshot(self, meta: SnapshotMeta) -> None:
         """Start receiving a snapshot from the leader (discarding any partial one)."""
         with self._log._lock:
-            self._store(self._w()).begin_incoming(meta)
+            store = self._store(self._w())
+            try:
+                self._log.ops.makedirs(store.dir)
+            except OSError as e:
+                raise StorageError(store.dir, e.errno, f"cannot create the snapshot directory: {e}") from e
+            store.begin_incoming(meta)
 
     def write_incoming_chunk(self, offset: int, data: bytes) -> None:
         """Write a chunk of the incoming snapshot at ``offset`` (must be the size so far)."""
