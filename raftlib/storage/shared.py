@@ -887,6 +887,7 @@ class GroupStorage:
             else:
                 del g.terms[:]
             g.offset = meta.index
+            self._log._collect()  # the group may have held the oldest segment
 
     def latest_snapshot(self) -> SnapshotMeta | None:
         """Meta of the group's newest stored snapshot."""
