@@ -68,6 +68,10 @@ def test_many_groups_round_trip_through_close_and_open(tmp_path: Path) -> None:
         assert key(state.entries) == key([e for t in range(1, 11) for e in ents(t, t + 1, t, g.encode())])
         assert s.last_index() == 10
         assert key(s.entries(3, 5)) == key(state.entries[2:4])
+        assert key(s.entries(0, 3)) == key(state.entries[:2]) and key(s.entries(9, 99)) == key(
+            state.entries[8:]
+        )
+        assert s.entries(5, 2) == [] and s.entries(0, 0) == [] and s.entries(11, 20) == []
     log.close()
 
 

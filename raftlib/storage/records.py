@@ -41,7 +41,6 @@ __all__ = [
     "REC_HEADER",
     "TornTail",
     "append_record",
-    "batch_span",
     "create_segment",
     "decode_batch_body",
     "decode_hs",
@@ -239,15 +238,6 @@ def truncate_file(ops: FileOps, path: str, size: int, fsync: bool) -> None:
             ops.close(fd)
     except OSError as e:
         raise StorageError(path, e.errno, f"cannot truncate a torn WAL tail: {e}") from e
-
-
-def batch_span(body: memoryview) -> tuple[int, int]:
-    """``(first index, count)`` of an encoded batch body, without decoding its entries."""
-    pos = 1
-    if body[0] & _FLAG_HS:
-        _hs, pos = decode_hs(body, pos)
-    first, count = _BATCH.unpack_from(body, pos)
-    return int(first), int(count)
 
 
 # -- appending to a segment --------------------------------------------------------

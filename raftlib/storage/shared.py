@@ -55,7 +55,6 @@ import logging
 import os
 import struct
 import threading
-from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -68,7 +67,6 @@ from raftlib.storage.lock import DataDirLock
 from raftlib.storage.records import (
     TornTail,
     append_record,
-    batch_span,
     create_segment,
     decode_batch_body,
     decode_hs,
@@ -159,21 +157,20 @@ class _Group:
     raw: bytes
     hs: HardState = field(default_factory=HardState)
     offset: int = 0
-    """Index below which nothing is stored; the stored entries are offset+1 .. offset+len(terms)."""
-    terms: array[int] = field(default_factory=lambda: array("Q"))
+    """Index below which nothing is stored; ``entries`` are offset+1 .. offset+len(entries)."""
+    entries: list[Entry] = field(default_factory=list)
+    """The stored entries after the floor, in memory (bounded by compaction, as the core's log)."""
     durable: bool = False
     """Some record of this incarnation is in the log (it appears in groups() and segment headers)."""
     removed: bool = False
     snapshots: SnapshotStore | None = None
     snapshot_write_lock: threading.Lock = field(default_factory=threading.Lock)
-    recovered: list[Entry] | None = None
-    """Entries found at open, handed to the first load() and then dropped."""
     # replay only
     exact: bool = True
     """The floor is known exactly (else a segment header's lower bound: the log may start later)."""
 
     def last_index(self) -> int:
-        return self.offset + len(self.terms)
+        return self.offset + len(self.entries)
 
 
 @dataclass(eq=False, slots=True)
@@ -289,22 +286,19 @@ class SharedLog:
             self._opened = True
 
     def _recover(self) -> None:
-        live, segs = self._replay(repair=True, only=None)
+        live, segs = self._replay(repair=True)
         marks: list[tuple[_Group, int, int]] = []
         for g in live.values():
             g.durable = True
             g.snapshots = self._snapshot_store(g.gid)
             g.snapshots.scan()
             entries, floor, mark = reconcile_with_snapshot(
-                g.snapshots.dir, g.recovered or [], g.offset, g.snapshots.latest()
+                g.snapshots.dir, g.entries, g.offset, g.snapshots.latest()
             )
-            if entries:
-                g.offset = entries[0].index - 1
-                g.terms = array("Q", [e.term for e in entries])
-            else:
-                g.offset = floor
-                g.terms = array("Q")
-            g.recovered = entries
+            # The log may keep entries at or below the latest snapshot (a compaction
+            # point is a lower bound); load() returns them as DiskStorage does.
+            g.offset = entries[0].index - 1 if entries else floor
+            g.entries = entries
             if mark is not None:
                 marks.append((g, mark[0], mark[1]))
         self._groups = live
@@ -363,8 +357,8 @@ class SharedLog:
         except OSError as e:
             raise StorageError(path, e.errno, f"fsync of directory failed: {e}") from e
 
-    def _replay(self, repair: bool, only: str | None) -> tuple[dict[str, _Group], list[_Seg]]:
-        """Replay every segment. With ``only``, decode the entries of that group alone (reads)."""
+    def _replay(self, repair: bool) -> tuple[dict[str, _Group], list[_Seg]]:
+        """Replay every segment: the live groups (hard state, floor, entries) and the segments."""
         ops = self.ops
         try:
             names = ops.listdir(self.wal_dir)
@@ -390,7 +384,7 @@ class SharedLog:
             try:
                 for pos, rtype, body in scan_records(buf, path, _KNOWN_TYPES, last_segment):
                     try:
-                        self._replay_record(live, seg, pos, rtype, body, only)
+                        self._replay_record(live, seg, pos, rtype, body)
                     except (ValueError, struct.error, UnicodeDecodeError) as e:
                         raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
             except TornTail as t:
@@ -422,7 +416,7 @@ class SharedLog:
         return live, segs
 
     def _replay_record(
-        self, live: dict[str, _Group], seg: _Seg, pos: int, rtype: int, body: memoryview, only: str | None
+        self, live: dict[str, _Group], seg: _Seg, pos: int, rtype: int, body: memoryview
     ) -> None:
         if pos == 0:
             if rtype != REC_SEGMENT:
@@ -443,11 +437,11 @@ class SharedLog:
                 g = live.get(gid)
                 if g is None:
                     # Its earlier records were deleted: the floor is only a lower bound.
-                    live[gid] = _Group(gid, gid.encode(), hs, floor, recovered=[], exact=False)
+                    live[gid] = _Group(gid, gid.encode(), hs, floor, exact=False)
                     continue
                 g.hs = hs
                 if floor > g.offset:
-                    g.recovered = [e for e in g.recovered or [] if e.index > floor]
+                    g.entries = [e for e in g.entries if e.index > floor]
                     g.offset = floor
             if p != len(body):
                 raise ValueError("stray bytes after the segment header")
@@ -470,12 +464,7 @@ class SharedLog:
                 p += n
                 g = live.get(gid)
                 if g is None:
-                    g = live[gid] = _Group(gid, gid.encode(), recovered=[])
-                if only is not None and gid != only:
-                    first, cnt = batch_span(section)
-                    if cnt:
-                        seg.note(g, first + cnt - 1)
-                    continue
+                    g = live[gid] = _Group(gid, gid.encode())
                 bhs, ents = decode_batch_body(section)
                 if bhs is not None:
                     g.hs = bhs
@@ -484,7 +473,7 @@ class SharedLog:
                         raise ValueError(
                             f"entries of group {gid!r} start at {ents[0].index}, at or below its floor"
                         )
-                    g.recovered = replay_batch(g.recovered or [], ents, g.offset, strict=g.exact)
+                    g.entries = replay_batch(g.entries, ents, g.offset, strict=g.exact)
                     seg.note(g, ents[-1].index)
                 else:
                     seg.note(g, 0)
@@ -497,8 +486,8 @@ class SharedLog:
                 raise ValueError("bad INSTALL record length")
             g = live.get(gid)
             if g is None:
-                g = live[gid] = _Group(gid, gid.encode(), recovered=[])
-            g.recovered = replay_install(g.recovered or [], index, bool(keep))
+                g = live[gid] = _Group(gid, gid.encode())
+            g.entries = replay_install(g.entries, index, bool(keep))
             g.offset = index
             g.exact = True
             seg.note(g, index)
@@ -639,8 +628,8 @@ class SharedLog:
                 g.hs = hs
             if ents:
                 first = ents[0].index
-                del g.terms[first - g.offset - 1 :]
-                g.terms.extend(e.term for e in ents)
+                del g.entries[first - g.offset - 1 :]
+                g.entries.extend(ents)
                 seg.note(g, ents[-1].index)
             else:
                 seg.note(g, 0)
@@ -690,15 +679,15 @@ class SharedLog:
             self._remove_tree(os.path.join(self.groups_dir, group_dir_name(group_id)))
             if self.fsync:
                 self._fsync_dir(self.groups_dir)
-            g.terms = array("Q")
+            g.entries = []
             self._collect()
 
     # -- compaction ---------------------------------------------------------------------------
 
     def _compact(self, g: _Group, first_index: int) -> None:
-        drop = min(first_index - 1 - g.offset, len(g.terms))
+        drop = min(first_index - 1 - g.offset, len(g.entries))
         if drop > 0:
-            del g.terms[:drop]
+            del g.entries[:drop]
             g.offset += drop
         self._collect()
 
@@ -762,8 +751,9 @@ class GroupStorage:
 
     Get it from :meth:`SharedLog.group`. ``save`` is a one-group
     :meth:`SharedLog.write`; ``close`` closes only this view (the log stays
-    open; :meth:`SharedLog.group` gives a fresh view). ``entries`` (and a
-    second ``load``) read the log back from disk: meant for tests and tools.
+    open; :meth:`SharedLog.group` gives a fresh view). The group's entries
+    after its floor are kept in memory (bounded by compaction, like the core's
+    own log), so ``load`` and ``entries`` never read the shared WAL back.
     """
 
     def __init__(self, shared: SharedLog, group: _Group) -> None:
@@ -797,18 +787,7 @@ class GroupStorage:
         """The group's durable state; see :meth:`Storage.load <raftlib.storage.Storage.load>`."""
         with self._log._lock:
             g = self._g()
-            if g.recovered is not None:
-                entries, g.recovered = g.recovered, None
-            else:
-                entries = self._read_back(g)
-            return PersistentState(g.hs, entries, self._store(g).latest())
-
-    def _read_back(self, g: _Group) -> list[Entry]:
-        if not g.durable:
-            return []
-        live, _segs = self._log._replay(repair=False, only=g.gid)
-        found = live.get(g.gid)
-        return list(found.recovered or []) if found is not None else []
+            return PersistentState(g.hs, list(g.entries), self._store(g).latest())
 
     def save(self, hard_state: HardState | None, entries: list[Entry], sync: bool = True) -> None:
         """One-group :meth:`SharedLog.write` (one record, one fsync unless ``sync=False``)."""
@@ -832,7 +811,9 @@ class GroupStorage:
         """Stored entries in ``[lo, hi)``, read back from the log (slow; tests and tools)."""
         with self._log._lock:
             g = self._g()
-            return [e for e in self._read_back(g) if lo <= e.index < hi and e.index > g.offset]
+            start = max(lo, g.offset + 1) - g.offset - 1
+            stop = min(hi, g.last_index() + 1) - g.offset - 1
+            return g.entries[start:stop] if stop > start else []
 
     def compact(self, first_index: int) -> None:
         """The group's log now starts at ``first_index``: segments nobody else needs are deleted."""
@@ -877,15 +858,18 @@ class GroupStorage:
         with self._log._lock:
             g = self._w()
             self._store(g).finish_incoming(meta)
-            keep = g.offset < meta.index <= g.last_index() and g.terms[meta.index - g.offset - 1] == meta.term
+            keep = (
+                g.offset < meta.index <= g.last_index()
+                and g.entries[meta.index - g.offset - 1].term == meta.term
+            )
             record = frame(REC_INSTALL, _encode_gid(g.raw) + _INSTALL.pack(meta.index, meta.term, int(keep)))
             self._log._append(record, True)
             g.durable = True
             self._log._segs[-1].note(g, meta.index)
             if keep:
-                del g.terms[: meta.index - g.offset]
+                del g.entries[: meta.index - g.offset]
             else:
-                del g.terms[:]
+                del g.entries[:]
             g.offset = meta.index
             self._log._collect()  # the group may have held the oldest segment
 
