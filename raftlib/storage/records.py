@@ -12,9 +12,11 @@ Frame (little endian)::
 
 ``crc`` is CRC-32 (``zlib.crc32``) of the type byte and the payload.
 
-It also owns appending to a segment (:func:`create_segment`,
-:func:`append_record`): one write, one fdatasync, and on failure the partial
-record cut off again (or the log poisoned when that is impossible).
+It also owns the segment files as such: appending (:class:`SegmentAppender`:
+one write, one fdatasync, on failure the partial record cut off again, or
+the log poisoned when that is impossible) and reading them back in order
+(:func:`list_segments`, :func:`replay_segment`: seq gaps, torn tails, empty
+segments left by an interrupted rollover).
 
 Invariant kept by :func:`scan_records`: a record is yielded only if its frame
 is whole and its CRC matches; a bad record is reported as a :class:`TornTail`
@@ -26,6 +28,7 @@ at any later offset; every other bad record raises
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import zlib
@@ -39,6 +42,7 @@ from raftlib.storage.files import FileOps
 __all__ = [
     "MAX_RECORD",
     "REC_HEADER",
+    "SegmentAppender",
     "TornTail",
     "append_record",
     "create_segment",
@@ -47,10 +51,14 @@ __all__ = [
     "encode_batch_body",
     "encode_hs",
     "frame",
+    "list_segments",
+    "replay_segment",
     "scan_records",
     "truncate_file",
     "write_all",
 ]
+
+log = logging.getLogger("raftlib.storage")
 
 MAX_RECORD = 1 << 30
 
@@ -312,3 +320,139 @@ def append_record(
             with contextlib.suppress(OSError):
                 ops.ftruncate(fd, size)
             raise StorageError(path, e.errno, f"WAL fsync failed: {e}") from e
+
+
+class SegmentAppender:
+    """The append end of a segmented WAL: the active segment's descriptor, path and size.
+
+    Also whether a failure *poisoned* the log (a failed fsync, or a partial
+    write that could not be cut off): then every later write is refused until
+    a restart recovers from what is really on disk.
+    """
+
+    def __init__(self, ops: FileOps, wal_dir: str, fsync: bool) -> None:
+        self.ops = ops
+        self.wal_dir = wal_dir
+        self.fsync = fsync
+        self.fd: int | None = None
+        self.path = wal_dir
+        self.size = 0
+        self.failed: str | None = None
+
+    def _poison(self, reason: str) -> None:
+        self.failed = reason
+
+    def check_writable(self) -> None:
+        """Raise :class:`StorageError` if an earlier failure poisoned the log."""
+        if self.failed is not None:
+            raise StorageError(self.path, None, f"{self.failed} earlier; restart required")
+
+    def attach(self, path: str, size: int) -> None:
+        """Continue appending to the existing segment ``path`` (``size`` valid bytes), after recovery."""
+        try:
+            fd = self.ops.open(path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise StorageError(path, e.errno, f"cannot open the WAL segment: {e}") from e
+        self.close()
+        self.fd, self.path, self.size = fd, path, size
+
+    def start(self, path: str, header: bytes) -> None:
+        """Seal the active segment and make ``path`` (holding ``header``, fsynced) the active one."""
+        fd = create_segment(self.ops, self.wal_dir, path, header, self.fsync, self._poison)
+        self.close()
+        self.fd, self.path, self.size = fd, path, len(header)
+
+    def append(self, record: bytes, sync: bool) -> None:
+        """One write and (when ``sync`` and the log fsyncs) one fdatasync of ``record``."""
+        assert self.fd is not None
+        append_record(self.ops, self.fd, self.path, self.size, record, self.fsync and sync, self._poison)
+        self.size += len(record)
+
+    def close(self) -> None:
+        """Close the active segment's descriptor (a failure is only logged)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                self.ops.close(fd)
+            except OSError as e:
+                log.warning("closing WAL segment %s failed: %s", self.path, e)
+
+
+# -- reading segments ---------------------------------------------------------------
+
+
+def list_segments(
+    ops: FileOps, wal_dir: str, parse_seq: Callable[[str], int | None]
+) -> list[tuple[int, str]]:
+    """``(seq, path)`` of the segment files in ``wal_dir``, in seq order.
+
+    ``parse_seq`` gives a file name's seq, or ``None`` if it is not a segment
+    name; a ``.wal`` file that does not parse, or a seq missing between two
+    others, raises :class:`StorageCorrupted`.
+    """
+    try:
+        names = ops.listdir(wal_dir)
+    except FileNotFoundError:
+        names = []
+    found: list[tuple[int, str]] = []
+    for name in names:
+        seq = parse_seq(name)
+        if seq is None:
+            if name.endswith(".wal"):
+                raise StorageCorrupted(os.path.join(wal_dir, name), 0, "unexpected WAL file name")
+            continue
+        found.append((seq, os.path.join(wal_dir, name)))
+    found.sort()
+    for i in range(1, len(found)):
+        if found[i][0] != found[i - 1][0] + 1:
+            raise StorageCorrupted(found[i][1], 0, f"WAL segment {found[i - 1][0] + 1:016x} is missing")
+    return found
+
+
+def replay_segment(
+    ops: FileOps,
+    path: str,
+    known: frozenset[int],
+    last_segment: bool,
+    repair: bool,
+    fsync: bool,
+    apply: Callable[[int, int, memoryview], None],
+) -> int:
+    """Feed each record of segment ``path`` to ``apply(offset, type, payload)``; return the size kept.
+
+    ``apply`` raises ``ValueError``/``struct.error``/``UnicodeDecodeError`` for
+    a record that does not decode: that becomes :class:`StorageCorrupted` at
+    its offset. A torn tail (see :func:`scan_records`) is truncated when
+    ``repair`` (with a warning), else :class:`StorageCorrupted`. A segment left
+    empty (its creation was torn) is removed when ``repair``; 0 is returned.
+    """
+    buf = memoryview(ops.read_file(path))
+    size = len(buf)
+    try:
+        for pos, rtype, body in scan_records(buf, path, known, last_segment):
+            try:
+                apply(pos, rtype, body)
+            except (ValueError, struct.error, UnicodeDecodeError) as e:
+                raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
+    except TornTail as t:
+        if not repair:
+            raise StorageCorrupted(path, t.pos, t.reason + " (unrepaired torn tail)") from None
+        log.warning(
+            "WAL %s: torn last record at offset %d (%s); truncating %d bytes",
+            path,
+            t.pos,
+            t.reason,
+            size - t.pos,
+        )
+        truncate_file(ops, path, t.pos, fsync)
+        size = t.pos
+    if size == 0 and repair:
+        # The segment's creation was torn: it holds nothing and was never used.
+        log.warning("WAL %s: empty segment left by an interrupted rollover; removing it", path)
+        try:
+            ops.unlink(path)
+            if fsync:
+                ops.fsync_dir(os.path.dirname(path))
+        except OSError as e:
+            raise StorageError(path, e.errno, f"cannot remove an empty WAL segment: {e}") from e
+    return size

@@ -50,6 +50,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -60,21 +61,18 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from raftlib.core import Entry, HardState, PersistentState, SnapshotMeta
-from raftlib.errors import StorageCorrupted
 from raftlib.storage.base import StorageError
 from raftlib.storage.files import FileOps
 from raftlib.storage.lock import DataDirLock
 from raftlib.storage.records import (
-    TornTail,
-    append_record,
-    create_segment,
+    SegmentAppender,
     decode_batch_body,
     decode_hs,
     encode_batch_body,
     encode_hs,
     frame,
-    scan_records,
-    truncate_file,
+    list_segments,
+    replay_segment,
 )
 from raftlib.storage.snapshot import SnapshotStore
 from raftlib.storage.wal import DEFAULT_SEGMENT_BYTES, reconcile_with_snapshot, replay_batch, replay_install
@@ -199,6 +197,7 @@ def _segment_name(seq: int) -> str:
 
 
 def _parse_segment_name(name: str) -> int | None:
+    """The seq of a segment file name ``<seq:016x>.wal``, or None."""
     if not name.endswith(".wal") or len(name) != 16 + 4:
         return None
     try:
@@ -250,9 +249,8 @@ class SharedLog:
         self._dir_lock: DataDirLock | None = None
         self._opened = False
         self._closed = False
-        self._failed: str | None = None
         self._segs: list[_Seg] = []
-        self._fd: int | None = None
+        self._wal = SegmentAppender(self.ops, self.wal_dir, fsync)
         self._groups: dict[str, _Group] = {}
         self._views: dict[str, GroupStorage] = {}
 
@@ -281,7 +279,7 @@ class SharedLog:
             except BaseException:
                 self._dir_lock.release()
                 self._dir_lock = None
-                self._close_fd()
+                self._wal.close()
                 raise
             self._opened = True
 
@@ -306,11 +304,7 @@ class SharedLog:
         self._remove_stale_group_dirs()
         self.stats["segments"] = len(segs)
         if segs:
-            seg = segs[-1]
-            try:
-                self._fd = self.ops.open(seg.path, os.O_WRONLY | os.O_APPEND)
-            except OSError as e:
-                raise StorageError(seg.path, e.errno, f"cannot open the WAL segment: {e}") from e
+            self._wal.attach(segs[-1].path, segs[-1].size)
         else:
             self._roll()
         for g, index, term in marks:
@@ -359,60 +353,16 @@ class SharedLog:
 
     def _replay(self, repair: bool) -> tuple[dict[str, _Group], list[_Seg]]:
         """Replay every segment: the live groups (hard state, floor, entries) and the segments."""
-        ops = self.ops
-        try:
-            names = ops.listdir(self.wal_dir)
-        except FileNotFoundError:
-            names = []
-        found: list[tuple[int, str]] = []
-        for name in names:
-            seq = _parse_segment_name(name)
-            if seq is None:
-                if name.endswith(".wal"):
-                    raise StorageCorrupted(os.path.join(self.wal_dir, name), 0, "unexpected WAL file name")
-                continue
-            found.append((seq, os.path.join(self.wal_dir, name)))
-        found.sort()
         live: dict[str, _Group] = {}
         segs: list[_Seg] = []
+        found = list_segments(self.ops, self.wal_dir, _parse_segment_name)
         for i, (seq, path) in enumerate(found):
-            if i and seq != found[i - 1][0] + 1:
-                raise StorageCorrupted(path, 0, f"WAL segment {found[i - 1][0] + 1:016x} is missing")
-            last_segment = i == len(found) - 1
-            buf = memoryview(ops.read_file(path))
-            seg = _Seg(seq, path, len(buf))
-            try:
-                for pos, rtype, body in scan_records(buf, path, _KNOWN_TYPES, last_segment):
-                    try:
-                        self._replay_record(live, seg, pos, rtype, body)
-                    except (ValueError, struct.error, UnicodeDecodeError) as e:
-                        raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
-            except TornTail as t:
-                if not repair:
-                    raise StorageCorrupted(path, t.pos, t.reason + " (unrepaired torn tail)") from None
-                log.warning(
-                    "shared WAL %s: torn last record at offset %d (%s); truncating %d bytes",
-                    path,
-                    t.pos,
-                    t.reason,
-                    len(buf) - t.pos,
-                )
-                truncate_file(ops, path, t.pos, self.fsync)
-                seg.size = t.pos
-            if seg.size == 0:
-                # The segment's creation was torn: it holds nothing and was never used.
-                if repair:
-                    log.warning(
-                        "shared WAL %s: empty segment left by an interrupted rollover; removing it", path
-                    )
-                    try:
-                        ops.unlink(path)
-                    except OSError as e:
-                        raise StorageError(path, e.errno, f"cannot remove an empty WAL segment: {e}") from e
-                    if self.fsync:
-                        self._fsync_dir(self.wal_dir)
-                continue
-            segs.append(seg)
+            seg = _Seg(seq, path, 0)
+            last = i == len(found) - 1
+            apply = functools.partial(self._replay_record, live, seg)
+            seg.size = replay_segment(self.ops, path, _KNOWN_TYPES, last, repair, self.fsync, apply)
+            if seg.size:
+                segs.append(seg)
         return live, segs
 
     def _replay_record(
@@ -512,15 +462,7 @@ class SharedLog:
 
     def _check_writable(self) -> None:
         self._ensure_open()
-        if self._failed is not None:
-            raise StorageError(
-                self._segs[-1].path if self._segs else self.wal_dir,
-                None,
-                f"{self._failed} earlier; restart required",
-            )
-
-    def _poison(self, reason: str) -> None:
-        self._failed = reason
+        self._wal.check_writable()
 
     def _roll(self) -> None:
         """Seal the active segment and start a new one whose header holds every live group's state."""
@@ -534,35 +476,22 @@ class SharedLog:
                 n += 1
         parts[0] = _SEG.pack(SHARED_WAL_VERSION, seq, n)
         header = frame(REC_SEGMENT, b"".join(parts))
-        fd = create_segment(self.ops, self.wal_dir, path, header, self.fsync, self._poison)
+        self._wal.start(path, header)
         if self.fsync:
             self.stats["fsyncs"] += 1
-        self._close_fd()
-        self._fd = fd
         self._segs.append(_Seg(seq, path, len(header)))
         self.stats["segments"] = len(self._segs)
         self.stats["bytes_written"] += len(header)
 
-    def _close_fd(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                self.ops.close(fd)
-            except OSError as e:
-                log.warning("closing a shared WAL segment failed: %s", e)
-
     def _append(self, record: bytes, sync: bool) -> None:
         """One write and (when ``sync``) one fdatasync of ``record`` at the end of the active segment."""
-        if self._segs[-1].size >= self.segment_bytes:
+        if self._wal.size >= self.segment_bytes:
             self._roll()
-        seg = self._segs[-1]
-        assert self._fd is not None
-        synced = self.fsync and sync
-        append_record(self.ops, self._fd, seg.path, seg.size, record, synced, self._poison)
-        seg.size += len(record)
+        self._wal.append(record, sync)
+        self._segs[-1].size = self._wal.size
         self.stats["writes"] += 1
         self.stats["bytes_written"] += len(record)
-        if synced:
+        if self.fsync and sync:
             self.stats["fsyncs"] += 1
 
     def _live(self, gid: str) -> _Group:
@@ -734,7 +663,7 @@ class SharedLog:
             for g in self._groups.values():
                 if g.snapshots is not None:
                     g.snapshots.close()
-            self._close_fd()
+            self._wal.close()
             if self._dir_lock is not None:
                 self._dir_lock.release()
                 self._dir_lock = None

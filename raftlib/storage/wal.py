@@ -40,6 +40,7 @@ not decode is corruption too.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -55,16 +56,14 @@ from raftlib.storage.base import StorageError
 from raftlib.storage.files import FileOps
 from raftlib.storage.lock import DataDirLock
 from raftlib.storage.records import (
-    TornTail,
-    append_record,
-    create_segment,
+    SegmentAppender,
     decode_batch_body,
     decode_hs,
     encode_batch_body,
     encode_hs,
     frame,
-    scan_records,
-    truncate_file,
+    list_segments,
+    replay_segment,
 )
 from raftlib.storage.snapshot import SnapshotStore
 
@@ -177,11 +176,13 @@ def _segment_name(seq: int, first_index: int) -> str:
     return f"{seq:016x}-{first_index:016x}.wal"
 
 
-def _parse_segment_name(name: str) -> tuple[int, int] | None:
+def _parse_segment_seq(name: str) -> int | None:
+    """The seq of a segment file name ``<seq:016x>-<firstindex:016x>.wal``, or None."""
     if not name.endswith(".wal") or len(name) != 16 + 1 + 16 + 4 or name[16] != "-":
         return None
     try:
-        return int(name[:16], 16), int(name[17:33], 16)
+        int(name[17:33], 16)
+        return int(name[:16], 16)
     except ValueError:
         return None
 
@@ -241,9 +242,8 @@ class DiskStorage:
         self._dir_lock: DataDirLock | None = None
         self._loaded = False
         self._closed = False
-        self._failed: str | None = None
         self._segments: list[_Segment] = []
-        self._fd: int | None = None
+        self._wal = SegmentAppender(self.ops, self.wal_dir, fsync)
         self._hs = HardState()
         # Terms of the stored entries offset+1 .. offset+len(terms).
         self._offset = 0
@@ -278,7 +278,6 @@ class DiskStorage:
             raise
 
     def _recover_locked(self) -> PersistentState:
-        ops = self.ops
         self.snapshots.scan()
         r = self._replay(repair=True)
         snap = self.snapshots.latest()
@@ -292,11 +291,7 @@ class DiskStorage:
             self._offset = floor
             self._terms = array("Q")
         if self._segments:
-            seg = self._segments[-1]
-            try:
-                self._fd = ops.open(seg.path, os.O_WRONLY | os.O_APPEND)
-            except OSError as e:
-                raise StorageError(seg.path, e.errno, f"cannot open the WAL segment: {e}") from e
+            self._wal.attach(self._segments[-1].path, self._segments[-1].size)
         self._loaded = True
         if not self._segments:
             self._roll()
@@ -305,96 +300,52 @@ class DiskStorage:
         return PersistentState(self._hs, entries, snap)
 
     def _replay(self, repair: bool) -> _Replay:
-        ops = self.ops
-        try:
-            names = ops.listdir(self.wal_dir)
-        except FileNotFoundError:
-            names = []
-        found: list[tuple[int, str]] = []
-        for name in names:
-            parsed = _parse_segment_name(name)
-            if parsed is None:
-                if name.endswith(".wal"):
-                    raise StorageCorrupted(os.path.join(self.wal_dir, name), 0, "unexpected WAL file name")
-                continue
-            found.append((parsed[0], os.path.join(self.wal_dir, name)))
-        found.sort()
         state = _Replay(HardState(), [], 0, [])
-        segments = state.segments
+        found = list_segments(self.ops, self.wal_dir, _parse_segment_seq)
         for i, (seq, path) in enumerate(found):
-            if i and seq != found[i - 1][0] + 1:
-                raise StorageCorrupted(path, 0, f"WAL segment {found[i - 1][0] + 1:016x} is missing")
-            last_segment = i == len(found) - 1
-            data = ops.read_file(path)
-            buf = memoryview(data)
-            size = len(buf)
-            seg = _Segment(seq, path, size)
-            try:
-                self._replay_segment(buf, path, seq, last_segment, seg, state)
-            except TornTail as t:
-                if not repair:
-                    raise StorageCorrupted(path, t.pos, t.reason + " (unrepaired torn tail)") from None
-                log.warning(
-                    "WAL %s: torn last record at offset %d (%s); truncating %d bytes",
-                    path,
-                    t.pos,
-                    t.reason,
-                    size - t.pos,
-                )
-                truncate_file(self.ops, path, t.pos, self.fsync)
-                seg.size = t.pos
-            if seg.size == 0:
-                # The segment's creation was torn: it holds nothing and was never used.
-                if repair:
-                    log.warning("WAL %s: empty segment left by an interrupted rollover; removing it", path)
-                    self._remove_file(path)
-                continue
-            segments.append(seg)
+            seg = _Segment(seq, path, 0)
+            seg.size = replay_segment(
+                self.ops,
+                path,
+                _KNOWN_TYPES,
+                i == len(found) - 1,
+                repair,
+                self.fsync,
+                functools.partial(self._apply_record, seg, state),
+            )
+            if seg.size:
+                state.segments.append(seg)
         return state
 
-    def _replay_segment(
-        self, buf: memoryview, path: str, seq: int, last_segment: bool, seg: _Segment, r: _Replay
-    ) -> None:
-        """Apply one segment's records to ``r`` (raises TornTail at a torn last record)."""
-        for pos, rtype, body in scan_records(buf, path, _KNOWN_TYPES, last_segment):
-            try:
-                if pos == 0:
-                    if rtype != REC_SEGMENT:
-                        raise ValueError("segment does not start with a SEGMENT record")
-                    version, hseq, _first = _SEG.unpack_from(body)
-                    if version != WAL_VERSION:
-                        raise ValueError(f"unknown WAL format version {version}")
-                    if hseq != seq:
-                        raise ValueError(f"segment header says seq {hseq}, file name says {seq}")
-                    seg_hs, end = decode_hs(body, _SEG.size)
-                    if end != len(body):
-                        raise ValueError("stray bytes after the segment header")
-                    r.hard_state = seg_hs  # the hard state current when the segment started
-                elif rtype == REC_BATCH:
-                    bhs, ents = decode_batch_body(body)
-                    if bhs is not None:
-                        r.hard_state = bhs
-                    if ents:
-                        r.entries = replay_batch(r.entries, ents, r.floor, strict=r.floor > 0)
-                        seg.max_index = max(seg.max_index, ents[-1].index)
-                elif rtype == REC_SNAPSHOT:
-                    index, _term, keep = _SNAP.unpack_from(body)
-                    if len(body) != _SNAP.size:
-                        raise ValueError("bad SNAPSHOT record length")
-                    r.entries = replay_install(r.entries, index, bool(keep))
-                    r.floor = index
-                else:
-                    raise ValueError("SEGMENT record in the middle of a segment")
-            except (ValueError, struct.error, UnicodeDecodeError) as e:
-                raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
-
-    def _remove_file(self, path: str) -> None:
-        try:
-            self.ops.unlink(path)
-            if self.fsync:
-                self.ops.fsync_dir(self.wal_dir)
-        except OSError as e:
-            raise StorageError(path, e.errno, f"cannot remove an empty WAL segment: {e}") from e
+    def _apply_record(self, seg: _Segment, r: _Replay, pos: int, rtype: int, body: memoryview) -> None:
+        """Apply one replayed record to ``r`` (ValueError and friends: it does not decode)."""
+        if pos == 0:
+            if rtype != REC_SEGMENT:
+                raise ValueError("segment does not start with a SEGMENT record")
+            version, hseq, _first = _SEG.unpack_from(body)
+            if version != WAL_VERSION:
+                raise ValueError(f"unknown WAL format version {version}")
+            if hseq != seg.seq:
+                raise ValueError(f"segment header says seq {hseq}, file name says {seg.seq}")
+            seg_hs, end = decode_hs(body, _SEG.size)
+            if end != len(body):
+                raise ValueError("stray bytes after the segment header")
+            r.hard_state = seg_hs  # the hard state current when the segment started
+        elif rtype == REC_BATCH:
+            bhs, ents = decode_batch_body(body)
+            if bhs is not None:
+                r.hard_state = bhs
+            if ents:
+                r.entries = replay_batch(r.entries, ents, r.floor, strict=r.floor > 0)
+                seg.max_index = max(seg.max_index, ents[-1].index)
+        elif rtype == REC_SNAPSHOT:
+            index, _term, keep = _SNAP.unpack_from(body)
+            if len(body) != _SNAP.size:
+                raise ValueError("bad SNAPSHOT record length")
+            r.entries = replay_install(r.entries, index, bool(keep))
+            r.floor = index
+        else:
+            raise ValueError("SEGMENT record in the middle of a segment")
 
     # -- writing ----------------------------------------------------------------
 
@@ -409,38 +360,23 @@ class DiskStorage:
 
     def _check_writable(self) -> None:
         self._ensure_loaded()
-        if self._failed is not None:
-            raise StorageError(
-                self._segments[-1].path if self._segments else self.wal_dir,
-                None,
-                f"{self._failed} earlier; restart required",
-            )
-
-    def _poison(self, reason: str) -> None:
-        self._failed = reason
+        self._wal.check_writable()
 
     def _roll(self) -> None:
         """Seal the active segment and start a new one (header + hard state, fsynced)."""
         seq = self._segments[-1].seq + 1 if self._segments else 1
         path = os.path.join(self.wal_dir, _segment_name(seq, self.last_index() + 1))
         header = encode_segment_header(seq, self.last_index() + 1, self._hs)
-        fd = create_segment(self.ops, self.wal_dir, path, header, self.fsync, self._poison)
-        if self._fd is not None:
-            try:
-                self.ops.close(self._fd)
-            except OSError as e:
-                log.warning("closing WAL segment %s failed: %s", self._segments[-1].path, e)
-        self._fd = fd
+        self._wal.start(path, header)
         self._segments.append(_Segment(seq, path, len(header)))
 
     def _append(self, record: bytes, max_index: int, sync: bool = True) -> None:
         """One write and (when ``sync``) one fsync of ``record`` at the end of the active segment."""
-        if self._segments[-1].size >= self.segment_bytes:
+        if self._wal.size >= self.segment_bytes:
             self._roll()
+        self._wal.append(record, sync)
         seg = self._segments[-1]
-        assert self._fd is not None
-        append_record(self.ops, self._fd, seg.path, seg.size, record, self.fsync and sync, self._poison)
-        seg.size += len(record)
+        seg.size = self._wal.size
         if max_index > seg.max_index:
             seg.max_index = max_index
 
@@ -610,12 +546,7 @@ class DiskStorage:
             if self._dir_lock is not None:
                 self._dir_lock.release()
             self.snapshots.close()
-            if self._fd is not None:
-                fd, self._fd = self._fd, None
-                try:
-                    self.ops.close(fd)
-                except OSError as e:
-                    log.warning("closing the WAL failed: %s", e)
+            self._wal.close()
 
     def __enter__(self) -> DiskStorage:
         return self
