@@ -1,4 +1,4 @@
-"""Behaviour every Storage must have: run against DiskStorage and MemoryStorage alike."""
+"""Behaviour every Storage must have: DiskStorage, MemoryStorage and a SharedLog group alike."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from raftlib.core import Entry, HardState, Membership, SnapshotMeta
 from raftlib.errors import StorageCorrupted
-from raftlib.storage import DiskStorage, MemoryStorage, Storage
+from raftlib.storage import DiskStorage, MemoryStorage, SharedLog, Storage
 
 MEMBERS = Membership(frozenset({"n1", "n2", "n3"}))
 
@@ -23,10 +23,20 @@ class Backend:
         self.kind = kind
         self.dir = tmp_path / "data"
         self._mem: MemoryStorage | None = None
+        self._shared: SharedLog | None = None
 
     def open(self) -> Storage:
         if self.kind == "disk":
             return DiskStorage(self.dir, segment_bytes=4096)
+        if self.kind == "shared":
+            # The group under test shares its log with another group that has data of its own.
+            if self._shared is not None:
+                self._shared.close()
+            self._shared = SharedLog(self.dir, segment_bytes=4096)
+            self._shared.open()
+            if "other" not in self._shared.groups():
+                self._shared.write([("other", HardState(7, "n9", 2), ents(1, 4, 7, b"other"))])
+            return self._shared.group("g1")
         if self._mem is None:
             self._mem = MemoryStorage()
         else:
@@ -38,7 +48,7 @@ class Backend:
         return self.open()
 
 
-@pytest.fixture(params=["disk", "memory"])
+@pytest.fixture(params=["disk", "memory", "shared"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend(request.param, tmp_path)
 
@@ -313,3 +323,8 @@ def test_hard_state_vote_none_and_empty_string_differ(backend: Backend) -> None:
 def test_both_kinds_satisfy_the_protocol() -> None:
     assert isinstance(MemoryStorage(), Storage)
     assert isinstance(DiskStorage(os.devnull + "-never-created"), Storage)
+
+
+def test_group_storage_satisfies_the_protocol(tmp_path: Path) -> None:
+    with SharedLog(tmp_path) as shared:
+        assert isinstance(shared.group("g"), Storage)

@@ -97,3 +97,7 @@ class FileOps:
     def open_read(self, path: str) -> BinaryIO:
         """A buffered binary file object for streaming reads (snapshots)."""
         return open(path, "rb")
+
+    def rmdir(self, path: str) -> None:
+        """``os.rmdir`` (an empty directory)."""
+        os.rmdir(path)

@@ -40,12 +40,11 @@ not decode is corruption too.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
 import struct
 import threading
-import zlib
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,6 +55,16 @@ from raftlib.errors import StorageCorrupted
 from raftlib.storage.base import StorageError
 from raftlib.storage.files import FileOps
 from raftlib.storage.lock import DataDirLock
+from raftlib.storage.records import (
+    SegmentAppender,
+    decode_batch_body,
+    decode_hs,
+    encode_batch_body,
+    encode_hs,
+    frame,
+    list_segments,
+    replay_segment,
+)
 from raftlib.storage.snapshot import SnapshotStore
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "DiskStorage", "WAL_VERSION"]
@@ -64,143 +73,94 @@ log = logging.getLogger("raftlib.storage")
 
 WAL_VERSION = 1
 DEFAULT_SEGMENT_BYTES = 64 << 20
-MAX_RECORD = 1 << 30
-
 REC_SEGMENT = 1
 REC_BATCH = 2
 REC_SNAPSHOT = 3
 _KNOWN_TYPES = frozenset({REC_SEGMENT, REC_BATCH, REC_SNAPSHOT})
 
-_REC = struct.Struct("<IIB")  # length, crc, type
-_REC_HEADER = _REC.size  # 9
-_LENCRC = struct.Struct("<II")
 _SEG = struct.Struct("<IQQ")  # version, seq, first index
-_HS = struct.Struct("<QQH")  # term, commit, vote length
-_NO_VOTE = 0xFFFF
-_BATCH = struct.Struct("<QI")  # first index, count
-_ENT = struct.Struct("<QBI")  # term, type, data length
 _SNAP = struct.Struct("<QQB")  # index, term, keep
-_FLAG_HS = 1
 
 
 # -- encoding --------------------------------------------------------------
 
 
-def _frame(rtype: int, payload: bytes) -> bytes:
-    body = bytes((rtype,)) + payload
-    return _LENCRC.pack(len(payload), zlib.crc32(body)) + body
-
-
-def _encode_hs(hs: HardState) -> bytes:
-    if hs.vote is None:
-        return _HS.pack(hs.term, hs.commit, _NO_VOTE)
-    vote = hs.vote.encode()
-    if len(vote) >= _NO_VOTE:
-        raise ValueError("vote (node id) too long")
-    return _HS.pack(hs.term, hs.commit, len(vote)) + vote
-
-
-def _decode_hs(buf: memoryview, pos: int) -> tuple[HardState, int]:
-    term, commit, vlen = _HS.unpack_from(buf, pos)
-    pos += _HS.size
-    if vlen == _NO_VOTE:
-        return HardState(term, None, commit), pos
-    if pos + vlen > len(buf):
-        raise ValueError("vote runs past the record")
-    return HardState(term, bytes(buf[pos : pos + vlen]).decode(), commit), pos + vlen
-
-
 def encode_segment_header(seq: int, first_index: int, hs: HardState) -> bytes:
     """The framed SEGMENT record that starts a segment file."""
-    return _frame(REC_SEGMENT, _SEG.pack(WAL_VERSION, seq, first_index) + _encode_hs(hs))
+    return frame(REC_SEGMENT, _SEG.pack(WAL_VERSION, seq, first_index) + encode_hs(hs))
 
 
 def encode_batch(hs: HardState | None, entries: list[Entry]) -> bytes:
     """The framed BATCH record of one save (entries must be contiguous)."""
-    parts: list[bytes] = [bytes((_FLAG_HS if hs is not None else 0,))]
-    if hs is not None:
-        parts.append(_encode_hs(hs))
-    first = entries[0].index if entries else 0
-    parts.append(_BATCH.pack(first, len(entries)))
-    pack = _ENT.pack
-    for e in entries:
-        data = e.data
-        parts.append(pack(e.term, e.type, len(data)))
-        parts.append(data)
-    return _frame(REC_BATCH, b"".join(parts))
+    return frame(REC_BATCH, encode_batch_body(hs, entries))
 
 
 def encode_snapshot_mark(index: int, term: int, keep: bool) -> bytes:
     """The framed SNAPSHOT record: the install rule applied at ``index``."""
-    return _frame(REC_SNAPSHOT, _SNAP.pack(index, term, 1 if keep else 0))
+    return frame(REC_SNAPSHOT, _SNAP.pack(index, term, 1 if keep else 0))
 
 
-def _decode_batch(buf: memoryview) -> tuple[HardState | None, list[Entry]]:
-    flags = buf[0]
-    pos = 1
-    hs: HardState | None = None
-    if flags & _FLAG_HS:
-        hs, pos = _decode_hs(buf, pos)
-    first, count = _BATCH.unpack_from(buf, pos)
-    pos += _BATCH.size
-    out: list[Entry] = []
-    unpack = _ENT.unpack_from
-    size = len(buf)
-    for k in range(count):
-        term, etype, ln = unpack(buf, pos)
-        pos += _ENT.size
-        if pos + ln > size:
-            raise ValueError("entry data runs past the record")
-        out.append(Entry(first + k, term, bytes(buf[pos : pos + ln]), etype))
-        pos += ln
-    if pos != size:
-        raise ValueError(f"{size - pos} stray bytes after the entries")
-    return hs, out
+def replay_batch(entries: list[Entry], batch: list[Entry], floor: int, strict: bool) -> list[Entry]:
+    """The replayed log after a stored batch (non-empty): appended, or replacing from its first index.
+
+    Raises ``ValueError`` on a gap after the stored entries, or (``strict``:
+    the floor is known exactly) a first batch that does not start at ``floor + 1``.
+    """
+    first = batch[0].index
+    if entries:
+        base = entries[0].index
+        if first > entries[-1].index + 1:
+            raise ValueError(f"entries start at {first}, after a gap (last stored is {entries[-1].index})")
+        if first <= base:
+            return batch
+        del entries[first - base :]
+        entries.extend(batch)
+        return entries
+    if strict and first > floor + 1:
+        raise ValueError(f"entries start at {first} after a snapshot at {floor}")
+    return batch
 
 
-# -- scanning ----------------------------------------------------------------
+def replay_install(entries: list[Entry], index: int, keep: bool) -> list[Entry]:
+    """The replayed log after an install mark at ``index``: later entries survive only if ``keep``."""
+    if keep and entries and entries[-1].index > index:
+        return entries[max(0, index + 1 - entries[0].index) :]
+    return []
 
 
-def _record_at(buf: memoryview, pos: int) -> tuple[int, int] | None:
-    """(type, length) of a valid record at ``pos``, or None."""
-    size = len(buf)
-    if size - pos < _REC_HEADER:
-        return None
-    length, crc, rtype = _REC.unpack_from(buf, pos)
-    if rtype not in _KNOWN_TYPES or length > MAX_RECORD or pos + _REC_HEADER + length > size:
-        return None
-    if zlib.crc32(buf[pos + 8 : pos + _REC_HEADER + length]) != crc:
-        return None
-    return int(rtype), int(length)
+def reconcile_with_snapshot(
+    path: str, entries: list[Entry], floor: int, snap: SnapshotMeta | None
+) -> tuple[list[Entry], int, tuple[int, int] | None]:
+    """Check a replayed log against the latest snapshot at recovery.
 
-
-def _valid_record_after(buf: memoryview, bad: int) -> int | None:
-    """Offset of some valid record starting after ``bad``, or None (then ``bad`` is a torn tail)."""
-    size = len(buf)
-    if size - bad >= _REC_HEADER:
-        # Fast path: the bad record's length field may be intact.
-        length: int = _REC.unpack_from(buf, bad)[0]
-        nxt = bad + _REC_HEADER + length
-        if length <= MAX_RECORD and nxt < size and _record_at(buf, nxt) is not None:
-            return nxt
-    for pos in range(bad + 1, size - _REC_HEADER + 1):
-        if buf[pos + 8] in _KNOWN_TYPES and _record_at(buf, pos) is not None:
-            return pos
-    return None
-
-
-def _bad_reason(buf: memoryview, pos: int) -> str:
-    size = len(buf)
-    if size - pos < _REC_HEADER:
-        return f"record header cut short ({size - pos} of {_REC_HEADER} bytes)"
-    length, _crc, rtype = _REC.unpack_from(buf, pos)
-    if length > MAX_RECORD:
-        return f"implausible record length {length}"
-    if pos + _REC_HEADER + length > size:
-        return f"record of {length} bytes runs past the end of the file"
-    if rtype not in _KNOWN_TYPES:
-        return f"unknown record type {rtype}"
-    return "CRC mismatch"
+    Returns the entries to keep, the new floor (index below which the log
+    holds nothing) and, when a snapshot from the leader was renamed into place
+    but its log record was lost in a crash, the ``(index, term)`` install mark
+    the caller must now write. Raises :class:`StorageCorrupted` (naming
+    ``path``) when the log starts after what the snapshot covers.
+    """
+    mark: tuple[int, int] | None = None
+    if snap is not None:
+        if entries:
+            first, last = entries[0].index, entries[-1].index
+            if first > snap.index + 1:
+                raise StorageCorrupted(
+                    path, 0, f"the log starts at {first} but the latest snapshot ends at {snap.index}"
+                )
+            if last < snap.index or (first <= snap.index and entries[snap.index - first].term != snap.term):
+                # A snapshot installed from the leader whose log update did not
+                # reach the WAL before a crash: finish the install rule now.
+                log.warning(
+                    "log does not match snapshot %d@%d: dropping the stored entries", snap.index, snap.term
+                )
+                entries = []
+                mark = (snap.index, snap.term)
+        floor = max(floor, snap.index)
+    elif entries and entries[0].index > floor + 1:
+        raise StorageCorrupted(
+            path, 0, f"the log starts at {entries[0].index} and no snapshot covers what precedes it"
+        )
+    return entries, floor, mark
 
 
 @dataclass(slots=True)
@@ -216,11 +176,13 @@ def _segment_name(seq: int, first_index: int) -> str:
     return f"{seq:016x}-{first_index:016x}.wal"
 
 
-def _parse_segment_name(name: str) -> tuple[int, int] | None:
+def _parse_segment_seq(name: str) -> int | None:
+    """The seq of a segment file name ``<seq:016x>-<firstindex:016x>.wal``, or None."""
     if not name.endswith(".wal") or len(name) != 16 + 1 + 16 + 4 or name[16] != "-":
         return None
     try:
-        return int(name[:16], 16), int(name[17:33], 16)
+        int(name[17:33], 16)
+        return int(name[:16], 16)
     except ValueError:
         return None
 
@@ -280,9 +242,8 @@ class DiskStorage:
         self._dir_lock: DataDirLock | None = None
         self._loaded = False
         self._closed = False
-        self._failed: str | None = None
         self._segments: list[_Segment] = []
-        self._fd: int | None = None
+        self._wal = SegmentAppender(self.ops, self.wal_dir, fsync)
         self._hs = HardState()
         # Terms of the stored entries offset+1 .. offset+len(terms).
         self._offset = 0
@@ -317,41 +278,10 @@ class DiskStorage:
             raise
 
     def _recover_locked(self) -> PersistentState:
-        ops = self.ops
         self.snapshots.scan()
         r = self._replay(repair=True)
         snap = self.snapshots.latest()
-        entries = r.entries
-        floor = r.floor
-        mark: tuple[int, int] | None = None
-        if snap is not None:
-            if entries:
-                first, last = entries[0].index, entries[-1].index
-                if first > snap.index + 1:
-                    raise StorageCorrupted(
-                        self.wal_dir,
-                        0,
-                        f"the log starts at {first} but the latest snapshot ends at {snap.index}",
-                    )
-                if last < snap.index or (
-                    first <= snap.index and entries[snap.index - first].term != snap.term
-                ):
-                    # A snapshot installed from the leader whose log update did not
-                    # reach the WAL before a crash: finish the install rule now.
-                    log.warning(
-                        "log does not match snapshot %d@%d: dropping the stored entries",
-                        snap.index,
-                        snap.term,
-                    )
-                    entries = []
-                    mark = (snap.index, snap.term)
-            floor = max(floor, snap.index)
-        elif entries and entries[0].index > floor + 1:
-            raise StorageCorrupted(
-                self.wal_dir,
-                0,
-                f"the log starts at {entries[0].index} and no snapshot covers what precedes it",
-            )
+        entries, floor, mark = reconcile_with_snapshot(self.wal_dir, r.entries, r.floor, snap)
         self._segments = r.segments
         self._hs = r.hard_state
         if entries:
@@ -361,11 +291,7 @@ class DiskStorage:
             self._offset = floor
             self._terms = array("Q")
         if self._segments:
-            seg = self._segments[-1]
-            try:
-                self._fd = ops.open(seg.path, os.O_WRONLY | os.O_APPEND)
-            except OSError as e:
-                raise StorageError(seg.path, e.errno, f"cannot open the WAL segment: {e}") from e
+            self._wal.attach(self._segments[-1].path, self._segments[-1].size)
         self._loaded = True
         if not self._segments:
             self._roll()
@@ -374,134 +300,52 @@ class DiskStorage:
         return PersistentState(self._hs, entries, snap)
 
     def _replay(self, repair: bool) -> _Replay:
-        ops = self.ops
-        try:
-            names = ops.listdir(self.wal_dir)
-        except FileNotFoundError:
-            names = []
-        found: list[tuple[int, str]] = []
-        for name in names:
-            parsed = _parse_segment_name(name)
-            if parsed is None:
-                if name.endswith(".wal"):
-                    raise StorageCorrupted(os.path.join(self.wal_dir, name), 0, "unexpected WAL file name")
-                continue
-            found.append((parsed[0], os.path.join(self.wal_dir, name)))
-        found.sort()
-        hs = HardState()
-        entries: list[Entry] = []
-        floor = 0
-        segments: list[_Segment] = []
+        state = _Replay(HardState(), [], 0, [])
+        found = list_segments(self.ops, self.wal_dir, _parse_segment_seq)
         for i, (seq, path) in enumerate(found):
-            if i and seq != found[i - 1][0] + 1:
-                raise StorageCorrupted(path, 0, f"WAL segment {found[i - 1][0] + 1:016x} is missing")
-            last_segment = i == len(found) - 1
-            data = ops.read_file(path)
-            buf = memoryview(data)
-            size = len(buf)
-            seg = _Segment(seq, path, size)
-            pos = 0
-            while pos < size:
-                rec = _record_at(buf, pos)
-                if rec is None:
-                    reason = _bad_reason(buf, pos)
-                    after = _valid_record_after(buf, pos)
-                    if not last_segment or after is not None:
-                        where = "" if after is None else f" (valid record follows at offset {after})"
-                        raise StorageCorrupted(path, pos, reason + where)
-                    if not repair:
-                        raise StorageCorrupted(path, pos, reason + " (unrepaired torn tail)")
-                    log.warning(
-                        "WAL %s: torn last record at offset %d (%s); truncating %d bytes",
-                        path,
-                        pos,
-                        reason,
-                        size - pos,
-                    )
-                    self._truncate_file(path, pos)
-                    seg.size = pos
-                    break
-                rtype, length = rec
-                body = buf[pos + _REC_HEADER : pos + _REC_HEADER + length]
-                try:
-                    if pos == 0:
-                        if rtype != REC_SEGMENT:
-                            raise ValueError("segment does not start with a SEGMENT record")
-                        version, hseq, _first = _SEG.unpack_from(body)
-                        if version != WAL_VERSION:
-                            raise ValueError(f"unknown WAL format version {version}")
-                        if hseq != seq:
-                            raise ValueError(f"segment header says seq {hseq}, file name says {seq}")
-                        seg_hs, end = _decode_hs(body, _SEG.size)
-                        if end != length:
-                            raise ValueError("stray bytes after the segment header")
-                        hs = seg_hs  # the hard state current when the segment started
-                    elif rtype == REC_BATCH:
-                        bhs, ents = _decode_batch(body)
-                        if bhs is not None:
-                            hs = bhs
-                        if ents:
-                            first = ents[0].index
-                            if entries:
-                                base = entries[0].index
-                                if first > entries[-1].index + 1:
-                                    raise ValueError(
-                                        f"entries start at {first}, after a gap "
-                                        f"(last stored is {entries[-1].index})"
-                                    )
-                                if first <= base:
-                                    entries = ents
-                                else:
-                                    del entries[first - base :]
-                                    entries.extend(ents)
-                            else:
-                                if floor and first > floor + 1:
-                                    raise ValueError(f"entries start at {first} after a snapshot at {floor}")
-                                entries = ents
-                            seg.max_index = max(seg.max_index, ents[-1].index)
-                    elif rtype == REC_SNAPSHOT:
-                        index, _term, keep = _SNAP.unpack_from(body)
-                        if length != _SNAP.size:
-                            raise ValueError("bad SNAPSHOT record length")
-                        if keep and entries and entries[-1].index > index:
-                            entries = entries[max(0, index + 1 - entries[0].index) :]
-                        else:
-                            entries = []
-                        floor = index
-                    else:
-                        raise ValueError("SEGMENT record in the middle of a segment")
-                except (ValueError, struct.error, UnicodeDecodeError) as e:
-                    raise StorageCorrupted(path, pos, f"undecodable record (type {rtype}): {e}") from None
-                pos += _REC_HEADER + length
-            if seg.size == 0:
-                # The segment's creation was torn: it holds nothing and was never used.
-                if repair:
-                    log.warning("WAL %s: empty segment left by an interrupted rollover; removing it", path)
-                    self._remove_file(path)
-                continue
-            segments.append(seg)
-        return _Replay(hs, entries, floor, segments)
+            seg = _Segment(seq, path, 0)
+            seg.size = replay_segment(
+                self.ops,
+                path,
+                _KNOWN_TYPES,
+                i == len(found) - 1,
+                repair,
+                self.fsync,
+                functools.partial(self._apply_record, seg, state),
+            )
+            if seg.size:
+                state.segments.append(seg)
+        return state
 
-    def _truncate_file(self, path: str, size: int) -> None:
-        ops = self.ops
-        try:
-            fd = ops.open(path, os.O_WRONLY)
-            try:
-                ops.ftruncate(fd, size)
-                if self.fsync:
-                    ops.fsync(fd)
-            finally:
-                ops.close(fd)
-        except OSError as e:
-            raise StorageError(path, e.errno, f"cannot truncate a torn WAL tail: {e}") from e
-
-    def _remove_file(self, path: str) -> None:
-        try:
-            self.ops.unlink(path)
-            if self.fsync:
-                self.ops.fsync_dir(self.wal_dir)
-        except OSError as e:
-            raise StorageError(path, e.errno, f"cannot remove an empty WAL segment: {e}") from e
+    def _apply_record(self, seg: _Segment, r: _Replay, pos: int, rtype: int, body: memoryview) -> None:
+        """Apply one replayed record to ``r`` (ValueError and friends: it does not decode)."""
+        if pos == 0:
+            if rtype != REC_SEGMENT:
+                raise ValueError("segment does not start with a SEGMENT record")
+            version, hseq, _first = _SEG.unpack_from(body)
+            if version != WAL_VERSION:
+                raise ValueError(f"unknown WAL format version {version}")
+            if hseq != seg.seq:
+                raise ValueError(f"segment header says seq {hseq}, file name says {seg.seq}")
+            seg_hs, end = decode_hs(body, _SEG.size)
+            if end != len(body):
+                raise ValueError("stray bytes after the segment header")
+            r.hard_state = seg_hs  # the hard state current when the segment started
+        elif rtype == REC_BATCH:
+            bhs, ents = decode_batch_body(body)
+            if bhs is not None:
+                r.hard_state = bhs
+            if ents:
+                r.entries = replay_batch(r.entries, ents, r.floor, strict=r.floor > 0)
+                seg.max_index = max(seg.max_index, ents[-1].index)
+        elif rtype == REC_SNAPSHOT:
+            index, _term, keep = _SNAP.unpack_from(body)
+            if len(body) != _SNAP.size:
+                raise ValueError("bad SNAPSHOT record length")
+            r.entries = replay_install(r.entries, index, bool(keep))
+            r.floor = index
+        else:
+            raise ValueError("SEGMENT record in the middle of a segment")
 
     # -- writing ----------------------------------------------------------------
 
@@ -516,86 +360,23 @@ class DiskStorage:
 
     def _check_writable(self) -> None:
         self._ensure_loaded()
-        if self._failed is not None:
-            raise StorageError(
-                self._segments[-1].path if self._segments else self.wal_dir,
-                None,
-                f"{self._failed} earlier; restart required",
-            )
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = self.ops.write(fd, view)
-            if n <= 0:
-                raise OSError(5, "write returned 0")
-            view = view[n:]
+        self._wal.check_writable()
 
     def _roll(self) -> None:
         """Seal the active segment and start a new one (header + hard state, fsynced)."""
         seq = self._segments[-1].seq + 1 if self._segments else 1
         path = os.path.join(self.wal_dir, _segment_name(seq, self.last_index() + 1))
         header = encode_segment_header(seq, self.last_index() + 1, self._hs)
-        ops = self.ops
-        fd: int | None = None
-        try:
-            fd = ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
-            self._write_all(fd, header)
-        except OSError as e:
-            self._discard_new_segment(fd, path)
-            raise StorageError(path, e.errno, f"cannot start a new WAL segment: {e}") from e
-        try:
-            if self.fsync:
-                ops.fsync(fd)
-                ops.fsync_dir(self.wal_dir)
-        except OSError as e:
-            self._failed = "fsync failed"
-            self._discard_new_segment(fd, path)
-            raise StorageError(path, e.errno, f"fsync of a new WAL segment failed: {e}") from e
-        if self._fd is not None:
-            try:
-                ops.close(self._fd)
-            except OSError as e:
-                log.warning("closing WAL segment %s failed: %s", self._segments[-1].path, e)
-        self._fd = fd
+        self._wal.start(path, header)
         self._segments.append(_Segment(seq, path, len(header)))
-
-    def _discard_new_segment(self, fd: int | None, path: str) -> None:
-        try:
-            if fd is not None:
-                self.ops.close(fd)
-            self.ops.unlink(path)
-        except OSError:
-            pass
 
     def _append(self, record: bytes, max_index: int, sync: bool = True) -> None:
         """One write and (when ``sync``) one fsync of ``record`` at the end of the active segment."""
-        if self._segments[-1].size >= self.segment_bytes:
+        if self._wal.size >= self.segment_bytes:
             self._roll()
+        self._wal.append(record, sync)
         seg = self._segments[-1]
-        fd = self._fd
-        assert fd is not None
-        ops = self.ops
-        try:
-            self._write_all(fd, record)
-        except OSError as e:
-            # Nothing was acknowledged: cut the partial record off again.
-            try:
-                ops.ftruncate(fd, seg.size)
-            except OSError:
-                self._failed = "a failed write could not be rolled back"
-            raise StorageError(seg.path, e.errno, f"WAL write failed: {e}") from e
-        if self.fsync and sync:
-            try:
-                ops.fdatasync(fd)
-            except OSError as e:
-                # The page cache may have dropped our dirty pages (or not): never
-                # trust this file handle again. Best effort: cut the record off.
-                self._failed = "fsync failed"
-                with contextlib.suppress(OSError):
-                    ops.ftruncate(fd, seg.size)
-                raise StorageError(seg.path, e.errno, f"WAL fsync failed: {e}") from e
-        seg.size += len(record)
+        seg.size = self._wal.size
         if max_index > seg.max_index:
             seg.max_index = max_index
 
@@ -765,12 +546,7 @@ class DiskStorage:
             if self._dir_lock is not None:
                 self._dir_lock.release()
             self.snapshots.close()
-            if self._fd is not None:
-                fd, self._fd = self._fd, None
-                try:
-                    self.ops.close(fd)
-                except OSError as e:
-                    log.warning("closing the WAL failed: %s", e)
+            self._wal.close()
 
     def __enter__(self) -> DiskStorage:
         return self
