@@ -276,3 +276,47 @@ async def test_a_follower_that_missed_the_last_commit_gets_a_heartbeat_before_th
     await wait_until(lambda: all(h.status()["quiesced"] == 1 for h in hosts.hosts.values()), timeout=5)
     assert hosts.hosts[lagging].group(g).status()["commit"] == leader.status()["commit"]
     assert hosts.hosts[lagging].group(g).leader == leader.id
+
+
+async def test_hosts_over_tcp_with_shared_logs_on_disk_survive_a_restart(tmp_path: Any) -> None:
+    from raftlib.testing.proccluster import free_ports
+
+    ports = free_ports(3)
+    addrs = {f"h{i + 1}": f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+    cfg = NodeConfig(**FAST)
+    hosts = {h: RaftHost(h, addrs, tmp_path / h, cfg, balance_interval=None) for h in addrs}
+    sms: dict[tuple[str, str], KV] = {}
+    try:
+        for host in hosts.values():
+            await host.start()
+        for g in ("a", "b", "c"):
+            for h, host in hosts.items():
+                sms[(h, g)] = KV()
+                await host.add_group(g, list(addrs), sms[(h, g)])
+        for g in ("a", "b", "c"):
+            async def lead(g: str = g) -> RaftNode:
+                while True:
+                    for host in hosts.values():
+                        if host.group(g).is_leader:
+                            return host.group(g)
+                    await asyncio.sleep(0.01)
+
+            leader = await asyncio.wait_for(lead(), 10)
+            for i in range(5):
+                await leader.propose(put(f"{g}{i}", "v"), timeout=5)
+        # One shared log per host: its fsyncs cover several groups' writes.
+        st = hosts["h3"].status()
+        assert st["fsyncs"] > 0
+        # Restart h3 from its data directory: every group is recovered from the shared log.
+        await hosts["h3"].stop()
+        hosts["h3"] = RaftHost("h3", addrs, tmp_path / "h3", cfg, balance_interval=None)
+        await hosts["h3"].start()
+        assert sorted(hosts["h3"].recovered_groups()) == ["a", "b", "c"]
+        for g in ("a", "b", "c"):
+            sms[("h3", g)] = KV()
+            node = await hosts["h3"].add_group(g, list(addrs), sms[("h3", g)])
+            await settled_read(node)
+            assert sms[("h3", g)].data == {f"{g}{i}": "v" for i in range(5)}
+    finally:
+        for host in hosts.values():
+            await host.stop()
