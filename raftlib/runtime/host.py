@@ -36,6 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from raftlib.core import Entry, HardState, Message, MessageType, Role
@@ -278,7 +279,9 @@ class RaftHost:
             self.id,
             {m: self.hosts[m] for m in ids} | {self.id: self.hosts[self.id]},
             state_machine,
-            config=config or self.config,
+            # No inline fsync on the loop: it would stall every other group for the disk's
+            # round trip; the shared queue batches all groups' writes of a loop turn instead.
+            config=replace(config or self.config, inline_sync_below=0.0),
             join=join,
             transport=self._transport.group(group_id),
             storage=self._log.group(group_id),
