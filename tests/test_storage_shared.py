@@ -8,9 +8,12 @@ power cuts at random points, a model-based property test, and RaftNodes running 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -439,6 +442,72 @@ def test_fsync_failure_fails_the_write_and_refuses_later_ones(tmp_path: Path) ->
     log.open()
     assert log.group("a").last_index() == 2 and log.group("b").last_index() == 1
     log.close()
+
+
+def test_enospc_mid_write_cuts_the_partial_record_off_and_the_log_goes_on(tmp_path: Path) -> None:
+    ops = FaultyFileOps()
+    log = SharedLog(tmp_path, file_ops=ops)
+    log.open()
+    log.write([(g, HardState(1, None, 0), ents(1, 3, 1)) for g in ("a", "b", "c")])
+    seg = log.segment_paths()[-1]
+    size = os.path.getsize(seg)
+    ops.space = 50  # the next write is bigger: a short write, then ENOSPC
+    with pytest.raises(StorageError) as info:
+        log.write([(g, HardState(1, None, 2), ents(3, 9, 1)) for g in ("a", "b", "c")])
+    assert info.value.errno == errno.ENOSPC and info.value.path == seg
+    assert os.path.getsize(seg) == size
+    assert all(log.group(g).last_index() == 2 for g in ("a", "b", "c"))
+    ops.space = None  # space freed: writing goes on
+    log.write([("b", None, ents(3, 4, 2))])
+    log = reopen(log)
+    assert [log.group(g).last_index() for g in ("a", "b", "c")] == [2, 3, 2]
+    assert log.group("a").load().hard_state == HardState(1, None, 0)
+    log.close()
+
+
+_WRITER = """
+import sys
+from raftlib.core import Entry, HardState
+from raftlib.storage import SharedLog
+
+log = SharedLog(sys.argv[1], segment_bytes=8192)
+log.open()
+turn = 0
+while True:
+    turn += 1
+    hs = HardState(turn, None, turn - 1)
+    log.write([(f"g{k}", hs, [Entry(turn, turn, b"t%d" % turn)]) for k in range(30)])
+    print(turn, flush=True)  # acknowledged
+"""
+
+
+def test_kill_9_while_writing_loses_no_acknowledged_write_of_any_group(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert proc.stdout is not None
+    acked = 0
+    try:
+        for line in proc.stdout:
+            acked = int(line)
+            if acked >= 150:
+                break
+    finally:
+        proc.kill()  # SIGKILL: no cleanup in the writer
+        proc.wait(timeout=30)
+    assert acked >= 150
+    with SharedLog(tmp_path) as log:
+        assert sorted(log.groups()) == sorted(f"g{k}" for k in range(30))
+        lasts = {log.group(g).last_index() for g in log.groups()}
+        assert len(lasts) == 1  # every write() is all or nothing, for all 30 groups
+        (last,) = lasts
+        assert last >= acked  # a write acknowledged before the kill survives it
+        for g in log.groups():
+            st = log.group(g).load()
+            assert [e.index for e in st.entries] == list(range(1, last + 1))
+            assert st.hard_state == HardState(last, None, last - 1)
 
 
 # -- power cut at random points --------------------------------------------------------------------
