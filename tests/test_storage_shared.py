@@ -116,6 +116,22 @@ def test_an_empty_write_touches_nothing(tmp_path: Path) -> None:
     log.close()
 
 
+def test_a_view_alone_creates_no_durable_group(tmp_path: Path) -> None:
+    log = SharedLog(tmp_path)
+    log.open()
+    view = log.group("quiet")
+    assert view.load().entries == [] and log.groups() == []
+    view.close()  # closing a view leaves the log open
+    log.write([("loud", HardState(1, None, 0), [])])
+    assert log.groups() == ["loud"]
+    assert log.group("quiet") is not view
+    log = reopen(log)
+    assert log.groups() == ["loud"] and log.group("loud").load().hard_state == HardState(1, None, 0)
+    log.close()
+    with pytest.raises(ValueError, match="closed"):
+        log.group("loud")
+
+
 def test_each_group_replaces_its_own_conflicting_suffix(tmp_path: Path) -> None:
     log = SharedLog(tmp_path)
     log.open()
