@@ -16,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_node import FAST, KV, put
+from test_storage_faults import Model as GModel  # one group's model: hs, entries, lo, snapshot
 
 from raftlib import NodeConfig, RaftNode
 from raftlib.core import Entry, HardState, Membership, SnapshotMeta
@@ -529,29 +529,20 @@ def test_kill_9_while_writing_loses_no_acknowledged_write_of_any_group(tmp_path:
 # -- power cut at random points --------------------------------------------------------------------
 
 
-@dataclass
-class GModel:
-    hs: HardState = field(default_factory=HardState)
-    entries: list[Entry] = field(default_factory=list)
-    lo: int = 1
-    snapshot: SnapshotMeta | None = None
-
-    def copy(self) -> GModel:
-        return GModel(self.hs, list(self.entries), self.lo, self.snapshot)
-
-    def last(self) -> int:
-        return self.entries[-1].index if self.entries else (self.snapshot.index if self.snapshot else 0)
+def last_of(gm: GModel) -> int:
+    """The last index a group's model holds (its snapshot's when no entry follows)."""
+    return gm.entries[-1].index if gm.entries else (gm.snapshot.index if gm.snapshot else 0)
 
 
-Model = dict[str, GModel]
+Models = dict[str, GModel]
 GIDS = [f"grp{k}" for k in range(8)]
 
 
-def _view(m: Model) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
+def _view(m: Models) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
     return {g: (gm.hs, key([e for e in gm.entries if e.index >= gm.lo])) for g, gm in m.items()}
 
 
-def _recovered(log: SharedLog, m: Model) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
+def _recovered(log: SharedLog, m: Models) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
     out = {}
     for g in log.groups():
         st = log.group(g).load()
@@ -560,14 +551,14 @@ def _recovered(log: SharedLog, m: Model) -> dict[str, tuple[HardState, list[tupl
     return out
 
 
-def _plan(rng: random.Random, log: SharedLog, m: Model, term: int) -> tuple[Model, Callable[[], None]]:
+def _plan(rng: random.Random, log: SharedLog, m: Models, term: int) -> tuple[Models, Callable[[], None]]:
     after = {g: gm.copy() for g, gm in m.items()}
     roll = rng.random()
     if roll < 0.7 or not m:
         batch: list[tuple[str, HardState | None, list[Entry]]] = []
         for g in rng.sample(GIDS, rng.randint(1, 5)):
             gm = after.setdefault(g, GModel())
-            last = gm.last()
+            last = last_of(gm)
             lo = last + 1
             committed = gm.hs.commit
             if rng.random() < 0.15 and last > committed + 1:  # a new leader overwrites uncommitted entries
@@ -611,7 +602,7 @@ def test_power_cut_at_random_points_over_many_groups_loses_no_acknowledged_write
         seg_bytes = rng.choice([300, 1000, 1 << 20])
         log = SharedLog(root / "data", file_ops=ops, segment_bytes=seg_bytes)
         log.open()
-        model: Model = {}
+        model: Models = {}
         term = 1
         for _ in range(rng.randint(0, 40)):
             model, action = _plan(rng, log, model, term)
@@ -677,14 +668,16 @@ def test_shared_log_matches_a_simple_model(ops: list[tuple[str, list[int], int, 
                 batch: list[tuple[str, HardState | None, list[Entry]]] = []
                 for g in gids:
                     gm = model.setdefault(g, GModel())
-                    last = gm.last()
+                    last = last_of(gm)
                     floor = max(gm.hs.commit, gm.snapshot.index if gm.snapshot else 0, gm.lo - 1)
                     lo = max(floor + 1, last + 1 - back)
                     new = ents(lo, lo + n, step, g.encode())
                     if new:
                         gm.entries = [e for e in gm.entries if e.index < lo] + new
                     # the commit index never passes the last entry, nor goes back
-                    hs = HardState(step, g, min(gm.last(), gm.hs.commit + 2)) if with_hs or not new else None
+                    hs = (
+                        HardState(step, g, min(last_of(gm), gm.hs.commit + 2)) if with_hs or not new else None
+                    )
                     if hs is not None:
                         gm.hs = hs
                     batch.append((g, hs, new))
@@ -720,7 +713,7 @@ def test_shared_log_matches_a_simple_model(ops: list[tuple[str, list[int], int, 
                 assert _recovered(log, model) == _view(model)
             assert sorted(log.groups()) == sorted(model)
             for g, gm in model.items():
-                assert log.group(g).last_index() == gm.last()
+                assert log.group(g).last_index() == last_of(gm)
                 assert log.group(g).latest_snapshot() == gm.snapshot
         log = reopen(log, segment_bytes=350, fsync=False)
         assert _recovered(log, model) == _view(model)
