@@ -8,18 +8,21 @@ power cuts at random points, a model-based property test, and RaftNodes running 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_node import FAST, KV, put
+from test_storage_faults import Model as GModel  # one group's model: hs, entries, lo, snapshot
 
 from raftlib import NodeConfig, RaftNode
 from raftlib.core import Entry, HardState, Membership, SnapshotMeta
@@ -111,6 +114,22 @@ def test_an_empty_write_touches_nothing(tmp_path: Path) -> None:
     assert (ops.writes, ops.file_syncs) == before
     assert log.groups() == []
     log.close()
+
+
+def test_a_view_alone_creates_no_durable_group(tmp_path: Path) -> None:
+    log = SharedLog(tmp_path)
+    log.open()
+    view = log.group("quiet")
+    assert view.load().entries == [] and log.groups() == []
+    view.close()  # closing a view leaves the log open
+    log.write([("loud", HardState(1, None, 0), [])])
+    assert log.groups() == ["loud"]
+    assert log.group("quiet") is not view
+    log = reopen(log)
+    assert log.groups() == ["loud"] and log.group("loud").load().hard_state == HardState(1, None, 0)
+    log.close()
+    with pytest.raises(ValueError, match="closed"):
+        log.group("loud")
 
 
 def test_each_group_replaces_its_own_conflicting_suffix(tmp_path: Path) -> None:
@@ -441,32 +460,89 @@ def test_fsync_failure_fails_the_write_and_refuses_later_ones(tmp_path: Path) ->
     log.close()
 
 
+def test_enospc_mid_write_cuts_the_partial_record_off_and_the_log_goes_on(tmp_path: Path) -> None:
+    ops = FaultyFileOps()
+    log = SharedLog(tmp_path, file_ops=ops)
+    log.open()
+    log.write([(g, HardState(1, None, 0), ents(1, 3, 1)) for g in ("a", "b", "c")])
+    seg = log.segment_paths()[-1]
+    size = os.path.getsize(seg)
+    ops.space = 50  # the next write is bigger: a short write, then ENOSPC
+    with pytest.raises(StorageError) as info:
+        log.write([(g, HardState(1, None, 2), ents(3, 9, 1)) for g in ("a", "b", "c")])
+    assert info.value.errno == errno.ENOSPC and info.value.path == seg
+    assert os.path.getsize(seg) == size
+    assert all(log.group(g).last_index() == 2 for g in ("a", "b", "c"))
+    ops.space = None  # space freed: writing goes on
+    log.write([("b", None, ents(3, 4, 2))])
+    log = reopen(log)
+    assert [log.group(g).last_index() for g in ("a", "b", "c")] == [2, 3, 2]
+    assert log.group("a").load().hard_state == HardState(1, None, 0)
+    log.close()
+
+
+_WRITER = """
+import sys
+from raftlib.core import Entry, HardState
+from raftlib.storage import SharedLog
+
+log = SharedLog(sys.argv[1], segment_bytes=8192)
+log.open()
+turn = 0
+while True:
+    turn += 1
+    hs = HardState(turn, None, turn - 1)
+    log.write([(f"g{k}", hs, [Entry(turn, turn, b"t%d" % turn)]) for k in range(30)])
+    print(turn, flush=True)  # acknowledged
+"""
+
+
+def test_kill_9_while_writing_loses_no_acknowledged_write_of_any_group(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True
+    )
+    assert proc.stdout is not None
+    acked = 0
+    try:
+        for line in proc.stdout:
+            acked = int(line)
+            if acked >= 150:
+                break
+    finally:
+        proc.kill()  # SIGKILL: no cleanup in the writer
+        proc.wait(timeout=30)
+    assert acked >= 150
+    with SharedLog(tmp_path) as log:
+        assert sorted(log.groups()) == sorted(f"g{k}" for k in range(30))
+        lasts = {log.group(g).last_index() for g in log.groups()}
+        assert len(lasts) == 1  # every write() is all or nothing, for all 30 groups
+        (last,) = lasts
+        assert last >= acked  # a write acknowledged before the kill survives it
+        for g in log.groups():
+            st = log.group(g).load()
+            assert [e.index for e in st.entries] == list(range(1, last + 1))
+            assert st.hard_state == HardState(last, None, last - 1)
+
+
 # -- power cut at random points --------------------------------------------------------------------
 
 
-@dataclass
-class GModel:
-    hs: HardState = field(default_factory=HardState)
-    entries: list[Entry] = field(default_factory=list)
-    lo: int = 1
-    snapshot: SnapshotMeta | None = None
-
-    def copy(self) -> GModel:
-        return GModel(self.hs, list(self.entries), self.lo, self.snapshot)
-
-    def last(self) -> int:
-        return self.entries[-1].index if self.entries else (self.snapshot.index if self.snapshot else 0)
+def last_of(gm: GModel) -> int:
+    """The last index a group's model holds (its snapshot's when no entry follows)."""
+    return gm.entries[-1].index if gm.entries else (gm.snapshot.index if gm.snapshot else 0)
 
 
-Model = dict[str, GModel]
+Models = dict[str, GModel]
 GIDS = [f"grp{k}" for k in range(8)]
 
 
-def _view(m: Model) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
+def _view(m: Models) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
     return {g: (gm.hs, key([e for e in gm.entries if e.index >= gm.lo])) for g, gm in m.items()}
 
 
-def _recovered(log: SharedLog, m: Model) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
+def _recovered(log: SharedLog, m: Models) -> dict[str, tuple[HardState, list[tuple[int, int, int, bytes]]]]:
     out = {}
     for g in log.groups():
         st = log.group(g).load()
@@ -475,14 +551,14 @@ def _recovered(log: SharedLog, m: Model) -> dict[str, tuple[HardState, list[tupl
     return out
 
 
-def _plan(rng: random.Random, log: SharedLog, m: Model, term: int) -> tuple[Model, Callable[[], None]]:
+def _plan(rng: random.Random, log: SharedLog, m: Models, term: int) -> tuple[Models, Callable[[], None]]:
     after = {g: gm.copy() for g, gm in m.items()}
     roll = rng.random()
     if roll < 0.7 or not m:
         batch: list[tuple[str, HardState | None, list[Entry]]] = []
         for g in rng.sample(GIDS, rng.randint(1, 5)):
             gm = after.setdefault(g, GModel())
-            last = gm.last()
+            last = last_of(gm)
             lo = last + 1
             committed = gm.hs.commit
             if rng.random() < 0.15 and last > committed + 1:  # a new leader overwrites uncommitted entries
@@ -526,7 +602,7 @@ def test_power_cut_at_random_points_over_many_groups_loses_no_acknowledged_write
         seg_bytes = rng.choice([300, 1000, 1 << 20])
         log = SharedLog(root / "data", file_ops=ops, segment_bytes=seg_bytes)
         log.open()
-        model: Model = {}
+        model: Models = {}
         term = 1
         for _ in range(rng.randint(0, 40)):
             model, action = _plan(rng, log, model, term)
@@ -592,14 +668,16 @@ def test_shared_log_matches_a_simple_model(ops: list[tuple[str, list[int], int, 
                 batch: list[tuple[str, HardState | None, list[Entry]]] = []
                 for g in gids:
                     gm = model.setdefault(g, GModel())
-                    last = gm.last()
+                    last = last_of(gm)
                     floor = max(gm.hs.commit, gm.snapshot.index if gm.snapshot else 0, gm.lo - 1)
                     lo = max(floor + 1, last + 1 - back)
                     new = ents(lo, lo + n, step, g.encode())
                     if new:
                         gm.entries = [e for e in gm.entries if e.index < lo] + new
                     # the commit index never passes the last entry, nor goes back
-                    hs = HardState(step, g, min(gm.last(), gm.hs.commit + 2)) if with_hs or not new else None
+                    hs = (
+                        HardState(step, g, min(last_of(gm), gm.hs.commit + 2)) if with_hs or not new else None
+                    )
                     if hs is not None:
                         gm.hs = hs
                     batch.append((g, hs, new))
@@ -635,7 +713,7 @@ def test_shared_log_matches_a_simple_model(ops: list[tuple[str, list[int], int, 
                 assert _recovered(log, model) == _view(model)
             assert sorted(log.groups()) == sorted(model)
             for g, gm in model.items():
-                assert log.group(g).last_index() == gm.last()
+                assert log.group(g).last_index() == last_of(gm)
                 assert log.group(g).latest_snapshot() == gm.snapshot
         log = reopen(log, segment_bytes=350, fsync=False)
         assert _recovered(log, model) == _view(model)

@@ -47,6 +47,7 @@ __all__ = [
     "append_record",
     "create_segment",
     "decode_batch_body",
+    "delete_segment",
     "decode_hs",
     "encode_batch_body",
     "encode_hs",
@@ -456,3 +457,13 @@ def replay_segment(
         except OSError as e:
             raise StorageError(path, e.errno, f"cannot remove an empty WAL segment: {e}") from e
     return size
+
+
+def delete_segment(ops: FileOps, path: str) -> None:
+    """Delete a segment nothing needs any more (already gone is fine); the caller fsyncs the directory."""
+    try:
+        ops.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StorageError(path, e.errno, f"cannot delete a compacted WAL segment: {e}") from e

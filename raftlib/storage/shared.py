@@ -68,6 +68,7 @@ from raftlib.storage.records import (
     SegmentAppender,
     decode_batch_body,
     decode_hs,
+    delete_segment,
     encode_batch_body,
     encode_hs,
     frame,
@@ -631,14 +632,7 @@ class SharedLog:
                     break  # g still needs this segment
                 seg.cursor += 1
             else:
-                try:
-                    self.ops.unlink(seg.path)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    raise StorageError(
-                        seg.path, e.errno, f"cannot delete a compacted WAL segment: {e}"
-                    ) from e
+                delete_segment(self.ops, seg.path)
                 self._segs.pop(0)
                 deleted = True
                 self.stats["segments_deleted"] += 1

@@ -59,6 +59,7 @@ from raftlib.storage.records import (
     SegmentAppender,
     decode_batch_body,
     decode_hs,
+    delete_segment,
     encode_batch_body,
     encode_hs,
     frame,
@@ -452,14 +453,7 @@ class DiskStorage:
                     break
                 doomed.append(seg)
             for seg in doomed:
-                try:
-                    self.ops.unlink(seg.path)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    raise StorageError(
-                        seg.path, e.errno, f"cannot delete a compacted WAL segment: {e}"
-                    ) from e
+                delete_segment(self.ops, seg.path)
                 self._segments.remove(seg)
             if doomed and self.fsync:
                 try:
