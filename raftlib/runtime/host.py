@@ -138,8 +138,12 @@ class RaftHost:
         self._groups: dict[str, RaftNode] = {}
         self._active: dict[str, RaftNode] = {}
         """Groups being ticked (not quiesced)."""
-        self._hold: dict[str, float] = {}
-        """Group -> the tick count before which a woken leader may not quiesce again."""
+        self._idle: dict[str, int] = {}
+        """Active group -> consecutive ticks it has been quiescable (it quiesces at
+        ``quiesce_after`` ticks, so a busy group never churns between quiesced and awake, and a
+        woken leader heartbeats before it quiesces again)."""
+        self.quiesce_after = max(2, self.config.election_tick // 2)
+        """Ticks a leader must have been idle before its group quiesces."""
         self._queue: WriteQueue | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._snapshotter: concurrent.futures.ThreadPoolExecutor | None = None
@@ -304,7 +308,7 @@ class RaftHost:
         (remove the member from the group first, with the leader's ``remove_member``)."""
         node = self._groups.pop(group_id, None)
         self._active.pop(group_id, None)
-        self._hold.pop(group_id, None)
+        self._idle.pop(group_id, None)
         if node is not None:
             await node.stop()
         if self._log is not None and self._queue is not None:
@@ -357,12 +361,17 @@ class RaftHost:
     def _tick(self) -> None:
         self.metrics["ticks"] += 1
         self._liveness()
-        ticks = self.metrics["ticks"]
+        idle = self._idle
         for gid, node in list(self._active.items()):
-            if self.quiesce and self._hold.get(gid, 0) <= ticks and node.quiescable():
-                self._quiesce_leader(gid, node)  # instead of this tick's heartbeat
-            else:
-                node.tick()
+            if self.quiesce and node.quiescable():
+                n = idle[gid] = idle.get(gid, 0) + 1
+                if n >= self.quiesce_after:
+                    del idle[gid]
+                    self._quiesce_leader(gid, node)  # instead of this tick's heartbeat
+                    continue
+            elif gid in idle:
+                del idle[gid]
+            node.tick()
         self.metrics["groups_quiesced"] = len(self._groups) - len(self._active)
 
     def _liveness(self) -> None:
@@ -413,13 +422,12 @@ class RaftHost:
         if not node.quiesced:
             return
         node.quiesced = False
-        for gid, n in self._groups.items():
-            if n is node:
-                self._active[gid] = node
-                # Tick long enough for one real heartbeat (with the commit index) before
-                # quiescing again: a follower that refused may only lack that.
-                self._hold[gid] = self.metrics["ticks"] + self.config.heartbeat_tick + 1
-                break
+        services = node._services
+        if services is not None and self._groups.get(services.key) is node:
+            # Ticks again, and heartbeats for ``quiesce_after`` ticks before it may quiesce again:
+            # a follower that refused may only lack the commit index a heartbeat carries.
+            self._active[services.key] = node
+            self._idle.pop(services.key, None)
         if node._core is not None:
             node._core.wake()
         self.metrics["wake_count"] += 1
