@@ -375,6 +375,8 @@ class Raft:
             self._handle_vote_request(m)
         elif m.type is MessageType.PROPOSE:
             self._handle_forwarded_proposal(m)
+        elif m.type is MessageType.PROPOSE_CONF_CHANGE:
+            self._handle_forwarded_conf_change(m)
         elif m.type is MessageType.READ_INDEX:
             self._handle_read_index_request(m)
         elif m.type in _ANSWERS_TO_US:
@@ -398,7 +400,7 @@ class Raft:
             self.msgs_after_persist.append(
                 Message(MessageType.PRE_VOTE_RESP, self.id, m.frm, self.term, reject=True)
             )
-        elif m.type is MessageType.PROPOSE:
+        elif m.type in (MessageType.PROPOSE, MessageType.PROPOSE_CONF_CHANGE):
             self.msgs.append(self._proposal_refusal(m, "not_leader"))
         elif m.type is MessageType.READ_INDEX:
             self.msgs.append(
@@ -912,6 +914,96 @@ class Raft:
                 best = cand
         return best[1] if best else None
 
+    def handover_target(self, cc: ConfChange) -> str | None:
+        """The voter a leader should hand leadership to *before* proposing ``cc``, or None.
+
+        Non-None when this node leads, is a voter of the current configuration and ``cc``
+        leaves it out of the final voters (removed, or demoted to learner): the most
+        up-to-date voter that stays a voter (ties: the smallest id). The transfer-first rule
+        (docs/core-features.md): moving leadership first costs one round trip, where a leader
+        stepping down after the change would leave the group to an election timeout if its
+        own hand-over failed. None also when no current voter remains a voter (the change is
+        then proposed here and the after-commit hand-over applies) or ``cc`` cannot apply.
+        """
+        if self.role is not Role.LEADER or self.id not in self.membership.voters:
+            return None
+        try:
+            result = apply_change(self.membership, ConfChange(cc.changes, cc.transition))
+        except ConfChangeError:
+            return None
+        if self.id in result.voters:
+            return None
+        best: tuple[int, str] | None = None
+        for node_id in sorted(self.membership.voters & result.voters):
+            pr = self.tracker.progress.get(node_id)
+            if node_id == self.id or pr is None:
+                continue
+            if best is None or pr.match > best[0]:
+                best = (pr.match, node_id)
+        return best[1] if best else None
+
+    def propose_conf_change_with_context(
+        self, cc: ConfChange, ctx: bytes, *, forward: bool | None = None
+    ) -> None:
+        """Propose a membership change from any node; the outcome arrives as a ProposalResult with ``ctx``.
+
+        On the leader it is :meth:`propose_conf_change` (its errors are raised here) and the
+        result is immediate. On a follower the change travels to the leader
+        (PROPOSE_CONF_CHANGE) when ``forward`` (default: ``Config.forward_proposals``) is on
+        and a leader is known, otherwise NotLeader is raised. The leader refuses with a reason
+        the proposer decodes (:func:`conf_change_refusal`): ``not_leader``,
+        ``transfer_pending`` (also when the change removes the leader: it hands leadership to
+        :meth:`handover_target` first, and the proposer asks the new leader),
+        ``conf_change_in_progress:<index>``, ``conf_change_invalid:<why>``.
+        """
+        if self.role is Role.LEADER:
+            index, term = self.propose_conf_change(cc)
+            self.proposal_results.append(ProposalResult(ctx, index, term))
+            return
+        if forward is None:
+            forward = self.config.forward_proposals
+        if not forward or self.lead is None:
+            raise NotLeader(self.lead)
+        self.msgs.append(
+            Message(
+                MessageType.PROPOSE_CONF_CHANGE, self.id, self.lead, self.term,
+                entries=[Entry(0, 0, ConfChange(cc.changes, cc.transition).encode(), ENTRY_CONF_CHANGE)],
+                context=ctx,
+            )
+        )
+
+    def _handle_forwarded_conf_change(self, m: Message) -> None:
+        if self.role is not Role.LEADER:
+            self.msgs.append(self._proposal_refusal(m, "not_leader"))
+            return
+        if len(m.entries) != 1 or m.entries[0].type != ENTRY_CONF_CHANGE:
+            reason = "conf_change_invalid:one configuration change entry expected"
+            self.msgs.append(self._proposal_refusal(m, reason))
+            return
+        try:
+            cc = ConfChange.decode(m.entries[0].data)
+            target = None if self.lead_transferee is not None else self.handover_target(cc)
+            if target is not None:
+                # Transfer first: the proposer retries with the new leader.
+                self.transfer_leadership(target)
+                raise ProposalDropped("transfer_pending", f"leadership is moving to {target}")
+            index, term = self.propose_conf_change(cc)
+        except ProposalDropped as exc:
+            self.msgs.append(self._proposal_refusal(m, exc.reason))
+            return
+        except ConfChangeInProgress as exc:
+            self.msgs.append(self._proposal_refusal(m, f"conf_change_in_progress:{exc.pending_index}"))
+            return
+        except ConfChangeError as exc:
+            self.msgs.append(self._proposal_refusal(m, f"conf_change_invalid:{exc}"))
+            return
+        self.msgs.append(
+            Message(
+                MessageType.PROPOSE_RESP, self.id, m.frm, self.term,
+                index=index, log_term=term, context=m.context,
+            )
+        )
+
     def _maybe_promote(self, peer: str) -> None:
         """Promote a member added with ADD_MEMBER once it has caught up."""
         if peer not in self.membership.promoting or self.membership.is_joint():
@@ -1083,6 +1175,10 @@ class Raft:
     def _handle_forwarded_proposal(self, m: Message) -> None:
         if self.role is not Role.LEADER:
             self.msgs.append(self._proposal_refusal(m, "not_leader"))
+            return
+        if any(e.type == ENTRY_CONF_CHANGE for e in m.entries):
+            # Configuration changes travel as PROPOSE_CONF_CHANGE; never append one as a command.
+            self.msgs.append(self._proposal_refusal(m, "invalid"))
             return
         try:
             placed = self.propose_batch([e.data for e in m.entries])
