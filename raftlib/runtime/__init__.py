@@ -7,7 +7,9 @@ One concept a file (docs/architecture.md):
 * ``requests.py``: callers waiting on the node (proposals, forwards, reads, applied-index
   waiters) and the rules that make every wait end;
 * ``persist.py``: the storage stage (WAL writes and fsync, inline or in the I/O thread);
-* ``snapshots.py``: the snapshot file layout, capture and restore.
+* ``snapshots.py``: the snapshot file layout, capture and restore;
+* ``membership.py``: membership changes from the node API (several in one step, forwarded
+  from followers, leadership moved off a leader being removed first).
 """
 
 from raftlib.runtime.config import LeaderChange, NodeConfig
