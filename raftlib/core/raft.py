@@ -127,6 +127,8 @@ class Raft:
         self.pending_conf_index = 0
         self.lead_transferee: str | None = None
         self.transfer_elapsed = 0
+        self._handover_to: str | None = None
+        """A transfer to start on the next tick (transfer first, for a forwarded change)."""
         self.read_only = ReadOnly()
         self.lease_clock = 0
         """Ticks this node has seen (the leader lease is measured on it)."""
@@ -169,6 +171,7 @@ class Raft:
         self.tracker.reset(self.log.last_index() + 1, self.id, self.log.stable)
         self.lead_transferee = None
         self.transfer_elapsed = 0
+        self._handover_to = None
         self._broadcast_pending = False
         self._round_sent_at.clear()
         self._lease_start = None
@@ -237,6 +240,10 @@ class Raft:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self._handover_to is not None:
+            target, self._handover_to = self._handover_to, None
+            if self.lead_transferee is None and self.membership.is_voter(target):
+                self.transfer_leadership(target)
         if self.lead_transferee is not None:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= self.config.election_tick:
@@ -984,9 +991,14 @@ class Raft:
             cc = ConfChange.decode(m.entries[0].data)
             target = None if self.lead_transferee is not None else self.handover_target(cc)
             if target is not None:
-                # Transfer first: the proposer retries with the new leader.
-                self.transfer_leadership(target)
+                # Transfer first: the proposer retries with the new leader. The transfer starts
+                # on the next tick, so that this refusal reaches the proposer before the election
+                # does (were the proposer the target, it would otherwise see its leader go
+                # before the answer, and could only report the forward as lost).
+                self._handover_to = target
                 raise ProposalDropped("transfer_pending", f"leadership is moving to {target}")
+            if self._handover_to is not None:
+                raise ProposalDropped("transfer_pending", f"leadership is moving to {self._handover_to}")
             index, term = self.propose_conf_change(cc)
         except ProposalDropped as exc:
             self.msgs.append(self._proposal_refusal(m, exc.reason))

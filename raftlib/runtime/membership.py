@@ -186,10 +186,15 @@ def validate(items: tuple[MemberChange, ...], cc: ConfChange, m: Membership) -> 
                 raise MemberRoleError(nid, role, "voter")
         elif role is None and (isinstance(spec, Remove) or spec.kind is ChangeKind.REMOVE):
             raise UnknownMember(nid)
-    result = apply_change(m, cc)  # the core's own rules (ConfChangeError)
-    if not result.voters:
+    voters = set(m.voters)
+    for ch in cc.changes:
+        if ch.kind is ChangeKind.ADD_VOTER:
+            voters.add(ch.node_id)
+        else:
+            voters.discard(ch.node_id)
+    if not voters:
         raise NoVotersLeft()
-    return result
+    return apply_change(m, cc)  # the core's own rules (ConfChangeError)
 
 
 # -- the call -------------------------------------------------------------------------------------
@@ -259,6 +264,7 @@ async def change_membership(
     handed_over = False  # this call moved leadership away: forward even without forward_proposals
     while True:
         core = node._check_running()
+        _in_flight(core)  # fail fast: a joint configuration here is certainly a change in flight
         if core.leader is None:
             left = deadline.left()
             try:
@@ -267,6 +273,12 @@ async def change_membership(
             except NotLeader:
                 deadline.left()
                 raise
+            continue
+        if node._leader != core.leader:
+            # The driver has not taken in the change of leader yet; when it does it ends the
+            # requests of the previous one: register ours only after that.
+            await asyncio.sleep(node.config.tick_interval / 4)
+            deadline.left()
             continue
         if core.role is Role.LEADER:
             _in_flight(core)

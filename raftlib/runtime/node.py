@@ -785,12 +785,27 @@ class RaftNode:
         except RaftError:
             return
         for ch in cc.changes:
-            if ch.kind is ChangeKind.REMOVE:
-                if ch.node_id != self.id:
-                    self._addresses.pop(ch.node_id, None)
-            elif ch.context:
+            if ch.kind is not ChangeKind.REMOVE and ch.context:
                 self._addresses[ch.node_id] = ch.context.decode(errors="replace")
-        if self._transport is not None:
+        if cc.result is not None and self._core is not None:
+            # Members that leave the configuration (the core applies it after this): a voter
+            # removed through joint consensus stays, as an outgoing voter, until the leave.
+            gone = self._core.membership.members() - cc.result.members()
+        else:
+            gone = frozenset(ch.node_id for ch in cc.changes if ch.kind is ChangeKind.REMOVE)
+        removed = False
+        for node_id in gone:
+            if node_id != self.id:
+                removed = self._addresses.pop(node_id, None) is not None or removed
+        if removed:
+            # Drop removed peers only after this Ready's deferred messages went out: among them
+            # the commit notice that tells a removed member its removal is final.
+            asyncio.get_running_loop().call_soon(self._refresh_peers)
+        elif self._transport is not None:
+            self._transport.set_peers(self._peer_addresses())
+
+    def _refresh_peers(self) -> None:
+        if self._transport is not None and self._running:
             self._transport.set_peers(self._peer_addresses())
 
     def _after_advance(self) -> None:
