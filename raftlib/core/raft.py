@@ -958,7 +958,7 @@ class Raft:
         result is immediate. On a follower the change travels to the leader
         (PROPOSE_CONF_CHANGE) when ``forward`` (default: ``Config.forward_proposals``) is on
         and a leader is known, otherwise NotLeader is raised. The leader refuses with a reason
-        the proposer decodes (:func:`conf_change_refusal`): ``not_leader``,
+        the proposer decodes (``raftlib/runtime/membership.py`` does): ``not_leader``,
         ``transfer_pending`` (also when the change removes the leader: it hands leadership to
         :meth:`handover_target` first, and the proposer asks the new leader),
         ``conf_change_in_progress:<index>``, ``conf_change_invalid:<why>``.
