@@ -51,7 +51,7 @@ def forward_until_placed(c: SimCluster, node_id: str, *changes: tuple[ChangeKind
             return SimpleNamespace(index=index, term=term)
         got = forward(c, node_id, *changes)
         try:
-            c.run_until(lambda: got, 40, "the leader's answer")
+            c.run_until(lambda got=got: got, 40, "the leader's answer")
         except Exception:
             continue  # the forward or its answer was lost
         if got[0].error is None:
