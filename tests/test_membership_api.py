@@ -315,6 +315,38 @@ async def test_replacing_the_leader_moves_leadership_first_then_swaps_atomically
         await c.stop()
 
 
+async def test_a_change_right_after_an_election_waits_for_the_new_leaders_log_instead_of_failing() -> None:
+    # A new leader refuses changes until it applied its whole log (any entry of an earlier
+    # term might be a change); with no change among them the call waits instead of failing.
+    c = await started(3)
+    try:
+        leader = await c.leader()
+        target, third = others(c, leader)
+        held = [(n, n._transport.send) for n in c.nodes.values()]
+        for n in c.nodes.values():
+            drop(n, MessageType.APPEND_RESP)  # nothing commits from here on
+        write = asyncio.ensure_future(leader.propose(put("x", "1"), timeout=5))
+        await asyncio.sleep(0.05)  # replicated everywhere, committed nowhere
+        assert target._core is not None
+        target._core.raft.campaign(force=True)  # an election: the entry is of an earlier term
+        target._wake.set()
+        async with asyncio.timeout(5):
+            while not target.is_leader:
+                await asyncio.sleep(0.005)
+        raft = target._core.raft
+        assert raft.pending_conf_index > raft.log.committed
+        call = asyncio.ensure_future(target.demote(leader.id, timeout=5))
+        await asyncio.sleep(0.1)
+        assert not call.done(), "it waits instead of failing with ConfChangeInProgress"
+        for n, send in held:
+            n._transport.send = send
+        conf = await asyncio.wait_for(call, 5)
+        assert leader.id in conf.learners
+        await asyncio.gather(write, return_exceptions=True)
+    finally:
+        await c.stop()
+
+
 # -- bad input: each its own error ------------------------------------------------------------------
 
 

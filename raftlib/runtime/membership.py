@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from raftlib._accel import ENTRY_CONF_CHANGE
 from raftlib.core import Change, ChangeKind, ConfChange, Membership, RawNode, Role
 from raftlib.core.confchange import apply_change
 from raftlib.errors import ConfChangeError, ConfChangeInProgress, NotLeader, ProposalDropped, RequestTimeout
@@ -200,13 +201,26 @@ def validate(items: tuple[MemberChange, ...], cc: ConfChange, m: Membership) -> 
 # -- the call -------------------------------------------------------------------------------------
 
 
-def _in_flight(core: RawNode) -> None:
-    """ConfChangeInProgress when a change is not applied yet (as far as this node can tell)."""
+def _in_flight(core: RawNode) -> int:
+    """ConfChangeInProgress when a change is in flight (as far as this node can tell).
+
+    Returns the index this leader must apply before it accepts a change when that is no
+    change in flight: a committed change only waiting for its apply, or a new leader's
+    earlier entries holding no change (it refuses changes until it applied them); the call
+    waits for it rather than fail. 0 when nothing is pending.
+    """
     raft = core.raft
-    if core.role is Role.LEADER and raft.pending_conf_index > raft.log.applied:
-        raise ConfChangeInProgress(raft.pending_conf_index)
     if core.membership.is_joint():
         raise ConfChangeInProgress(raft.conf_history[-1][0])
+    pending, applied = raft.pending_conf_index, raft.log.applied
+    if core.role is Role.LEADER and pending > applied:
+        if pending <= raft.log.committed:
+            return pending
+        # A new leader marks its whole log as pending; only a real change entry is in flight.
+        if any(e.type == ENTRY_CONF_CHANGE for e in core.entries(applied + 1, pending + 1)):
+            raise ConfChangeInProgress(pending)
+        return pending
+    return 0
 
 
 def _refusal(exc: ProposalDropped) -> BaseException | None:
@@ -264,7 +278,10 @@ async def change_membership(
     handed_over = False  # this call moved leadership away: forward even without forward_proposals
     while True:
         core = node._check_running()
-        _in_flight(core)  # fail fast: a joint configuration here is certainly a change in flight
+        committed = _in_flight(core)
+        if committed:
+            await deadline.until(node, functools.partial(_applied_here, committed))
+            continue
         if core.leader is None:
             left = deadline.left()
             try:
@@ -281,7 +298,6 @@ async def change_membership(
             deadline.left()
             continue
         if core.role is Role.LEADER:
-            _in_flight(core)
             validate(items, cc, core.membership)
             target = core.handover_target(cc)
             if target is not None:
@@ -307,11 +323,10 @@ async def change_membership(
             raise node._not_leader()
         # A follower's view of the configuration may lag: catch up with the leader's commit first.
         left = deadline.left()
-        await node.read_barrier(math.inf if left is None else left)
+        read_index = await node.read_barrier(math.inf if left is None else left)
         core = node._check_running()
-        if core.role is Role.LEADER or core.leader is None:
+        if core.role is Role.LEADER or core.leader is None or core.membership.is_joint():
             continue
-        _in_flight(core)
         validate(items, cc, core.membership)
         leader = core.leader
         ctx = node._new_context()
@@ -325,6 +340,10 @@ async def change_membership(
             err = _refusal(exc)
             if err is exc:
                 raise
+            if isinstance(err, ConfChangeInProgress) and 0 < err.pending_index <= read_index:
+                # Committed (at or below the read index) and only not applied on the leader yet.
+                await asyncio.sleep(node.config.tick_interval)
+                continue
             if err is not None:
                 raise err from exc
             # The leader is moving (the change removes it, or a transfer was under way): ask the next one.
@@ -334,6 +353,11 @@ async def change_membership(
         break
     await deadline.until(node, lambda c: _final(c.membership, cc))
     return node._check_running().membership
+
+
+def _applied_here(index: int, core: RawNode) -> bool:
+    """The leader applied ``index`` (or leads no more: the loop starts over)."""
+    return core.applied_index >= index or core.role is not Role.LEADER
 
 
 def _transfer_over(core: RawNode) -> bool:
