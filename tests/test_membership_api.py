@@ -321,7 +321,7 @@ async def test_a_change_right_after_an_election_waits_for_the_new_leaders_log_in
     c = await started(3)
     try:
         leader = await c.leader()
-        target, third = others(c, leader)
+        target = others(c, leader)[0]
         held = [(n, n._transport.send) for n in c.nodes.values()]
         for n in c.nodes.values():
             drop(n, MessageType.APPEND_RESP)  # nothing commits from here on
