@@ -989,6 +989,9 @@ class Raft:
             return
         try:
             cc = ConfChange.decode(m.entries[0].data)
+            if self.pending_conf_index > self.log.applied:
+                # Refused as propose_conf_change would: no hand-over for a change that must wait.
+                raise ConfChangeInProgress(self.pending_conf_index)
             target = None if self.lead_transferee is not None else self.handover_target(cc)
             if target is not None:
                 # Transfer first: the proposer retries with the new leader. The transfer starts
