@@ -142,3 +142,24 @@ def test_without_forwarding_a_follower_cannot_propose_a_change() -> None:
     with pytest.raises(NotLeader) as err:
         forward(c, follower, (ChangeKind.REMOVE, lead))
     assert err.value.leader_id == lead
+
+
+def test_handover_target_is_the_most_up_to_date_voter_that_stays_and_only_when_the_leader_goes() -> None:
+    c = SimCluster(5, seed=4, drop=0.0)
+    lead = c.wait_leader()
+    index, _ = c.replicate(b"x")
+    c.wait_applied(index, node_ids=c.members())
+    raw = c.raw(lead)
+    rest = sorted(i for i in c.ids if i != lead)
+
+    def target(*changes: tuple[ChangeKind, str]) -> str | None:
+        return raw.handover_target(ConfChange(tuple(Change(k, n) for k, n in changes)))
+
+    assert target((ChangeKind.REMOVE, rest[0])) is None, "the leader stays: no hand-over"
+    assert target((ChangeKind.REMOVE, lead)) == rest[0], "all caught up: the smallest id"
+    assert target((ChangeKind.ADD_LEARNER, lead)) == rest[0], "demoting the leader hands over too"
+    assert target((ChangeKind.REMOVE, lead), (ChangeKind.REMOVE, rest[0])) == rest[1]
+    raw.raft.tracker.progress[rest[0]].match -= 1  # rest[0] lags one entry behind
+    assert target((ChangeKind.REMOVE, lead)) == rest[1], "the most up-to-date remaining voter"
+    assert target((ChangeKind.REMOVE, "nobody")) is None, "an invalid change: nothing to hand over for"
+    assert c.raw(rest[0]).handover_target(ConfChange((Change(ChangeKind.REMOVE, lead),))) is None
