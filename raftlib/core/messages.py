@@ -65,6 +65,10 @@ class MessageType(enum.IntEnum):
     PROPOSE_RESP = 15
     """(``index``, ``log_term``) of the forwarded proposal's entry,
     or ``reject`` with a reason in ``data``."""
+    PROPOSE_CONF_CHANGE = 16
+    """A follower forwards a configuration change (one CONF_CHANGE entry, ``context``) to the
+    leader; answered with PROPOSE_RESP. A type of its own, so that a node predating it drops
+    the message as unknown rather than appending the change as an ordinary command."""
 
 
 class Role(enum.Enum):

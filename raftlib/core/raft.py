@@ -127,6 +127,8 @@ class Raft:
         self.pending_conf_index = 0
         self.lead_transferee: str | None = None
         self.transfer_elapsed = 0
+        self._handover_to: str | None = None
+        """A transfer to start on the next tick (transfer first, for a forwarded change)."""
         self.read_only = ReadOnly()
         self.lease_clock = 0
         """Ticks this node has seen (the leader lease is measured on it)."""
@@ -169,6 +171,7 @@ class Raft:
         self.tracker.reset(self.log.last_index() + 1, self.id, self.log.stable)
         self.lead_transferee = None
         self.transfer_elapsed = 0
+        self._handover_to = None
         self._broadcast_pending = False
         self._round_sent_at.clear()
         self._lease_start = None
@@ -269,6 +272,10 @@ class Raft:
     def _tick_leader(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self._handover_to is not None:
+            target, self._handover_to = self._handover_to, None
+            if self.lead_transferee is None and self.membership.is_voter(target):
+                self.transfer_leadership(target)
         if self.lead_transferee is not None:
             self.transfer_elapsed += 1
             if self.transfer_elapsed >= self.config.election_tick:
@@ -407,6 +414,8 @@ class Raft:
             self._handle_vote_request(m)
         elif m.type is MessageType.PROPOSE:
             self._handle_forwarded_proposal(m)
+        elif m.type is MessageType.PROPOSE_CONF_CHANGE:
+            self._handle_forwarded_conf_change(m)
         elif m.type is MessageType.READ_INDEX:
             self._handle_read_index_request(m)
         elif m.type in _ANSWERS_TO_US:
@@ -430,7 +439,7 @@ class Raft:
             self.msgs_after_persist.append(
                 Message(MessageType.PRE_VOTE_RESP, self.id, m.frm, self.term, reject=True)
             )
-        elif m.type is MessageType.PROPOSE:
+        elif m.type in (MessageType.PROPOSE, MessageType.PROPOSE_CONF_CHANGE):
             self.msgs.append(self._proposal_refusal(m, "not_leader"))
         elif m.type is MessageType.READ_INDEX:
             self.msgs.append(
@@ -944,6 +953,104 @@ class Raft:
                 best = cand
         return best[1] if best else None
 
+    def handover_target(self, cc: ConfChange) -> str | None:
+        """The voter a leader should hand leadership to *before* proposing ``cc``, or None.
+
+        Non-None when this node leads, is a voter of the current configuration and ``cc``
+        leaves it out of the final voters (removed, or demoted to learner): the most
+        up-to-date voter that stays a voter (ties: the smallest id). The transfer-first rule
+        (docs/core-features.md): moving leadership first costs one round trip, where a leader
+        stepping down after the change would leave the group to an election timeout if its
+        own hand-over failed. None also when no current voter remains a voter (the change is
+        then proposed here and the after-commit hand-over applies) or ``cc`` cannot apply.
+        """
+        if self.role is not Role.LEADER or self.id not in self.membership.voters:
+            return None
+        try:
+            result = apply_change(self.membership, ConfChange(cc.changes, cc.transition))
+        except ConfChangeError:
+            return None
+        if self.id in result.voters:
+            return None
+        best: tuple[int, str] | None = None
+        for node_id in sorted(self.membership.voters & result.voters):
+            pr = self.tracker.progress.get(node_id)
+            if node_id == self.id or pr is None:
+                continue
+            if best is None or pr.match > best[0]:
+                best = (pr.match, node_id)
+        return best[1] if best else None
+
+    def propose_conf_change_with_context(
+        self, cc: ConfChange, ctx: bytes, *, forward: bool | None = None
+    ) -> None:
+        """Propose a membership change from any node; the outcome arrives as a ProposalResult with ``ctx``.
+
+        On the leader it is :meth:`propose_conf_change` (its errors are raised here) and the
+        result is immediate. On a follower the change travels to the leader
+        (PROPOSE_CONF_CHANGE) when ``forward`` (default: ``Config.forward_proposals``) is on
+        and a leader is known, otherwise NotLeader is raised. The leader refuses with a reason
+        the proposer decodes (``raftlib/runtime/membership.py`` does): ``not_leader``,
+        ``transfer_pending`` (also when the change removes the leader: it hands leadership to
+        :meth:`handover_target` first, and the proposer asks the new leader),
+        ``conf_change_in_progress:<index>``, ``conf_change_invalid:<why>``.
+        """
+        if self.role is Role.LEADER:
+            index, term = self.propose_conf_change(cc)
+            self.proposal_results.append(ProposalResult(ctx, index, term))
+            return
+        if forward is None:
+            forward = self.config.forward_proposals
+        if not forward or self.lead is None:
+            raise NotLeader(self.lead)
+        self.msgs.append(
+            Message(
+                MessageType.PROPOSE_CONF_CHANGE, self.id, self.lead, self.term,
+                entries=[Entry(0, 0, ConfChange(cc.changes, cc.transition).encode(), ENTRY_CONF_CHANGE)],
+                context=ctx,
+            )
+        )
+
+    def _handle_forwarded_conf_change(self, m: Message) -> None:
+        if self.role is not Role.LEADER:
+            self.msgs.append(self._proposal_refusal(m, "not_leader"))
+            return
+        if len(m.entries) != 1 or m.entries[0].type != ENTRY_CONF_CHANGE:
+            reason = "conf_change_invalid:one configuration change entry expected"
+            self.msgs.append(self._proposal_refusal(m, reason))
+            return
+        try:
+            cc = ConfChange.decode(m.entries[0].data)
+            if self.pending_conf_index > self.log.applied:
+                # Refused as propose_conf_change would: no hand-over for a change that must wait.
+                raise ConfChangeInProgress(self.pending_conf_index)
+            target = None if self.lead_transferee is not None else self.handover_target(cc)
+            if target is not None:
+                # Transfer first: the proposer retries with the new leader. The transfer starts
+                # on the next tick, so that this refusal reaches the proposer before the election
+                # does (were the proposer the target, it would otherwise see its leader go
+                # before the answer, and could only report the forward as lost).
+                self._handover_to = target
+                raise ProposalDropped("transfer_pending", f"leadership is moving to {target}")
+            if self._handover_to is not None:
+                raise ProposalDropped("transfer_pending", f"leadership is moving to {self._handover_to}")
+            index, term = self.propose_conf_change(cc)
+        except ProposalDropped as exc:
+            self.msgs.append(self._proposal_refusal(m, exc.reason))
+            return
+        except ConfChangeInProgress as exc:
+            self.msgs.append(self._proposal_refusal(m, f"conf_change_in_progress:{exc.pending_index}"))
+            return
+        except ConfChangeError as exc:
+            self.msgs.append(self._proposal_refusal(m, f"conf_change_invalid:{exc}"))
+            return
+        self.msgs.append(
+            Message(
+                MessageType.PROPOSE_RESP, self.id, m.frm, self.term,
+                index=index, log_term=term, context=m.context,
+            )
+        )
+
     def _maybe_promote(self, peer: str) -> None:
         """Promote a member added with ADD_MEMBER once it has caught up."""
         if peer not in self.membership.promoting or self.membership.is_joint():
@@ -1115,6 +1222,10 @@ class Raft:
     def _handle_forwarded_proposal(self, m: Message) -> None:
         if self.role is not Role.LEADER:
             self.msgs.append(self._proposal_refusal(m, "not_leader"))
+            return
+        if any(e.type == ENTRY_CONF_CHANGE for e in m.entries):
+            # Configuration changes travel as PROPOSE_CONF_CHANGE; never append one as a command.
+            self.msgs.append(self._proposal_refusal(m, "invalid"))
             return
         try:
             placed = self.propose_batch([e.data for e in m.entries])

@@ -188,6 +188,21 @@ class RawNode:
         """
         return self.raft.propose_conf_change(cc)
 
+    def propose_conf_change_with_context(
+        self, cc: ConfChange, context: bytes, *, forward: bool | None = None
+    ) -> None:
+        """Propose a membership change from any node; the outcome arrives as a ProposalResult.
+
+        On a follower the change is forwarded to the leader when ``forward`` (default:
+        ``Config.forward_proposals``) is on; see ``Raft.propose_conf_change_with_context``.
+        """
+        self.raft.propose_conf_change_with_context(cc, context, forward=forward)
+
+    def handover_target(self, cc: ConfChange) -> str | None:
+        """The voter this leader should transfer leadership to before proposing ``cc``
+        (which removes or demotes it), or None; see ``Raft.handover_target``."""
+        return self.raft.handover_target(cc)
+
     def transfer_leadership(self, target: str) -> None:
         """Thesis §3.10: make ``target`` the leader (abandoned after an election timeout)."""
         self.raft.transfer_leadership(target)

@@ -9,7 +9,9 @@ One concept a file (docs/architecture.md):
 * ``persist.py``: the storage stage (WAL writes and fsync, inline or in the I/O thread);
 * ``snapshots.py``: the snapshot file layout, capture and restore;
 * ``host.py``: :class:`RaftHost`, many groups in one process (shared listener, WAL, ticker),
-  quiescence and the leader balancer.
+  quiescence and the leader balancer;
+* ``membership.py``: membership changes from the node API (several in one step, forwarded
+  from followers, leadership moved off a leader being removed first).
 """
 
 from raftlib.runtime.config import LeaderChange, NodeConfig

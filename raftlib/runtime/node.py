@@ -46,7 +46,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,6 +56,7 @@ from raftlib.core import (
     ChangeKind,
     ConfChange,
     Entry,
+    Membership,
     Message,
     MessageType,
     PersistentState,
@@ -65,6 +66,7 @@ from raftlib.core import (
     SnapshotMeta,
 )
 from raftlib.errors import (
+    ConfChangeError,
     ConfigError,
     LeadershipLost,
     NodeStopped,
@@ -73,7 +75,9 @@ from raftlib.errors import (
     RequestTimeout,
     StateMachineError,
 )
+from raftlib.runtime import membership as _membership
 from raftlib.runtime.config import LeaderChange, NodeConfig
+from raftlib.runtime.membership import MemberChange
 from raftlib.runtime.persist import StorageStage, TransferRejected, WriteQueue
 from raftlib.runtime.requests import Requests, await_request
 from raftlib.runtime.snapshots import restore_snapshot, write_snapshot
@@ -478,49 +482,57 @@ class RaftNode:
             if not fut.done() or fut.cancelled() or fut.exception() is not None:
                 self._requests.waiters.discard_done()
 
+    async def change_membership(
+        self, changes: Iterable[MemberChange] | MemberChange, timeout: float | None = None
+    ) -> Membership:
+        """Apply several membership changes as one step; returns the final configuration.
+
+        ``changes``: :class:`~raftlib.runtime.membership.AddVoter`, ``AddLearner``,
+        ``Promote``, ``Demote``, ``Remove`` (or core ``Change`` objects). At most one voter
+        changed: applied directly; more: one joint-consensus step (§6), left automatically.
+        Returns once the final configuration is in force here. Works on followers with
+        ``forward_proposals`` (forwarded to the leader, ending as forwarded proposals do). A
+        change removing or demoting the leader moves leadership first (docs/runtime.md,
+        "Membership changes"). Raises ``UnknownMember``, ``MemberExists``,
+        ``MemberRoleError``, ``NoVotersLeft``, ``ConfChangeError``, ``ConfChangeInProgress``,
+        ``NotLeader``, ``LeadershipLost``, ``ProposalDropped``, ``RequestTimeout``, ``NodeStopped``.
+        """
+        return await _membership.change_membership(self, changes, timeout)
+
+    async def replace_member(
+        self, old_id: str, new_id: str, new_address: str, timeout: float | None = None
+    ) -> Membership:
+        """Swap voter ``old_id`` for a new voter ``new_id`` atomically (one joint change)."""
+        if old_id == new_id:
+            raise ConfChangeError(f"replacing {old_id!r} with itself")
+        changes: list[MemberChange] = [_membership.Remove(old_id), _membership.AddVoter(new_id, new_address)]
+        return await _membership.change_membership(self, changes, timeout, "replace_member")
+
+    async def demote(self, node_id: str, timeout: float | None = None) -> Membership:
+        """Make voter ``node_id`` a learner (the leader moves leadership first if it is the one)."""
+        return await _membership.change_membership(self, _membership.Demote(node_id), timeout, "demote")
+
     async def add_member(self, node_id: str, address: str, timeout: float | None = 30.0) -> None:
         """Add a voter safely: it joins as a learner and is promoted once caught up.
 
-        Returns once it is a voter. The new node must be started with
-        ``join=True``. Raises ConfChangeInProgress while another change is in flight.
+        Returns once it is a voter. The new node must be started with ``join=True``.
+        Raises ConfChangeInProgress while another change is in flight.
         """
-        limit = self._limit(timeout)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await self._conf_change(Change(ChangeKind.ADD_MEMBER, node_id, address.encode()), limit)
-        while node_id not in self.membership().voters:
-            if limit is not None and loop.time() - started >= limit:
-                raise RequestTimeout("conf_change", limit)
-            await asyncio.sleep(self.config.tick_interval)
+        change = Change(ChangeKind.ADD_MEMBER, node_id, address.encode())
+        await _membership.change_membership(self, change, timeout, "add_member")
 
     async def add_learner(self, node_id: str, address: str, timeout: float | None = 30.0) -> None:
         """Add a non-voting member that receives the log (promote it later with :meth:`promote`)."""
-        await self._conf_change(Change(ChangeKind.ADD_LEARNER, node_id, address.encode()), timeout)
+        change = _membership.AddLearner(node_id, address)
+        await _membership.change_membership(self, change, timeout, "add_learner")
 
     async def promote(self, node_id: str, timeout: float | None = 30.0) -> None:
         """Make a learner a voter."""
-        await self._conf_change(Change(ChangeKind.ADD_VOTER, node_id), timeout)
+        await _membership.change_membership(self, _membership.Promote(node_id), timeout, "promote")
 
     async def remove_member(self, node_id: str, timeout: float | None = 30.0) -> None:
-        """Remove a voter or learner. Removing the leader hands leadership over once committed."""
-        await self._conf_change(Change(ChangeKind.REMOVE, node_id), timeout)
-
-    async def _conf_change(self, change: Change, timeout: float | None) -> None:
-        core = self._check_running()
-        if core.role is not Role.LEADER:
-            raise self._not_leader()
-        limit = self._limit(timeout)
-        if self.quiesced:
-            self._activity()
-        index, term = core.propose_conf_change(ConfChange((change,)))
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._requests.add_proposal(index, term, fut)
-        self._wake.set()
-        try:
-            await await_request(fut, limit, "conf_change", index)
-        finally:
-            if not fut.done() or fut.cancelled() or isinstance(fut.exception(), RequestTimeout):
-                self._requests.forget_proposal(index, None, fut)
+        """Remove a voter or learner. Removing the leader moves leadership first."""
+        await _membership.change_membership(self, _membership.Remove(node_id), timeout, "remove_member")
 
     async def transfer_leadership(self, target: str, timeout: float | None = None) -> None:
         """Hand leadership to ``target`` (thesis §3.10); returns once it leads.
@@ -559,7 +571,7 @@ class RaftNode:
         st["failure"] = repr(self._failure) if self._failure else None
         return st
 
-    def membership(self) -> Any:
+    def membership(self) -> Membership:
         """The configuration in force (voters, learners, ...)."""
         return self._check_running().membership
 
@@ -832,12 +844,27 @@ class RaftNode:
         except RaftError:
             return
         for ch in cc.changes:
-            if ch.kind is ChangeKind.REMOVE:
-                if ch.node_id != self.id:
-                    self._addresses.pop(ch.node_id, None)
-            elif ch.context:
+            if ch.kind is not ChangeKind.REMOVE and ch.context:
                 self._addresses[ch.node_id] = ch.context.decode(errors="replace")
-        if self._transport is not None:
+        if cc.result is not None and self._core is not None:
+            # Members that leave the configuration (the core applies it after this): a voter
+            # removed through joint consensus stays, as an outgoing voter, until the leave.
+            gone = self._core.membership.members() - cc.result.members()
+        else:
+            gone = frozenset(ch.node_id for ch in cc.changes if ch.kind is ChangeKind.REMOVE)
+        removed = False
+        for node_id in gone:
+            if node_id != self.id:
+                removed = self._addresses.pop(node_id, None) is not None or removed
+        if removed:
+            # Drop removed peers only after this Ready's deferred messages went out: among them
+            # the commit notice that tells a removed member its removal is final.
+            asyncio.get_running_loop().call_soon(self._refresh_peers)
+        elif self._transport is not None:
+            self._transport.set_peers(self._peer_addresses())
+
+    def _refresh_peers(self) -> None:
+        if self._transport is not None and self._running:
             self._transport.set_peers(self._peer_addresses())
 
     def _after_advance(self) -> None:
