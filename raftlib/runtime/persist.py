@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from raftlib.core import Entry, HardState, Ready
 from raftlib.errors import RaftError, StorageCorrupted
+from raftlib.observe import ObserverSet
 
 _T = TypeVar("_T")
 
@@ -62,6 +63,9 @@ class StorageStage:
         self.storage = storage
         self.inline_sync_below = inline_sync_below
         self.metrics = metrics
+        self.name = name
+        self.observer: ObserverSet | None = None
+        """Gets ``on_fsync`` for every synced write (set by the node; None: no observer)."""
         self.unsaved_hard_state: Any = None
         self._lock = threading.Lock()
         """Held by every storage call: inline writes on the loop never overlap the I/O thread."""
@@ -123,7 +127,7 @@ class StorageStage:
                     self._write_batch(rd.hard_state, rd.entries, rd.must_sync())
                 finally:
                     self._lock.release()
-                self._count(rd.must_sync(), started, inline=True)
+                self._count(rd.must_sync(), started, inline=True, entries=len(rd.entries))
                 self._on_durable(rd)
                 if rd.persisted_messages:
                     self._on_batch_done()  # the acknowledgements leave at once
@@ -181,7 +185,8 @@ class StorageStage:
             self._on_error(exc)
             return
         if fut is not None:
-            self._count(sync, started, inline=False)
+            entries = sum(len(rd.entries) for rd in batch) if self.observer is not None else 0
+            self._count(sync, started, inline=False, entries=entries)
         assert self._on_durable is not None and self._on_batch_done is not None
         for rd in batch:
             self._on_durable(rd)
@@ -191,12 +196,15 @@ class StorageStage:
         else:
             self._idle.set()
 
-    def _count(self, sync: bool, started: float, inline: bool) -> None:
+    def _count(self, sync: bool, started: float, inline: bool, entries: int) -> None:
         if sync:
+            seconds = time.perf_counter() - started
             self.metrics["fsync_count"] += 1
-            self.metrics["fsync_seconds_total"] += time.perf_counter() - started
+            self.metrics["fsync_seconds_total"] += seconds
             if inline:
                 self.metrics["fsync_inline_count"] += 1
+            if self.observer is not None:
+                self.observer.on_fsync(self.name, seconds, entries, inline)
 
     async def drain(self) -> None:
         """Wait until every submitted write is durable (before a snapshot install, a reload)."""
@@ -231,12 +239,11 @@ class StorageStage:
                     self._persist(rd)
                 finally:
                     self._lock.release()
-                self.metrics["fsync_inline_count"] += 1
+                inline = True
             else:
+                inline = False
                 await self.call(self._persist, rd)
-            if rd.must_sync():
-                self.metrics["fsync_count"] += 1
-                self.metrics["fsync_seconds_total"] += time.perf_counter() - started
+            self._count(rd.must_sync(), started, inline, len(rd.entries))
         elif rd.hard_state is not None:
             # Only the commit index moved: nothing depends on it being durable.
             self.unsaved_hard_state = rd.hard_state
