@@ -8,7 +8,8 @@ proposal's reason.
 Invariants:
 
 * A node without observers pays one ``is None`` test per event site and builds
-  no argument object: events carry plain ints, floats and strings.
+  no argument object: events carry plain ints, floats and strings. With observers,
+  an event reaches only those whose class overrides its method.
 * Observers run synchronously on the node's event loop (the I/O thread never
   calls them); they must be quick and must not block. An observer that raises
   is logged once per event kind and skipped for that event; the node carries on.
@@ -110,11 +111,17 @@ def proposal_failure(exc: BaseException) -> tuple[str, bool]:
     return type(exc).__name__, True
 
 
+_Handler = tuple[Observer, Callable[..., None]]
+"""An observer and its bound method for one event."""
+
+
 class ObserverSet(Observer):
     """What a node calls: each event goes to every observer, in the order they were given.
 
     An observer that raises is logged (once per observer and event kind, with the
-    traceback) and the event goes on to the next observer.
+    traceback) and the event goes on to the next observer. Each event of the set is a
+    plain function over the bound methods of the observers that override it: an event
+    no observer overrides costs one call that loops over nothing.
     """
 
     def __init__(self, observers: Iterable[Observer]) -> None:
@@ -123,6 +130,23 @@ class ObserverSet(Observer):
             if not isinstance(o, Observer):
                 raise TypeError(f"observers must be raftlib.Observer instances, not {type(o).__name__}")
         self._logged: set[tuple[int, str]] = set()
+        for event in EVENTS:
+            handlers = tuple(
+                (o, getattr(o, event)) for o in self.observers
+                if getattr(type(o), event, None) is not getattr(Observer, event)
+            )
+            setattr(self, event, self._fan_out(event, handlers))
+
+    def _fan_out(self, event: str, handlers: tuple[_Handler, ...]) -> Callable[..., None]:
+        def fan_out(*args: Any) -> None:
+            for o, handler in handlers:
+                try:
+                    handler(*args)
+                except Exception:
+                    self._failed(o, event)
+
+        fan_out.__name__ = fan_out.__qualname__ = event
+        return fan_out
 
     def attach(self, node: RaftNode) -> None:
         """Attach every observer (an error here is a configuration error: it propagates)."""
@@ -140,23 +164,6 @@ class ObserverSet(Observer):
         if key not in self._logged:
             self._logged.add(key)
             log.exception("observer %r failed in %s (logged once; the node goes on)", observer, event)
-
-
-def _fan_out(event: str) -> Callable[..., None]:
-    def fan_out(self: ObserverSet, *args: Any) -> None:
-        for o in self.observers:
-            try:
-                getattr(o, event)(*args)
-            except Exception:
-                self._failed(o, event)
-
-    fan_out.__name__ = fan_out.__qualname__ = event
-    fan_out.__doc__ = getattr(Observer, event).__doc__
-    return fan_out
-
-
-for _event in EVENTS:
-    setattr(ObserverSet, _event, _fan_out(_event))
 
 
 def observer_set(observers: Iterable[Observer] | None) -> ObserverSet | None:
