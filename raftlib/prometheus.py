@@ -79,12 +79,14 @@ class Histogram:
         return sum(self.counts)
 
     def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, count of values <= le)`` per bucket, ``+Inf`` last (the exposition's buckets)."""
+        counts = list(self.counts)  # one consistent copy: a scrape may run in another thread
         out: list[tuple[str, float]] = []
         total = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
+        for bound, n in zip(self.bounds, counts, strict=False):
             total += n
             out.append((repr(float(bound)), total))
-        out.append(("+Inf", total + self.counts[-1]))
+        out.append(("+Inf", total + counts[-1]))
         return out
 
 
@@ -184,6 +186,8 @@ class PrometheusObserver(Observer):
 
     def on_snapshot_installed(self, node_id: str, index: int, seconds: float) -> None:
         self.installed += 1
+        self.committed = max(self.committed, index)  # the snapshot's entries are committed and applied
+        self.applied = max(self.applied, index)
         now = time.perf_counter()
         started = self.receive_started if self.receive_started is not None else now - seconds
         self.receive_started = None

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_node import Cluster, put
 
 from raftlib import LeadershipLost, Observer, RaftNode, RequestTimeout
 from raftlib.observe import EVENTS, ObserverSet, proposal_failure
-from raftlib.prometheus import DISK_BUCKETS, PrometheusObserver, RaftMetrics
+from raftlib.prometheus import DISK_BUCKETS, Histogram, PrometheusObserver, RaftMetrics
 from raftlib.storage import DiskStorage, MemoryStorage
 from raftlib.transport.memory import MemoryTransport
 
@@ -311,12 +313,12 @@ async def test_the_exposition_carries_etcds_names_with_each_members_values() -> 
         got = scrape(registry)
         for node in c.nodes.values():
             lv = (("group", "g1"), ("member", node.id))
-            st = node.status()
+            status = node.status()
             assert got[("etcd_server_has_leader", lv)] == 1
             assert got[("etcd_server_is_leader", lv)] == (1 if node is leader else 0)
             assert got[("etcd_server_leader_changes_seen_total", lv)] == node.metrics["leader_changes"] >= 1
-            assert got[("etcd_server_proposals_committed_total", lv)] == st["commit"]
-            assert got[("etcd_server_proposals_applied_total", lv)] == st["applied"] == st["commit"]
+            assert got[("etcd_server_proposals_committed_total", lv)] == status["commit"]
+            assert got[("etcd_server_proposals_applied_total", lv)] == status["applied"] == status["commit"]
             assert got[("etcd_server_proposals_pending", lv)] == 0
             assert got[("etcd_server_proposals_failed_total", lv)] == 0
             assert got[("etcd_disk_wal_fsync_duration_seconds_count", lv)] == node.metrics["fsync_count"]
@@ -375,10 +377,24 @@ async def test_snapshot_transfers_show_as_etcd_network_snapshot_metrics(tmp_path
         assert got[("etcd_network_snapshot_receive_success", (("From", leader.id), *lag))] == 1
         assert got[("etcd_network_snapshot_receive_failures", (("From", leader.id), *lag))] == 0
         assert got[("raftlib_snapshots_installed_total", lag)] == 1
+        # A snapshot moves the applied index too (no on_apply for the entries inside it).
+        assert got[("etcd_server_proposals_applied_total", lag)] >= meta.index
         sent = got[("raftlib_snapshot_sent_bytes_total", (("To", lagger.id), *lead))]
         assert sent == got[("raftlib_snapshot_received_bytes_total", lag)] > 64
     finally:
         await c.stop()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False)))
+def test_histogram_buckets_count_the_values_at_or_below_each_bound(values: list[float]) -> None:
+    # Reference: Prometheus' rule, bucket le=b counts every observed value <= b.
+    h = Histogram(DISK_BUCKETS)
+    for v in values:
+        h.observe(v)
+    expected = [(repr(b), sum(1 for v in values if v <= b)) for b in DISK_BUCKETS]
+    assert h.cumulative() == [*expected, ("+Inf", len(values))]
+    assert h.count == len(values) and h.sum == pytest.approx(sum(values))
 
 
 def test_two_nodes_cannot_share_label_values_and_one_observer_cannot_watch_two_nodes() -> None:
