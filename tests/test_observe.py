@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_node import Cluster, put
+from test_runtime_requests import drop
 
-from raftlib import LeadershipLost, Observer, RaftNode, RequestTimeout
+from raftlib import LeadershipLost, Observer, ProposalDropped, RaftNode, RequestTimeout
+from raftlib.core import MessageType
 from raftlib.observe import EVENTS, ObserverSet, proposal_failure
 from raftlib.prometheus import DISK_BUCKETS, Histogram, PrometheusObserver, RaftMetrics
 from raftlib.storage import DiskStorage, MemoryStorage
@@ -243,6 +245,21 @@ async def test_a_timeout_is_a_failure_with_unknown_outcome_and_a_cancellation_is
         with pytest.raises(asyncio.CancelledError):
             await task
         assert len(recs[leader.id].of("on_proposal_failed")) == 1
+    finally:
+        await c.stop()
+
+
+async def test_a_lost_forward_is_reported_by_the_follower_that_forwarded_it() -> None:
+    c, recs = recorded(forward_proposals=True, forward_timeout=0.2, request_timeout=30.0)
+    await c.start()
+    try:
+        leader = await c.leader()
+        follower = next(n for n in c.nodes.values() if n is not leader)
+        drop(follower, MessageType.PROPOSE)
+        with pytest.raises(ProposalDropped):
+            await follower.propose(put("a", "1"))
+        assert recs[follower.id].of("on_proposal_failed") == [(follower.id, "forward_lost", True)]
+        assert recs[leader.id].of("on_proposal_failed") == []
     finally:
         await c.stop()
 
