@@ -96,6 +96,8 @@ class RaftNode:
     ``data_dir=None`` keeps everything in memory (tests only: nothing survives
     a restart). ``transport`` and ``storage`` may be given to replace the TCP
     transport and the disk storage (the in-memory ones in tests).
+    ``observers`` are told of the node's events (:class:`raftlib.Observer`,
+    docs/observability.md).
     """
 
     def __init__(
