@@ -33,6 +33,7 @@ from raftlib.errors import (
     StorageCorrupted,
     UncommittedLimitExceeded,
 )
+from raftlib.observe import Observer
 from raftlib.runtime import LeaderChange, NodeConfig, RaftHost, RaftNode, install_uvloop
 from raftlib.sessions import (
     Session,
@@ -58,6 +59,7 @@ __all__ = [
     "LeaderChange",
     "NodeConfig",
     "NodeStopped",
+    "Observer",
     "RaftHost",
     "RaftNode",
     "Session",

@@ -1,28 +1,28 @@
 """``/metrics``: Prometheus text exposition with etcd's metric names where they exist.
 
 Each server has its own :class:`prometheus_client.CollectorRegistry` (several
-servers can live in one process, as in the tests). Values owned by raftlib and
-the KVMachine are read at scrape time by a custom collector; request counters
+servers can live in one process, as in the tests). The Raft-level figures come
+from raftlib's exporter (:mod:`raftlib.prometheus`, docs/observability.md): its
+observer is given to the server's RaftNode and its collector sits in this
+registry, without labels (one member per registry). Values owned by the KVMachine
+and the transport are read at scrape time by a custom collector; request counters
 and latencies are ordinary prometheus-client metrics.
 
 | metric | type | source |
 |---|---|---|
-| etcd_server_has_leader | gauge | 1 when this member knows a leader |
-| etcd_server_is_leader | gauge | 1 on the leader |
+| etcd_server_has_leader, _is_leader, _leader_changes_seen_total | | raftlib.prometheus |
+| etcd_server_proposals_committed_total, _applied_total, _pending, _failed_total | | raftlib.prometheus |
+| etcd_disk_wal_fsync_duration_seconds | histogram | raftlib.prometheus |
+| etcd_debugging_snap_save_total_duration_seconds | histogram | raftlib.prometheus |
+| etcd_network_snapshot_*, etcd_network_peer_*_bytes_total | | raftlib.prometheus |
+| raftlib_snapshots_installed_total, raftlib_wal_*, raftlib_proposals_* | counter | raftlib.prometheus |
 | etcd_server_is_learner | gauge | 1 on a learner |
-| etcd_server_leader_changes_seen_total | counter | leader changes observed by this member |
-| etcd_server_proposals_committed_total | gauge | raftlib: proposals of this member committed |
-| etcd_server_proposals_applied_total | gauge | raftlib: entries applied to the state machine |
-| etcd_server_proposals_pending | gauge | proposals of this member in flight |
-| etcd_server_proposals_failed_total | counter | raftlib failures + requests that failed (timeouts, ...) |
 | etcd_server_id, etcd_server_version | gauge | labels server_id / server_version, value 1 |
-| etcd_disk_wal_fsync_duration_seconds | summary | raftlib: count and sum of WAL fsyncs |
 | etcd_mvcc_db_total_size_in_bytes | gauge | KVMachine.db_size() |
 | etcd_mvcc_db_total_size_in_use_in_bytes | gauge | same (no free pages here) |
 | etcd_debugging_mvcc_current_revision | gauge | store revision |
 | etcd_debugging_mvcc_compact_revision | gauge | last compaction revision |
 | etcd_debugging_mvcc_watcher_total | gauge | watchers registered on this member |
-| raftlib_snapshots_installed_total | counter | snapshots installed from the leader (raftlib) |
 | raftlib_transport_rejected_handshakes_total | counter | peer connections refused at the handshake |
 | raftlib_transport_bad_frames_total | counter | peer connections closed on a bad frame (raftlib transport) |
 | raftlib_transport_handshake_refused_total{reason} | counter | handshakes refused, by reason |
@@ -40,10 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from raftlib.prometheus import PrometheusObserver, RaftMetrics
 
 if TYPE_CHECKING:
     from examples.kvstore.server import KVServer
@@ -102,62 +104,14 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         s = self.server
-        node = s.node
-        nm: dict[str, float] = dict(node.metrics) if node is not None else {}
-        is_leader = 1 if s.is_leader else 0
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
 
         yield gauge(
-            "etcd_server_has_leader",
-            "Whether or not a leader exists. 1 is existence, 0 is not.",
-            1 if node is not None and node.leader is not None else 0,
-        )
-        yield gauge(
-            "etcd_server_is_leader",
-            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-            is_leader,
-        )
-        yield gauge(
             "etcd_server_is_learner",
             "Whether or not this member is a learner. 1 if is, 0 otherwise.",
             1 if s.is_learner() else 0,
-        )
-        yield CounterMetricFamily(
-            "etcd_server_leader_changes_seen",
-            "The number of leader changes seen.",
-            value=s.leader_changes_seen,
-        )
-        yield gauge(
-            "etcd_server_proposals_committed_total",
-            "The total number of consensus proposals committed.",
-            nm.get("proposals_committed", 0),
-        )
-        yield gauge(
-            "etcd_server_proposals_applied_total",
-            "The total number of consensus proposals applied.",
-            nm.get("proposals_applied", 0),
-        )
-        yield gauge(
-            "etcd_server_proposals_pending",
-            "The current number of pending proposals to commit.",
-            s.pending_proposals,
-        )
-        yield CounterMetricFamily(
-            "etcd_server_proposals_failed",
-            "The total number of failed proposals seen.",
-            value=nm.get("proposals_failed", 0) + s.failed_proposals,
-        )
-        yield CounterMetricFamily(
-            "raftlib_wal_inline_fsyncs",
-            "WAL writes synced on the event loop (fast disk) rather than in the I/O thread.",
-            value=nm.get("fsync_inline_count", 0),
-        )
-        yield CounterMetricFamily(
-            "raftlib_wal_fsyncs",
-            "WAL writes synced, inline or in the I/O thread.",
-            value=nm.get("fsync_count", 0),
         )
         sid = GaugeMetricFamily(
             "etcd_server_id",
@@ -175,22 +129,6 @@ class _LiveCollector(Collector):
 
         ver.add_metric([ETCD_VERSION], 1)
         yield ver
-        yield SummaryMetricFamily(
-            "etcd_disk_wal_fsync_duration_seconds",
-            "The latency distributions of fsync called by WAL (count and sum only).",
-            count_value=int(nm.get("fsync_count", 0)),
-            sum_value=nm.get("fsync_seconds_total", 0.0),
-        )
-        yield CounterMetricFamily(
-            "etcd_debugging_snap_save_total",
-            "Snapshots taken by this member.",
-            value=nm.get("snapshots_taken", 0),
-        )
-        yield CounterMetricFamily(
-            "raftlib_snapshots_installed",
-            "Snapshots received from the leader and installed by this member (not an etcd metric).",
-            value=nm.get("snapshots_installed", 0),
-        )
         node = s.node
         ts = node.transport_stats if node is not None else {}
         yield CounterMetricFamily(
@@ -246,6 +184,9 @@ class ServerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.watch_streams = 0
         self.registry.register(_LiveCollector(server, self))
+        self.raft = RaftMetrics(self.registry, label_names=())
+        """raftlib's exporter: the etcd_server_*/etcd_disk_*/etcd_network_* figures of the member."""
+        self.raft_observer: PrometheusObserver | None = None
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)  # the Python counterpart of etcd's go_gc_* metrics
         self.handled_total = Counter(
@@ -273,6 +214,13 @@ class ServerMetrics:
         )
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
         """(route, gRPC code) -> (its handled_total child, its handling_seconds child or None)."""
+
+    def observer(self) -> PrometheusObserver:
+        """The observer to give the server's (new) RaftNode; replaces the previous one's series."""
+        if self.raft_observer is not None:
+            self.raft.remove(self.raft_observer)
+        self.raft_observer = self.raft.observer()
+        return self.raft_observer
 
     def received_bytes(self, n: int) -> None:
         self.received.inc(n)

@@ -265,9 +265,6 @@ class KVServer:
         self.term = 0
         self.primary = False
         self.client_urls: list[str] = []
-        self.pending_proposals = 0
-        self.failed_proposals = 0
-        self.leader_changes_seen = 0
         self.has_leader = False
         self.started_at = time.monotonic()
         self._runner: Any = None
@@ -380,6 +377,7 @@ class KVServer:
             join=join,
             transport=transport,
             on_leader_change=self._on_leader_change,
+            observers=[self.metrics.observer()],  # the Raft figures of /metrics
         )
         self._loop = asyncio.get_running_loop()
         await self.node.start()
@@ -507,8 +505,6 @@ class KVServer:
         if change.term > 0:
             self.term = change.term
         self.has_leader = change.leader is not None
-        if change.leader is not None:
-            self.leader_changes_seen += 1
         leading = change.leader == self.node_id
         if leading and not self.primary:
             self.machine.lessor.promote(time.monotonic())
@@ -597,42 +593,35 @@ class KVServer:
         node = self._node()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.request_timeout
-        self.pending_proposals += 1
-        try:
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise timed_out()
-                try:
-                    result = await node.propose(KV_TAG + command, timeout=remaining)
-                    break
-                except TimeoutError:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise timed_out()
+            try:
+                result = await node.propose(KV_TAG + command, timeout=remaining)
+                break
+            except TimeoutError:
+                raise timed_out() from None
+            except raftlib.UncommittedLimitExceeded:
+                raise etcd_error(8, "etcdserver: too many requests") from None
+            except raftlib.NodeStopped:
+                raise etcd_error(14, "etcdserver: server stopped") from None
+            except raftlib.NotLeader:
+                pass  # no leader (yet): wait for one
+            except raftlib.ProposalDropped as exc:
+                if exc.may_still_commit:
+                    # The leader went away with the entry in its log: it may yet be applied, so
+                    # a retry could apply it twice. As etcd: without a leader until the deadline,
+                    # 'request timed out'; once another leads, the leader-failure timeout.
+                    remaining = deadline - loop.time()
+                    with contextlib.suppress(raftlib.NotLeader, raftlib.NodeStopped):
+                        if remaining > 0:
+                            await node.wait_leader(remaining)
+                            raise etcd_error(14, MSG_TIMEOUT_LEADER_FAIL) from None
                     raise timed_out() from None
-                except raftlib.UncommittedLimitExceeded:
-                    raise etcd_error(8, "etcdserver: too many requests") from None
-                except raftlib.NodeStopped:
-                    raise etcd_error(14, "etcdserver: server stopped") from None
-                except raftlib.NotLeader:
-                    pass  # no leader (yet): wait for one
-                except raftlib.ProposalDropped as exc:
-                    if exc.may_still_commit:
-                        # The leader went away with the entry in its log: it may yet be applied, so
-                        # a retry could apply it twice. As etcd: without a leader until the deadline,
-                        # 'request timed out'; once another leads, the leader-failure timeout.
-                        remaining = deadline - loop.time()
-                        with contextlib.suppress(raftlib.NotLeader, raftlib.NodeStopped):
-                            if remaining > 0:
-                                await node.wait_leader(remaining)
-                                raise etcd_error(14, MSG_TIMEOUT_LEADER_FAIL) from None
-                        raise timed_out() from None
-                    if exc.reason not in ("leadership_lost", "transfer_pending", "not_leader", "dropped"):
-                        raise timed_out() from None  # applied or not: unknown, as etcd's timeout
-                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
-        except EtcdError:
-            self.failed_proposals += 1
-            raise
-        finally:
-            self.pending_proposals -= 1
+                if exc.reason not in ("leadership_lost", "transfer_pending", "not_leader", "dropped"):
+                    raise timed_out() from None  # applied or not: unknown, as etcd's timeout
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
         if isinstance(result, dict) and isinstance(result.get("error"), EtcdError):
             raise result["error"]
         return result  # type: ignore[no-any-return]

@@ -41,6 +41,7 @@ from typing import Any
 
 from raftlib.core import Entry, HardState, Message, MessageType, Role
 from raftlib.errors import ConfigError, RaftError
+from raftlib.observe import Observer
 from raftlib.runtime.config import NodeConfig
 from raftlib.runtime.node import GroupServices, RaftNode
 from raftlib.runtime.persist import WriteQueue
@@ -257,12 +258,14 @@ class RaftHost:
         join: bool = False,
         config: NodeConfig | None = None,
         on_leader_change: Callable[..., Any] | None = None,
+        observers: Iterable[Observer] | None = None,
     ) -> RaftNode:
         """Start this host's member of group ``group_id`` and return its handle (a RaftNode).
 
         ``members`` are host ids (default: every host); the group bootstraps with them on every
         member (ignored when the shared log already holds the group's state, as after a
-        restart). ``join=True`` for a member added to a running group by its leader's
+        restart). ``observers`` get the group's events (e.g. ``RaftMetrics.observer(group=...)``
+        of :mod:`raftlib.prometheus`). ``join=True`` for a member added to a running group by its leader's
         ``add_member(host_id, address)``. Add the group on every member host: a member that
         has not added it yet drops its messages, and the leader retries.
         """
@@ -290,6 +293,7 @@ class RaftHost:
             transport=self._transport.group(group_id),
             storage=self._log.group(group_id),
             on_leader_change=on_leader_change,
+            observers=observers,
             services=services,
         )
         self._groups[group_id] = node

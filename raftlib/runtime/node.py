@@ -75,6 +75,7 @@ from raftlib.errors import (
     RequestTimeout,
     StateMachineError,
 )
+from raftlib.observe import Observer, observer_set
 from raftlib.runtime import membership as _membership
 from raftlib.runtime.config import LeaderChange, NodeConfig
 from raftlib.runtime.membership import MemberChange
@@ -113,6 +114,8 @@ class RaftNode:
     ``data_dir=None`` keeps everything in memory (tests only: nothing survives
     a restart). ``transport`` and ``storage`` may be given to replace the TCP
     transport and the disk storage (the in-memory ones in tests).
+    ``observers`` are told of the node's events (:class:`raftlib.Observer`,
+    docs/observability.md).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class RaftNode:
         transport: Any = None,
         storage: Any = None,
         on_leader_change: Callable[[LeaderChange], Any] | None = None,
+        observers: Iterable[Observer] | None = None,
         services: GroupServices | None = None,
     ) -> None:
         if not node_id or not isinstance(node_id, str):
@@ -183,6 +187,10 @@ class RaftNode:
             "snapshots_taken": 0,
             "snapshots_installed": 0,
         }
+        self._observer = observer_set(observers)
+        """Gets the node's events (docs/observability.md); None: no observer, every event skipped."""
+        if self._observer is not None:
+            self._observer.attach(self)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -220,6 +228,7 @@ class RaftNode:
             key=services.key if services is not None else None,
         )
         stage.pipeline(self._on_durable, self._flush, self._fatal)
+        stage.observer = self._observer
         self._stage = stage
         state: PersistentState = await stage.call(self._storage.load)
         applied = 0
@@ -386,9 +395,11 @@ class RaftNode:
             if swept:
                 return await fut
             return await await_request(fut, limit, "propose", index)
-        except BaseException:
+        except BaseException as exc:
             # Timed out or cancelled (or failed, and already forgotten): forget the caller.
             self._requests.forget_proposal(index, ctx, fut)
+            if self._observer is not None:
+                self._observer.proposal_failed(self.id, exc)
             raise
 
     def _leader_wait(self) -> float:
@@ -576,6 +587,11 @@ class RaftNode:
         return self._check_running().membership
 
     @property
+    def pending_proposals(self) -> int:
+        """Proposals of this node's callers not answered yet (placed in the log or forwarded)."""
+        return len(self._requests.by_index) + len(self._requests.forwarded)
+
+    @property
     def handshake_refusals(self) -> dict[str, int]:
         """Peer connections this node refused at the handshake, by reason (``secret_mismatch``,
         ``cluster_mismatch``, ``tls_name_mismatch``, ...; see docs/transport.md)."""
@@ -695,6 +711,8 @@ class RaftNode:
                         # was made durable or acknowledged: go back to the durable state,
                         # exactly as a restart would, and the leader sends it again.
                         log.error("node %s: rejected a snapshot transfer: %s", self.id, exc.cause)
+                        if self._observer is not None:
+                            self._observer.on_snapshot_rejected(self.id, repr(exc.cause))
                         core = await self._reload_core()
                         continue
                     core.advance(rd)
@@ -745,13 +763,20 @@ class RaftNode:
             if self._pipelined:
                 await self._stage.drain()  # a snapshot replaces the log: no write may be in flight
             await self._stage.persist(rd, self._flush_transport)
+        if self._observer is not None:
+            for chunk in rd.snapshot_chunks:
+                self._observer.on_snapshot_received(self.id, chunk.meta.index, chunk.offset, len(chunk.data))
         if rd.snapshot is not None:
+            restoring = time.perf_counter()
             self._set_addresses(
                 await self._stage.call(restore_snapshot, self._storage, rd.snapshot.index, self._sm)
             )
             self._applied = rd.snapshot.index
             requests.waiters.release(self._applied)
             self.metrics["snapshots_installed"] += 1
+            if self._observer is not None:
+                seconds = time.perf_counter() - restoring
+                self._observer.on_snapshot_installed(self.id, rd.snapshot.index, seconds)
             self._transport.set_peers(self._peer_addresses())
             requests.covered_by_snapshot(rd.snapshot.index)
         if self._pipelined and snapshot:
@@ -763,6 +788,8 @@ class RaftNode:
             self._flush()
         for res in rd.proposal_results:
             requests.forward_answered(res, self._applied, self._addresses.get(res.leader or ""))
+        if self._observer is not None and rd.committed_entries:
+            self._observer.on_commit(self.id, self._core.commit_index)
         self._apply(rd.committed_entries)
         if deferred:
             self._send(deferred)
@@ -811,12 +838,16 @@ class RaftNode:
             )
         except (OSError, RaftError) as exc:
             log.warning("node %s cannot read snapshot %d for %s: %s", self.id, m.snapshot.index, m.to, exc)
+            if self._observer is not None:
+                self._observer.on_snapshot_send_failed(self.id, m.to, m.snapshot.index, repr(exc))
             self._core.report_snapshot_failure(m.to)
             self._wake.set()
             return
         m.data, m.done = data, done
         assert self._transport is not None
         self._transport.send([m])
+        if self._observer is not None:
+            self._observer.on_snapshot_sent(self.id, m.to, m.snapshot.index, m.offset, len(data), done)
 
     def _apply(self, entries: list[Entry]) -> None:
         """§5.3: apply committed entries in log order, once each, and answer their proposers."""
@@ -837,6 +868,8 @@ class RaftNode:
                 self.metrics["proposals_committed"] += 1
         if entries:
             requests.waiters.release(self._applied)
+            if self._observer is not None:
+                self._observer.on_apply(self.id, self._applied, len(entries))
 
     def _apply_addresses(self, e: Entry) -> None:
         try:
@@ -893,6 +926,8 @@ class RaftNode:
         change = LeaderChange(leader, self._core.term, self._addresses.get(leader) if leader else None)
         if leader is not None:
             self.metrics["leader_changes"] += 1
+        if self._observer is not None:
+            self._observer.on_leader_change(self.id, leader, change.term)
         log.info("node %s: leader is now %s (term %d)", self.id, leader, change.term)
         for q in self._listeners:
             q.put_nowait(change)
@@ -930,6 +965,7 @@ class RaftNode:
         index = self._applied
         if core.snapshot_meta is not None and core.snapshot_meta.index >= index:
             return core.snapshot_meta
+        started = time.perf_counter()
         captured = self._sm.snapshot()  # on the loop, between applies: point in time
         addresses = dict(self._addresses)
         meta = core.snapshot_meta_at(index)
@@ -946,6 +982,8 @@ class RaftNode:
         first = core.first_index()
         await self._stage.call(self._storage.compact, first)
         self.metrics["snapshots_taken"] += 1
+        if self._observer is not None:
+            self._observer.on_snapshot_taken(self.id, index, time.perf_counter() - started)
         log.info("node %s: snapshot at %d, log compacted to %d", self.id, index, first)
         return meta
 

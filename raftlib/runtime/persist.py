@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from raftlib.core import Entry, HardState, Ready
 from raftlib.errors import RaftError, StorageCorrupted
+from raftlib.observe import ObserverSet
 
 _T = TypeVar("_T")
 
@@ -164,7 +165,7 @@ class WriteQueue:
                 stage.failed(exc)
             return
         if fut is not None and sync:
-            self.count(started, [stage.metrics for stage in stages])
+            self.count(started, batch)
         for stage, rd in batch:
             stage.durable(rd)
         for stage in stages:
@@ -174,16 +175,23 @@ class WriteQueue:
         else:
             self._idle.set()
 
-    def count(self, started: float, metrics: list[dict[str, float]], inline: bool = False) -> None:
+    def count(self, started: float, written: list[tuple[StorageStage, Ready]], inline: bool = False) -> None:
+        """One fsync covered ``written``: count it for the queue and once for each stage in it."""
         seconds = time.perf_counter() - started
         self.stats["batches"] += 1
         self.stats["fsyncs"] += 1
         self.stats["fsync_seconds_total"] += seconds
-        for m in metrics:
+        entries: dict[StorageStage, int] = {}
+        for stage, rd in written:
+            entries[stage] = entries.get(stage, 0) + len(rd.entries)
+        for stage, n in entries.items():
+            m = stage.metrics
             m["fsync_count"] += 1
             m["fsync_seconds_total"] += seconds
             if inline:
                 m["fsync_inline_count"] += 1
+            if stage.observer is not None:
+                stage.observer.on_fsync(stage.name, seconds, n, inline)
 
     async def drain(self) -> None:
         """Wait until every submitted write is durable."""
@@ -214,6 +222,9 @@ class StorageStage:
         self.storage = storage
         self.inline_sync_below = inline_sync_below
         self.metrics = metrics
+        self.name = name
+        self.observer: ObserverSet | None = None
+        """Gets ``on_fsync`` for every synced write (set by the node; None: no observer)."""
         self.key = key
         """This group's key in the records handed to the queue's writer."""
         self.unsaved_hard_state: Any = None
@@ -293,7 +304,7 @@ class StorageStage:
                 finally:
                     queue.lock.release()
                 if rd.must_sync():
-                    queue.count(started, [self.metrics], inline=True)
+                    queue.count(started, [(self, rd)], inline=True)
                 self._on_durable(rd)
                 if rd.persisted_messages:
                     self._on_batch_done()  # the acknowledgements leave at once
@@ -332,7 +343,7 @@ class StorageStage:
                 await self.call(self._persist_ready, rd)
                 inline = False
             if rd.must_sync():
-                queue.count(started, [self.metrics], inline=inline)
+                queue.count(started, [(self, rd)], inline=inline)
         elif rd.hard_state is not None:
             # Only the commit index moved: nothing depends on it being durable.
             self.unsaved_hard_state = rd.hard_state
