@@ -42,7 +42,7 @@ $(EXT): raftlib/_core.pyx setup.py $(STAMP)
 
 # etcd's gRPC stubs for the KV store (examples/kvstore/proto; regenerated when a .proto changes).
 stubs: $(STAMP)
-	$(VPY) -m examples.kvstore.proto
+	$(VPY) -c "from examples.kvstore.proto import ensure_generated; ensure_generated()"
 
 build: $(EXT) stubs
 

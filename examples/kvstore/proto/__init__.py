@@ -101,8 +101,3 @@ def _chdir(path: Path):  # type: ignore[no-untyped-def]
         yield
     finally:
         os.chdir(old)
-
-
-if __name__ == "__main__":
-    ensure_generated()
-    print(f"gRPC stubs up to date in {PROTO_DIR}")
