@@ -31,6 +31,36 @@ if TYPE_CHECKING:
 
 SNAPSHOT_CHUNK = 64 * 1024
 """Bytes of state per Maintenance.Snapshot message."""
+SNAPSHOT_ALIGN = 512
+"""etcd's snapshot stream is a bolt file (512-byte multiple) plus its SHA-256; etcdctl checks both."""
+
+
+def frame_snapshot(data: bytes) -> bytes:
+    """The state padded with spaces to a multiple of 512 bytes, then the SHA-256 of that (etcd's framing).
+
+    ``etcdctl snapshot save`` refuses a stream whose length is not ``512 * n + 32``. The padding
+    is whitespace so the JSON snapshot still parses; :func:`unframe_snapshot` checks the digest.
+    """
+    import hashlib
+
+    padded = data + b" " * (-len(data) % SNAPSHOT_ALIGN)
+    return padded + hashlib.sha256(padded).digest()
+
+
+def unframe_snapshot(data: bytes) -> bytes:
+    """The state of a snapshot file: the framing of :func:`frame_snapshot` checked and removed.
+
+    A file without the framing (an older snapshot) is returned unchanged; one whose digest does
+    not match raises ValueError.
+    """
+    import hashlib
+
+    if len(data) % SNAPSHOT_ALIGN != 32:
+        return data
+    body, digest = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError("snapshot file is corrupt: its SHA-256 does not match")
+    return body
 
 
 class ForwardToLeader(Exception):
@@ -263,8 +293,9 @@ class EtcdService:
         return out
 
     async def snapshot(self) -> AsyncIterator[dict[str, Any]]:
-        """Maintenance.Snapshot: the member's state in chunks (``remaining_bytes`` counts down to 0)."""
-        data = await self.server.snapshot_bytes()
+        """Maintenance.Snapshot: the member's state, framed like etcd's (:func:`frame_snapshot`),
+        in chunks (``remaining_bytes`` counts down to 0)."""
+        data = frame_snapshot(await self.server.snapshot_bytes())
         for offset in range(0, max(1, len(data)), SNAPSHOT_CHUNK):
             blob = data[offset : offset + SNAPSHOT_CHUNK]
             result: dict[str, Any] = {"header": self.header(self.machine.revision)}
@@ -339,4 +370,4 @@ class EtcdService:
         return True
 
 
-__all__ = ["EtcdService", "ForwardToLeader"]
+__all__ = ["EtcdService", "ForwardToLeader", "frame_snapshot", "unframe_snapshot"]
