@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("name", default="default", help="human-readable name of this member (default: default)")
     flag("data-dir", default=None, help="path to the data directory (default: ${name}.etcd)")
     flag("listen-client-urls", default="http://127.0.0.1:2379", help="URLs to listen on for client traffic")
-    flag("listen-client-http-urls", default="", help="URLs for the JSON gateway only (client URLs: gRPC only)")
+    flag("listen-client-http-urls", default="", help="URLs for the JSON gateway alone (client URLs: gRPC)")
     flag("advertise-client-urls", default=None, help="client URLs of this member to advertise to the cluster")
     flag("listen-peer-urls", default="http://127.0.0.1:2380", help="URLs to listen on for peer traffic")
     flag("initial-advertise-peer-urls", default=None, help="peer URLs of this member to advertise")
@@ -149,9 +149,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
     parser = build_parser()
     a = parser.parse_args(argv)
     listen_client = parse_urls(a.listen_client_urls, "--listen-client-urls")
-    listen_client_http = (
-        parse_urls(a.listen_client_http_urls, "--listen-client-http-urls") if a.listen_client_http_urls else []
-    )
+    listen_client_http = []
+    if a.listen_client_http_urls:
+        listen_client_http = parse_urls(a.listen_client_http_urls, "--listen-client-http-urls")
     advertise_client = (
         parse_urls(a.advertise_client_urls, "--advertise-client-urls")
         if a.advertise_client_urls

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.message import Message
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import DecodeError, Message
 
 from examples.kvstore import errors
 from examples.kvstore.errors import EtcdError
@@ -90,7 +90,9 @@ def status_code(code: int) -> grpc.StatusCode:
 
 
 def header_message(server: KVServer, revision: int | None) -> Any:
-    h = rpc_pb2.ResponseHeader(cluster_id=server.cluster_id, member_id=server.member_id, raft_term=server.term)
+    h = rpc_pb2.ResponseHeader(
+        cluster_id=server.cluster_id, member_id=server.member_id, raft_term=server.term
+    )
     if revision:
         h.revision = revision
     return h
@@ -120,6 +122,7 @@ class Forwarder:
             target = grpc_target(url)
             tls = self.server.config.client_tls
             if urlsplit(url).scheme == "https" and tls is not None:
+
                 def read(path: str | None) -> bytes | None:
                     if not path:
                         return None
@@ -174,7 +177,9 @@ class Forwarder:
     def relabel(self, answer: Any) -> None:
         """The leader's answer carries this member's header (revision kept only if it had one)."""
         had_revision = answer.header.revision != 0
-        answer.header.CopyFrom(header_message(self.server, self.server.machine.revision if had_revision else None))
+        answer.header.CopyFrom(
+            header_message(self.server, self.server.machine.revision if had_revision else None)
+        )
 
     async def close(self) -> None:
         for ch in self.channels.values():
@@ -385,13 +390,17 @@ class ClusterServicer(_Base, rpc_pb2_grpc.ClusterServicer):
 
 class MaintenanceServicer(_Base, rpc_pb2_grpc.MaintenanceServicer):
     async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self.unary(context, "Status", request, _sync(self.service.status), rpc_pb2.StatusResponse)
+        return await self.unary(
+            context, "Status", request, _sync(self.service.status), rpc_pb2.StatusResponse
+        )
 
     async def Alarm(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """No alarm is ever raised (no quota, no corruption check): GET lists none, DEACTIVATE is a
         no-op; ACTIVATE is refused rather than recorded and ignored."""
         if request.action == rpc_pb2.AlarmRequest.ACTIVATE:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "activating alarms is not supported by this store")
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "activating alarms is not supported by this store"
+            )
         return rpc_pb2.AlarmResponse(header=header_message(self.server, self.server.machine.revision))
 
     async def Defragment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -458,7 +467,9 @@ class WatchStream:
             await self.cancel(request.cancel_request.watch_id)
         elif kind == "progress_request":
             await self.out.put(
-                rpc_pb2.WatchResponse(header=self.header(self.server.machine.revision), watch_id=PROGRESS_WATCH_ID)
+                rpc_pb2.WatchResponse(
+                    header=self.header(self.server.machine.revision), watch_id=PROGRESS_WATCH_ID
+                )
             )
 
     async def create(self, cr: Any) -> None:
@@ -501,7 +512,9 @@ class WatchStream:
             return  # etcd answers nothing for an unknown watch ID
         self.stop_watcher(*entry)
         await self.out.put(
-            rpc_pb2.WatchResponse(header=self.header(self.server.machine.revision), watch_id=wid, canceled=True)
+            rpc_pb2.WatchResponse(
+                header=self.header(self.server.machine.revision), watch_id=wid, canceled=True
+            )
         )
 
     def stop_watcher(self, watcher: Watcher, task: asyncio.Task[None]) -> None:
@@ -601,6 +614,80 @@ class WatchServicer(_Base, rpc_pb2_grpc.WatchServicer):
 # --------------------------------------------------------------------------------------- server
 
 
+class _Malformed:
+    """What a request that does not parse as its message type deserializes to (see :func:`register`)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _deserializer(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(str(exc))
+
+    return parse
+
+
+async def _abort_malformed(context: grpc.aio.ServicerContext, request: _Malformed) -> None:
+    # grpc-go's answer to a request that does not unmarshal (what etcd sends).
+    await context.abort(grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {request.error}")
+
+
+def _checked_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def checked() -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Malformed):
+                await _abort_malformed(context, request)
+            yield request
+
+    return checked()
+
+
+def _handler(method: Any, fn: Any) -> grpc.RpcMethodHandler:
+    """A method handler whose malformed requests get INTERNAL ``grpc: error unmarshalling request``
+    (grpc's Python server would answer UNKNOWN with a Python exception name)."""
+    request_cls = message_factory.GetMessageClass(method.input_type)
+    response_cls = message_factory.GetMessageClass(method.output_type)
+    de, ser = _deserializer(request_cls), response_cls.SerializeToString
+    if not method.client_streaming and not method.server_streaming:
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                await _abort_malformed(context, request)
+            return await fn(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, de, ser)
+    if not method.client_streaming:
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, _Malformed):
+                await _abort_malformed(context, request)
+            async for item in fn(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, de, ser)
+
+    async def stream_stream(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for item in fn(_checked_stream(requests, context), context):
+            yield item
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, de, ser)
+
+
+def register(server: grpc.aio.Server, servicer: Any, service: Any) -> None:
+    """Serve ``servicer``'s methods for the service descriptor ``service`` (those it lacks answer
+    UNIMPLEMENTED, as any unknown method)."""
+    handlers = {
+        m.name: _handler(m, getattr(servicer, m.name)) for m in service.methods if hasattr(servicer, m.name)
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 class GrpcEndpoint:
     """The grpc.aio server of a member, listening on loopback for the client-URL multiplexer."""
 
@@ -617,11 +704,12 @@ class GrpcEndpoint:
         self.forwarder = Forwarder(server)
         service = EtcdService(server)
         args = (server, service, self.forwarder)
-        rpc_pb2_grpc.add_KVServicer_to_server(KVServicer(*args), self.grpc)
-        rpc_pb2_grpc.add_WatchServicer_to_server(WatchServicer(*args), self.grpc)
-        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(*args), self.grpc)
-        rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(*args), self.grpc)
-        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceServicer(*args), self.grpc)
+        services = rpc_pb2.DESCRIPTOR.services_by_name
+        register(self.grpc, KVServicer(*args), services["KV"])
+        register(self.grpc, WatchServicer(*args), services["Watch"])
+        register(self.grpc, LeaseServicer(*args), services["Lease"])
+        register(self.grpc, ClusterServicer(*args), services["Cluster"])
+        register(self.grpc, MaintenanceServicer(*args), services["Maintenance"])
         from examples.kvstore.grpcapi_election import add_election_and_lock
 
         add_election_and_lock(self.grpc, *args)

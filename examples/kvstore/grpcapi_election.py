@@ -72,7 +72,12 @@ class Recipes:
 
     @staticmethod
     def _create_is(key: bytes, revision: int) -> dict[str, Any]:
-        return {"key": codec.b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
+        return {
+            "key": codec.b64(key),
+            "target": "CREATE",
+            "result": "EQUAL",
+            "create_revision": str(revision),
+        }
 
     async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> dict[str, Any]:
         return await self.service.txn({"compare": compare, "success": success, "failure": failure})
@@ -105,7 +110,9 @@ class Recipes:
                 if item[0] == "events" and item[2]:
                     return
                 if item[0] == "cancel":
-                    raise EtcdError(UNKNOWN, "watch for the previous owner was cancelled: " + (item[1] or "compacted"))
+                    raise EtcdError(
+                        UNKNOWN, "watch for the previous owner was cancelled: " + (item[1] or "compacted")
+                    )
         finally:
             watcher.closed = True
             self.server.hub.remove(watcher)
@@ -338,12 +345,16 @@ def add_election_and_lock(
     grpc_server: grpc.aio.Server, server: KVServer, service: EtcdService, forwarder: Forwarder
 ) -> Recipes:
     """Register v3lockpb.Lock and v3electionpb.Election on ``grpc_server``."""
-    from examples.kvstore.grpcapi import _Base
+    from examples.kvstore.grpcapi import _Base, register
 
     recipes = Recipes(server, service)
     base = _Base(server, service, forwarder)
-    v3lock_pb2_grpc.add_LockServicer_to_server(LockServicer(recipes, base.run), grpc_server)
-    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionServicer(recipes, base.run), grpc_server)
+    register(grpc_server, LockServicer(recipes, base.run), v3lock_pb2.DESCRIPTOR.services_by_name["Lock"])
+    register(
+        grpc_server,
+        ElectionServicer(recipes, base.run),
+        v3election_pb2.DESCRIPTOR.services_by_name["Election"],
+    )
     return recipes
 
 

@@ -54,6 +54,8 @@ _RESTORE_FILE = "restore-pending.snap"
 """--restore-snapshot: the seed, kept in the data dir until a raftlib snapshot holds the restored state."""
 _SNAP_HEADER = struct.Struct("<4sI")
 _SNAP_MAGIC = b"KVS1"
+_ATTRIBUTE_KEYS = ("name", "clientURLs", "peerURLs", "httpURLs")
+"""Replicated member attributes (httpURLs: the gateway's URLs under --listen-client-http-urls)."""
 
 
 # --------------------------------------------------------------------------------- configuration
@@ -210,7 +212,7 @@ class ReplicatedState(raftlib.StateMachine):
             if not self.cluster_id and isinstance(cid, int):
                 self.cluster_id = cid
             entry = self.attributes.setdefault(mid, {})
-            entry.update({k: v for k, v in attrs.items() if k in ("name", "clientURLs", "peerURLs", "httpURLs")})
+            entry.update({k: v for k, v in attrs.items() if k in _ATTRIBUTE_KEYS})
             return None
         return None  # unknown tag: ignored the same way on every member
 
