@@ -24,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from examples.kvstore import codec, errors
 from examples.kvstore.errors import EtcdError
+from examples.kvstore.grpcapi_election import Recipes, missing_leader_key
 from examples.kvstore.server import CLUSTER_VERSION, ETCD_VERSION, etcd_error
 from examples.kvstore.service import EtcdService, ForwardToLeader
 
@@ -209,6 +210,7 @@ class GatewayAPI:
         self.server = server
         self.machine = server.machine
         self.service = EtcdService(server)
+        self.recipes = Recipes(server, self.service)
         self.routes: dict[str, Handler] = {
             "kv/put": self.kv_write("prepare_put", "Put"),
             "kv/range": self.kv_range,
@@ -231,6 +233,13 @@ class GatewayAPI:
             "maintenance/status": self.status,
             "maintenance/snapshot": self.snapshot,
             "maintenance/transfer-leadership": self.leader_call(self.service.move_leader),
+            "lock/lock": self.lock,
+            "lock/unlock": self.unlock,
+            "election/campaign": self.campaign,
+            "election/proclaim": self.proclaim,
+            "election/leader": self.leader,
+            "election/resign": self.resign,
+            "election/observe": self.observe,
         }
 
     # -- plumbing ------------------------------------------------------------------------
@@ -406,6 +415,60 @@ class GatewayAPI:
         async for result in chunks:
             await resp.write(dumps({"result": result}) + b"\n")
         await resp.write_eof()
+        return resp
+
+    # -- v3lock and v3election (the recipes are shared with the gRPC services) ----------
+
+    async def lock(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        name = codec.parse_bytes(body.get("name"))
+        header, key = await self.recipes.lock(name, int_field(body, "lease"))
+        return json_response({"header": header, "key": codec.b64(key)})
+
+    async def unlock(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        return json_response(await self.recipes.unlock(codec.parse_bytes(body.get("key"))))
+
+    async def campaign(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        name, value = codec.parse_bytes(body.get("name")), codec.parse_bytes(body.get("value"))
+        return json_response(await self.recipes.campaign(name, int_field(body, "lease"), value))
+
+    @staticmethod
+    def _leader_key(body: dict[str, Any]) -> tuple[bytes, bytes, int, int]:
+        leader = body.get("leader")
+        if leader is None:
+            raise missing_leader_key()
+        leader = as_object(leader)
+        return (
+            codec.parse_bytes(leader.get("name")),
+            codec.parse_bytes(leader.get("key")),
+            int_field(leader, "rev"),
+            int_field(leader, "lease"),
+        )
+
+    async def proclaim(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        name, key, rev, lease = self._leader_key(body)
+        value = codec.parse_bytes(body.get("value"))
+        return json_response(await self.recipes.proclaim(name, key, rev, lease, value))
+
+    async def resign(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        _, key, rev, _ = self._leader_key(body)
+        return json_response(await self.recipes.resign(key, rev))
+
+    async def leader(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        return json_response(await self.recipes.leader(codec.parse_bytes(body.get("name"))))
+
+    async def observe(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        """A stream of ``{"result": LeaderResponse}`` lines, one per leader or proclaimed value."""
+        answers = self.recipes.observe(codec.parse_bytes(body.get("name")))
+        resp = add_cors(web.StreamResponse(status=200))
+        resp.content_type = JSON_CT
+        resp.headers["Grpc-Metadata-Content-Type"] = "application/grpc"
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            async for answer in answers:
+                await resp.write(dumps({"result": answer}) + b"\n")
+        except ConnectionError:
+            pass
         return resp
 
     async def health(self) -> web.Response:
