@@ -351,9 +351,12 @@ def test_malformed_and_oversized_requests_get_clear_errors(ctl: Ctl, ns: str, st
             kv.Range(rpc_pb2.RangeRequest(), timeout=10)
         assert (empty.value.code(), empty.value.details()) == (
             grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")  # fmt: skip
-        assert kv.Put(
-            rpc_pb2.PutRequest(key=(ns + "after").encode(), value=b"ok"), timeout=10
-        ).header.revision
+        # Unknown enum values (proto3 keeps them) are accepted as etcd does: no sort, no filter.
+        kv.Put(rpc_pb2.PutRequest(key=(ns + "e").encode(), value=b"1"), timeout=10)
+        odd = rpc_pb2.RangeRequest(key=(ns + "e").encode(), sort_order=99, sort_target=42)
+        assert kv.Range(odd, timeout=10).count == 1
+        after = kv.Put(rpc_pb2.PutRequest(key=(ns + "after").encode(), value=b"ok"), timeout=10)
+        assert after.header.revision > 0
 
 
 def test_many_watches_on_one_stream_then_cancel_mid_stream(ctl: Ctl, ns: str, stubs: object) -> None:

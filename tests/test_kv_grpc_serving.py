@@ -136,7 +136,8 @@ def _cert(d: Path, name: str, ca: str | None) -> None:
              "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile", f"{name}.ext")  # fmt: skip
 
 
-async def test_tls_client_url_needs_the_client_certificate_for_grpc_too(tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["shared-url", "split-urls"])
+async def test_tls_client_url_needs_the_client_certificate_for_grpc_too(tmp_path: Path, split: bool) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("needs openssl")
     _cert(tmp_path, "ca", None)
@@ -149,7 +150,7 @@ async def test_tls_client_url_needs_the_client_certificate_for_grpc_too(tmp_path
             str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"), ca, client_cert_auth=True
         )
 
-    servers, _, follower = await started(configs("https", client_tls=tls))
+    servers, _, follower = await started(configs("https", split=split, client_tls=tls))
     try:
         creds = grpc.ssl_channel_credentials(
             root_certificates=(tmp_path / "ca.crt").read_bytes(),

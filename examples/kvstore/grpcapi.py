@@ -38,7 +38,7 @@ from examples.kvstore.proto.stubs import rpc_pb2, rpc_pb2_grpc
 from examples.kvstore.service import EtcdService, ForwardToLeader
 
 if TYPE_CHECKING:
-    from examples.kvstore.server import KVServer
+    from examples.kvstore.server import ClientTls, KVServer
     from examples.kvstore.watch import Watcher
 
 log = logging.getLogger("kvstore.grpc")
@@ -715,10 +715,34 @@ class GrpcEndpoint:
         add_election_and_lock(self.grpc, *args)
         self.port = 0
 
-    async def start(self, address: str = "127.0.0.1:0") -> int:
-        self.port = self.grpc.add_insecure_port(address)
-        if not self.port:
+    def bind(self, address: str, tls: ClientTls | None = None) -> int:
+        """Listen on ``address`` (``host:port``) directly, with the client TLS settings when given;
+        returns the bound port. Call before :meth:`start`."""
+        if tls is None:
+            port = self.grpc.add_insecure_port(address)
+        else:
+
+            def read(path: str | None) -> bytes | None:
+                if not path:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+
+            creds = grpc.ssl_server_credentials(
+                [(read(tls.key_file), read(tls.cert_file))],
+                root_certificates=read(tls.trusted_ca_file),
+                require_client_auth=tls.client_cert_auth,
+            )
+            port = self.grpc.add_secure_port(address, creds)
+        if not port:
             raise OSError(f"gRPC server could not bind {address}")
+        return port
+
+    async def start(self, address: str | None = "127.0.0.1:0") -> int:
+        """Start serving; with ``address``, first listen there (the loopback port the client-URL
+        multiplexer relays to, returned)."""
+        if address is not None:
+            self.port = self.bind(address)
         await self.grpc.start()
         return self.port
 

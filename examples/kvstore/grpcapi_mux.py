@@ -10,8 +10,9 @@ answered:
 * anything else is HTTP/1.x: the connection is handed, with the bytes read so far, to the aiohttp
   server of the gateway (its protocol object takes over the same transport).
 
-So TLS, ``--client-cert-auth`` and the address apply to both. With ``grpc_only`` (the client URLs
-when ``--listen-client-http-urls`` moves the gateway elsewhere) HTTP/1 connections are closed.
+So TLS, ``--client-cert-auth`` and the address apply to both. (With ``--listen-client-http-urls``
+the server does not use this listener: grpc listens on the client URLs itself, without relay.)
+With ``http_factory=None`` HTTP/1 connections are closed.
 
 Invariants: a connection that sends nothing decidable within ``SNIFF_TIMEOUT`` is closed; the
 relay pauses reading on one side while the other side's write buffer is full, so memory per

@@ -452,8 +452,8 @@ class KVServer:
 
     async def _start_http(self) -> None:
         """The client listeners: gRPC and the gateway on every --listen-client-urls address (the
-        connection's first bytes decide, see grpcapi_mux), or the gateway alone on the
-        --listen-client-http-urls addresses when given (the client URLs then serve gRPC only)."""
+        connection's first bytes decide, see grpcapi_mux), or, with --listen-client-http-urls,
+        the gateway alone there and gRPC alone (grpc's own listener) on the client URLs."""
         from aiohttp import web
 
         from examples.kvstore import grpcapi_mux
@@ -463,24 +463,33 @@ class KVServer:
         self._runner = web.ServerRunner(build_server(self), shutdown_timeout=1.0)
         await self._runner.setup()
         self._grpc = GrpcEndpoint(self)
-        grpc_port = await self._grpc.start()
         cfg = self.config
         split = bool(cfg.listen_client_http_urls)
         bound: list[str] = []
-        for url in cfg.listen_client_urls:
-            parts = urlsplit(url)
-            ctx = cfg.client_tls.server_context() if cfg.client_tls and parts.scheme == "https" else None
-            listener = await grpcapi_mux.serve(
-                parts.hostname or "127.0.0.1",
-                parts.port or 2379,
-                http_factory=None if split else self._runner.server,
-                grpc_port=grpc_port,
-                ssl_context=ctx,
-            )
-            self._listeners.append(listener)
-            for sock in listener.sockets or ():
-                host, port = sock.getsockname()[:2]
-                bound.append(f"{parts.scheme}://{host}:{port}")
+        if split:
+            # gRPC alone on the client URLs: grpc listens there itself (no relay).
+            for url in cfg.listen_client_urls:
+                parts = urlsplit(url)
+                tls = cfg.client_tls if parts.scheme == "https" else None
+                port = self._grpc.bind(url_address(url), tls)
+                bound.append(f"{parts.scheme}://{parts.hostname}:{port}")
+            await self._grpc.start(None)
+        else:
+            grpc_port = await self._grpc.start()
+            for url in cfg.listen_client_urls:
+                parts = urlsplit(url)
+                ctx = cfg.client_tls.server_context() if cfg.client_tls and parts.scheme == "https" else None
+                listener = await grpcapi_mux.serve(
+                    parts.hostname or "127.0.0.1",
+                    parts.port or 2379,
+                    http_factory=self._runner.server,
+                    grpc_port=grpc_port,
+                    ssl_context=ctx,
+                )
+                self._listeners.append(listener)
+                for sock in listener.sockets or ():
+                    host, port = sock.getsockname()[:2]
+                    bound.append(f"{parts.scheme}://{host}:{port}")
         http_bound: list[str] = []
         for url in cfg.listen_client_http_urls:
             parts = urlsplit(url)
