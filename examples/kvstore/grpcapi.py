@@ -21,6 +21,7 @@ its watchers when the client goes away.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -34,7 +35,7 @@ from google.protobuf.message import DecodeError, Message
 
 from examples.kvstore import errors
 from examples.kvstore.errors import EtcdError
-from examples.kvstore.proto.stubs import rpc_pb2, rpc_pb2_grpc
+from examples.kvstore.proto.stubs import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from examples.kvstore.service import EtcdService, ForwardToLeader
 
 if TYPE_CHECKING:
@@ -81,8 +82,69 @@ def to_dict(message: Message) -> dict[str, Any]:
 
 
 def to_message(obj: dict[str, Any], cls: type[Message]) -> Any:
-    """A service answer (gateway JSON shape) as the response message ``cls``."""
+    """A service answer (gateway JSON shape) as the response message ``cls``.
+
+    Range, Put and DeleteRange answers (the hot ones) are built field by field, about ten times
+    faster than ``json_format.ParseDict``, which builds every other message (same result, see
+    tests/test_kv_grpc_serving.py)."""
+    build = _FAST.get(cls)
+    if build is not None:
+        return build(obj)
     return json_format.ParseDict(obj, cls(), ignore_unknown_fields=True)
+
+
+def _header(h: dict[str, str]) -> Any:
+    return rpc_pb2.ResponseHeader(
+        cluster_id=int(h.get("cluster_id", 0)),
+        member_id=int(h.get("member_id", 0)),
+        revision=int(h.get("revision", 0)),
+        raft_term=int(h.get("raft_term", 0)),
+    )
+
+
+_b64decode = base64.b64decode
+
+
+def _kv(d: dict[str, Any]) -> Any:
+    return kv_pb2.KeyValue(
+        key=_b64decode(d.get("key", "")),
+        create_revision=int(d.get("create_revision", 0)),
+        mod_revision=int(d.get("mod_revision", 0)),
+        version=int(d.get("version", 0)),
+        value=_b64decode(d.get("value", "")),
+        lease=int(d.get("lease", 0)),
+    )
+
+
+def _range_response(obj: dict[str, Any]) -> Any:
+    return rpc_pb2.RangeResponse(
+        header=_header(obj.get("header", {})),
+        kvs=[_kv(kv) for kv in obj.get("kvs", ())],
+        more=bool(obj.get("more", False)),
+        count=int(obj.get("count", 0)),
+    )
+
+
+def _put_response(obj: dict[str, Any]) -> Any:
+    out = rpc_pb2.PutResponse(header=_header(obj.get("header", {})))
+    if "prev_kv" in obj:
+        out.prev_kv.CopyFrom(_kv(obj["prev_kv"]))
+    return out
+
+
+def _delete_response(obj: dict[str, Any]) -> Any:
+    return rpc_pb2.DeleteRangeResponse(
+        header=_header(obj.get("header", {})),
+        deleted=int(obj.get("deleted", 0)),
+        prev_kvs=[_kv(kv) for kv in obj.get("prev_kvs", ())],
+    )
+
+
+_FAST: dict[Any, Callable[[dict[str, Any]], Any]] = {
+    rpc_pb2.RangeResponse: _range_response,
+    rpc_pb2.PutResponse: _put_response,
+    rpc_pb2.DeleteRangeResponse: _delete_response,
+}
 
 
 def status_code(code: int) -> grpc.StatusCode:
