@@ -293,3 +293,23 @@ def test_fast_answer_conversion_equals_json_format() -> None:
         assert to_message(answer, cls) == json_format.ParseDict(answer, cls())
 
     check()
+
+
+def test_fast_event_conversion_equals_json_format() -> None:
+    from google.protobuf import json_format
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from examples.kvstore.grpcapi import _event
+    from examples.kvstore.proto.stubs import kv_pb2
+
+    events = st.fixed_dictionaries(
+        {"kv": _kv_dicts()}, optional={"type": st.sampled_from(["PUT", "DELETE"]), "prev_kv": _kv_dicts()}
+    )
+
+    @settings(max_examples=200, deadline=None)
+    @given(events)
+    def check(ev: Any) -> None:
+        assert _event(ev) == json_format.ParseDict(ev, kv_pb2.Event())
+
+    check()

@@ -140,6 +140,16 @@ def _delete_response(obj: dict[str, Any]) -> Any:
     )
 
 
+def _event(ev: dict[str, Any]) -> Any:
+    """A watch event as the hub renders it (gateway JSON) -> mvccpb.Event."""
+    out = kv_pb2.Event(
+        type=kv_pb2.Event.DELETE if ev.get("type") == "DELETE" else kv_pb2.Event.PUT, kv=_kv(ev["kv"])
+    )
+    if "prev_kv" in ev:
+        out.prev_kv.CopyFrom(_kv(ev["prev_kv"]))
+    return out
+
+
 _FAST: dict[Any, Callable[[dict[str, Any]], Any]] = {
     rpc_pb2.RangeResponse: _range_response,
     rpc_pb2.PutResponse: _put_response,
@@ -599,9 +609,9 @@ class WatchStream:
                     await self.out.put(rpc_pb2.WatchResponse(header=self.header(rev), watch_id=wid))
                 continue
             if item[0] == "events":
-                resp = to_message({"events": item[2]}, rpc_pb2.WatchResponse)
-                resp.header.CopyFrom(self.header(item[1]))
-                resp.watch_id = wid
+                resp = rpc_pb2.WatchResponse(
+                    header=self.header(item[1]), watch_id=wid, events=[_event(ev) for ev in item[2]]
+                )
                 for part in self.fragments(resp) if fragment else (resp,):
                     await self.out.put(part)
             elif item[0] == "cancel":
