@@ -338,6 +338,15 @@ def test_malformed_and_oversized_requests_get_clear_errors(ctl: Ctl, ns: str, st
             raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=5)  # field 1 claims ~4 GiB: truncated protobuf
         assert bad.value.code() == grpc.StatusCode.INTERNAL  # what grpc-go (etcd) answers
         assert (bad.value.details() or "").startswith("grpc: error unmarshalling request: ")
+        watch = ch.stream_stream("/etcdserverpb.Watch/Watch", request_serializer=None,
+                                 response_deserializer=rpc_pb2.WatchResponse.FromString)  # fmt: skip
+        created = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=(ns + "w").encode()))
+        stream = watch(iter([created.SerializeToString(), b"\x0a\xff\xff\xff\xff\x0f"]), timeout=10)
+        with pytest.raises(grpc.RpcError) as bad_stream:
+            assert next(stream).created
+            next(stream)
+        assert bad_stream.value.code() == grpc.StatusCode.INTERNAL  # mid-stream too, not a hang
+        assert (bad_stream.value.details() or "").startswith("grpc: error unmarshalling request: ")
         kv = rpc_pb2_grpc.KVStub(ch)
         with pytest.raises(grpc.RpcError) as big:
             kv.Put(rpc_pb2.PutRequest(key=(ns + "big").encode(), value=b"x" * (3 * 1024 * 1024)), timeout=10)

@@ -547,10 +547,7 @@ class WatchStream:
     async def create(self, cr: Any) -> None:
         from examples.kvstore.watch import parse_create_request
 
-        try:
-            options = parse_create_request({"create_request": to_dict(cr)})
-        except EtcdError as err:
-            await self.context.abort(status_code(err.grpc_code), err.message)
+        options = parse_create_request({"create_request": to_dict(cr)})  # EtcdError: the writer aborts
         assert options is not None
         wid = cr.watch_id
         if wid == 0:
@@ -679,7 +676,10 @@ class WatchServicer(_Base, rpc_pb2_grpc.WatchServicer):
             task.cancel()
             stream.close()
             self.server.metrics.watch_ended()
-        if failure and not isinstance(failure[0], grpc.aio.AbortError):
+        # The reader failed: end the call from here (an abort in the reader's task would not).
+        if failure and isinstance(failure[0], EtcdError):
+            await context.abort(status_code(failure[0].grpc_code), failure[0].message)
+        if failure:
             raise failure[0]
 
 
@@ -708,14 +708,19 @@ async def _abort_malformed(context: grpc.aio.ServicerContext, request: _Malforme
     await context.abort(grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {request.error}")
 
 
-def _checked_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-    async def checked() -> AsyncIterator[Any]:
-        async for request in requests:
-            if isinstance(request, _Malformed):
-                await _abort_malformed(context, request)
-            yield request
+class MalformedRequest(Exception):
+    """A streamed request that is not valid protobuf (ends the call with INTERNAL, see :func:`_handler`)."""
 
-    return checked()
+    def __init__(self, request: _Malformed) -> None:
+        super().__init__(request.error)
+        self.request = request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            raise MalformedRequest(request)
+        yield request
 
 
 def _handler(method: Any, fn: Any) -> grpc.RpcMethodHandler:
@@ -745,8 +750,11 @@ def _handler(method: Any, fn: Any) -> grpc.RpcMethodHandler:
     async def stream_stream(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for item in fn(_checked_stream(requests, context), context):
-            yield item
+        try:
+            async for item in fn(_checked_stream(requests), context):
+                yield item
+        except MalformedRequest as exc:
+            await _abort_malformed(context, exc.request)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, de, ser)
 
