@@ -219,6 +219,29 @@ def test_member_list_endpoint_status_and_health(ctl: Ctl) -> None:
     assert health.returncode == 0 and (health.stdout + health.stderr).count("is healthy") == 3
 
 
+def test_member_add_learner_promote_refused_then_remove(ctl: Ctl) -> None:
+    from raftlib.testing.proccluster import free_ports
+
+    peer = f"http://127.0.0.1:{free_ports(1)[0]}"
+    deadline = time.monotonic() + 15
+    while True:  # etcd refuses reconfiguration until its members have been connected for 5 s
+        add = ctl.run("member", "add", "extra", f"--peer-urls={peer}", "--learner", member=1)
+        if add.returncode == 0 or "unhealthy cluster" not in add.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert add.returncode == 0, add.stderr
+    added = add.stdout
+    assert "Member" in added and "added to cluster" in added
+    new_id = added.split()[1]
+    listed = [m for m in ctl.ok("member", "list").splitlines() if m.startswith(new_id)]
+    assert listed and listed[0].endswith(", true") and ", unstarted, " in listed[0]
+    refused = ctl.fails("member", "promote", new_id, member=2)
+    assert "etcdserver: can only promote a learner member which is in sync with leader" in refused
+    assert "etcdserver: member not found" in ctl.fails("member", "remove", "1234abcd")
+    assert f"Member {new_id} removed" in ctl.ok("member", "remove", new_id, member=0)
+    assert len(ctl.ok("member", "list").strip().splitlines()) == 3
+
+
 def test_snapshot_save_writes_a_checksummed_file(ctl: Ctl, tmp_path: Path) -> None:
     path = tmp_path / "snap.db"
     out = ctl.run("snapshot", "save", str(path), member=0)

@@ -63,6 +63,11 @@ def unframe_snapshot(data: bytes) -> bytes:
     return body
 
 
+LEARNER_NOT_READY = "etcdserver: can only promote a learner member which is in sync with leader"
+LEARNER_READY_PERCENT = 0.9
+"""etcd's readyPercent: a learner is promoted only once its log reaches 90 % of the leader's."""
+
+
 class ForwardToLeader(Exception):
     """This member cannot answer: send the request to the leader (its client URL is known)."""
 
@@ -260,12 +265,20 @@ class EtcdService:
         if nid not in node.membership().learners:
             raise etcd_error(9, "etcdserver: can only promote a learner member")
         await self.leader_here()
+        if not self._learner_ready(nid):
+            raise etcd_error(9, LEARNER_NOT_READY)
         try:
             await self._conf_change(lambda: node.promote(nid))
         except raftlib.ConfChangeError:
-            msg = "etcdserver: can only promote a learner member which is in sync with leader"
-            raise etcd_error(9, msg) from None
+            raise etcd_error(9, LEARNER_NOT_READY) from None
         return {"header": self.header(None), "members": self.server.members()}
+
+    def _learner_ready(self, nid: str) -> bool:
+        """etcd's isLearnerReady: the learner's match index is at least 90 % of the leader's."""
+        progress = self.server._node().status().get("progress") or {}
+        leader_match = int((progress.get(self.server.node_id) or {}).get("match", 0))
+        learner_match = int((progress.get(nid) or {}).get("match", 0))
+        return learner_match >= LEARNER_READY_PERCENT * leader_match
 
     # -- maintenance ---------------------------------------------------------------------
 
