@@ -313,3 +313,41 @@ def test_fast_event_conversion_equals_json_format() -> None:
         assert _event(ev) == json_format.ParseDict(ev, kv_pb2.Event())
 
     check()
+
+
+async def test_watch_fragments_a_revision_larger_than_max_request_bytes() -> None:
+    """With ``fragment``, one revision's events over --max-request-bytes arrive in several responses,
+    all but the last flagged ``fragment``; without it, in one response (etcd's rule)."""
+    servers, leader, _ = await started(configs(max_request_bytes=4096))
+    try:
+        async with grpc.aio.insecure_channel(target(leader)) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            for i in range(8):
+                await kv.Put(rpc_pb2.PutRequest(key=f"frag/{i}".encode(), value=b"v" * 1000), timeout=10)
+            calls = {}
+            for fragment in (True, False):
+                call = rpc_pb2_grpc.WatchStub(ch).Watch()
+                create = rpc_pb2.WatchCreateRequest(
+                    key=b"frag/", range_end=b"frag0", prev_kv=True, fragment=fragment
+                )
+                await call.write(rpc_pb2.WatchRequest(create_request=create))
+                assert (await asyncio.wait_for(call.read(), 10)).created
+                calls[fragment] = call
+            deleted = await kv.DeleteRange(
+                rpc_pb2.DeleteRangeRequest(key=b"frag/", range_end=b"frag0"), timeout=10
+            )
+            assert deleted.deleted == 8
+            parts = []
+            while not parts or parts[-1].fragment:
+                parts.append(await asyncio.wait_for(calls[True].read(), 10))
+            assert len(parts) > 1 and all(p.fragment for p in parts[:-1]) and not parts[-1].fragment
+            assert all(p.ByteSize() <= 4096 for p in parts)
+            assert sum(len(p.events) for p in parts) == 8
+            assert {p.header.revision for p in parts} == {deleted.header.revision}
+            whole = await asyncio.wait_for(calls[False].read(), 10)
+            assert len(whole.events) == 8 and not whole.fragment
+            for call in calls.values():
+                call.cancel()
+    finally:
+        for s in servers:
+            await s.stop()
