@@ -351,3 +351,33 @@ async def test_watch_fragments_a_revision_larger_than_max_request_bytes() -> Non
     finally:
         for s in servers:
             await s.stop()
+
+
+async def test_keepalive_stream_on_a_follower_survives_a_leader_change() -> None:
+    """A follower's keepalive relay follows the lease clock to the new leader (MoveLeader over gRPC)."""
+    servers, leader, follower = await started(configs())
+    other = next(s for s in servers if s is not leader and s is not follower)
+    try:
+        async with grpc.aio.insecure_channel(target(follower)) as ch:
+            lease = (
+                await rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30), timeout=10)
+            ).ID
+            stream = rpc_pb2_grpc.LeaseStub(ch).LeaseKeepAlive()
+            await stream.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease))
+            assert (await asyncio.wait_for(stream.read(), 10)).TTL == 30
+            moved = await rpc_pb2_grpc.MaintenanceStub(ch).MoveLeader(
+                rpc_pb2.MoveLeaderRequest(targetID=other.member_id), timeout=10
+            )
+            assert moved.header.member_id == follower.member_id
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while not (other.primary and follower.leader_client_url() in other.client_urls):
+                assert loop.time() < deadline, "leadership did not move"
+                await asyncio.sleep(0.02)
+            await stream.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease))
+            again = await asyncio.wait_for(stream.read(), 10)
+            assert again.TTL == 30 and again.header.member_id == follower.member_id
+            stream.cancel()
+    finally:
+        for s in servers:
+            await s.stop()
