@@ -110,7 +110,7 @@ clean:
 	rm -rf build dist *.egg-info raftlib/_core.c raftlib/_core.html raftlib/*.so \
 		.pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
-	rm -f examples/kvstore/proto/*_pb2.py examples/kvstore/proto/*_pb2_grpc.py
+	rm -f examples/kvstore/proto/*_pb2.py examples/kvstore/proto/*_pb2_grpc.py examples/kvstore/proto/.generated-with
 
 distclean: clean
 	rm -rf $(VENV)

@@ -4,8 +4,9 @@ The ``.proto`` files carry over etcd v3.5's package, message, field and service 
 (etcdserverpb, mvccpb, authpb, v3electionpb, v3lockpb) without the gateway and gogoproto
 annotations. The stubs (``*_pb2.py``, ``*_pb2_grpc.py``) are build products, not committed:
 :func:`ensure_generated` writes them with ``grpc_tools.protoc`` when one is missing or older than
-its ``.proto`` -- ``make build`` calls it, and importing :mod:`examples.kvstore.proto.stubs` calls it
-too, so a fresh clone works either way.
+its ``.proto``, or when the installed grpcio-tools/protobuf are not those that made them.
+``make build`` calls it, and importing :mod:`examples.kvstore.proto.stubs` calls it too, so a
+fresh clone works either way.
 
 Invariant: the stubs on disk always come from one protoc run over all the files (written to a
 temporary directory, then moved into place one by one under a lock), so two processes generating
@@ -38,8 +39,23 @@ def _outputs(proto: str) -> list[Path]:
     return [PROTO_DIR / f"{stem}_pb2.py", PROTO_DIR / f"{stem}_pb2_grpc.py"]
 
 
+STAMP = PROTO_DIR / ".generated-with"
+"""The grpcio-tools and protobuf versions the stubs on disk were generated with."""
+
+
+def _toolchain() -> str:
+    import importlib.metadata as metadata
+
+    try:
+        return f"grpcio-tools {metadata.version('grpcio-tools')}, protobuf {metadata.version('protobuf')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def stale() -> list[str]:
-    """The .proto files whose stubs are missing or older than the file."""
+    """The .proto files whose stubs are missing, older than the file, or made by other tool versions."""
+    if not STAMP.exists() or STAMP.read_text() != _toolchain():
+        return list(PROTOS)
     out = []
     for proto in PROTOS:
         src = (PROTO_DIR / proto).stat().st_mtime
@@ -90,6 +106,7 @@ def _generate() -> None:
                 staged = target.with_suffix(".py.tmp")
                 shutil.copyfile(generated / target.name, staged)
                 os.replace(staged, target)
+        STAMP.write_text(_toolchain())
 
 
 @contextlib.contextmanager
