@@ -322,6 +322,12 @@ def test_lock_and_election_services_answer_like_etcd(ctl: Ctl, ns: str, stubs: o
         with pytest.raises(grpc.RpcError) as waited:
             lock.Lock(v3lock_pb2.LockRequest(name=(ns + "lk").encode(), lease=l2), timeout=0.7)
         assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        kv = rpc_pb2_grpc.KVStub(ch)
+        prefix = rpc_pb2.RangeRequest(key=(ns + "lk/").encode(), range_end=(ns + "lk0").encode())
+        deadline = time.monotonic() + 5
+        while len(kv.Range(prefix, timeout=10).kvs) != 1:  # the abandoned contender's key goes
+            assert time.monotonic() < deadline, "the abandoned Lock left its key behind"
+            time.sleep(0.05)
         lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), timeout=10)
         second = lock.Lock(v3lock_pb2.LockRequest(name=(ns + "lk").encode(), lease=l2), timeout=10)
         assert second.key == f"{ns}lk/{l2:x}".encode()

@@ -11,8 +11,10 @@
   leadership, demotes it when it loses it, and proposes an expiry command for
   every lease whose TTL ran out (checked every ``lease_check_interval``);
 * the watch hub (:mod:`examples.kvstore.watch`), fed by the local apply stream;
-* the aiohttp application (:mod:`examples.kvstore.api`) on every
-  ``--listen-client-urls`` address.
+* the client listeners on every ``--listen-client-urls`` address: etcd's gRPC
+  API (:mod:`examples.kvstore.grpcapi`) and the JSON gateway
+  (:mod:`examples.kvstore.api`) on one port (:mod:`examples.kvstore.grpcapi_mux`),
+  or split with ``--listen-client-http-urls``.
 
 Member and cluster IDs are computed the way etcd computes them: a member's ID
 is the first 8 bytes (big endian) of SHA-1 over its sorted peer URLs followed
