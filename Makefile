@@ -20,7 +20,7 @@ STAMP := $(VENV)/.installed
 EXT_SUFFIX := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 EXT := raftlib/_core$(EXT_SUFFIX)
 
-.PHONY: all venv build test test-fast test-pure lint test-slow demo bench clean distclean
+.PHONY: all venv build stubs test test-fast test-pure lint test-slow demo bench clean distclean
 
 all: test
 
@@ -40,7 +40,11 @@ $(EXT): raftlib/_core.pyx setup.py $(STAMP)
 	RAFTLIB_REQUIRE_EXTENSIONS=1 $(VPY) setup.py --quiet build_ext --inplace
 	touch $@
 
-build: $(EXT)
+# etcd's gRPC stubs for the KV store (examples/kvstore/proto; regenerated when a .proto changes).
+stubs: $(STAMP)
+	$(VPY) -c "from examples.kvstore.proto import ensure_generated; ensure_generated()"
+
+build: $(EXT) stubs
 
 test-fast: build
 	RAFTLIB_EXPECT_COMPILED=1 $(VPY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -106,6 +110,7 @@ clean:
 	rm -rf build dist *.egg-info raftlib/_core.c raftlib/_core.html raftlib/*.so \
 		.pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	rm -f examples/kvstore/proto/*_pb2.py examples/kvstore/proto/*_pb2_grpc.py examples/kvstore/proto/.generated-with
 
 distclean: clean
 	rm -rf $(VENV)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install etcd (the reference for the KV store's compatibility suite and benchmark).
+# Install etcd and etcdctl (the reference for the KV store's compatibility suite and benchmark, and
+# the unmodified client tests/test_kv_grpc_etcdctl.py drives the store's gRPC API with).
 #
 #   scripts/install-etcd.sh
 #
-# Idempotent: does nothing when `etcd` is already on PATH.  Otherwise, when running as root on a
-# machine with apt-get, installs Debian's `etcd-server` package (bookworm ships 3.4.23, the version
-# docs/../etcd-gateway-api.md was captured with).  The package may start an etcd service on
+# Idempotent: does nothing when `etcd` and `etcdctl` are already on PATH.  Otherwise, when running
+# as root on a machine with apt-get, installs Debian's `etcd-server` and `etcd-client` packages
+# (bookworm ships 3.4.23, the version docs/../etcd-gateway-api.md was captured with); each package
+# is installed on its own, so one that fails does not keep the other out.  The package may start an etcd service on
 # 2379/2380; the tests use their own ports, but we stop and disable it so nothing is left running.
 #
 # Never fails: if etcd cannot be installed it says why and exits 0, and tests/test_etcd_compat.py
@@ -14,13 +16,14 @@ set -u
 
 log() { echo "install-etcd: $*" >&2; }
 
-if command -v etcd >/dev/null 2>&1; then
+if command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; then
     log "etcd already installed: $(command -v etcd) ($(etcd --version 2>/dev/null | head -n 1))"
+    log "etcdctl already installed: $(command -v etcdctl) ($(etcdctl version 2>/dev/null | head -n 1))"
     exit 0
 fi
 
 if [ "$(id -u)" != "0" ]; then
-    log "not root and etcd is not on PATH; not installing (the etcd backend of the tests will be skipped)"
+    log "not root and etcd/etcdctl are not both on PATH; not installing (the tests needing them skip)"
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -44,11 +47,12 @@ if ! apt-get update >/tmp/install-etcd.apt.log 2>&1; then
     tail -n 5 /tmp/install-etcd.apt.log >&2
     exit 0
 fi
-if ! apt-get install -y --no-install-recommends etcd-server >>/tmp/install-etcd.apt.log 2>&1; then
-    log "apt-get install etcd-server failed (see /tmp/install-etcd.apt.log); not installing"
-    tail -n 5 /tmp/install-etcd.apt.log >&2
-    exit 0
-fi
+for pkg in etcd-server etcd-client; do
+    if ! apt-get install -y --no-install-recommends "$pkg" >>/tmp/install-etcd.apt.log 2>&1; then
+        log "apt-get install $pkg failed (see /tmp/install-etcd.apt.log); the tests needing it skip"
+        tail -n 5 /tmp/install-etcd.apt.log >&2
+    fi
+done
 
 # Make sure no packaged etcd service is left running (systemctl may be present without systemd
 # running, as in containers; then fall back to the SysV script / service wrapper).
@@ -77,6 +81,11 @@ fi
 if command -v etcd >/dev/null 2>&1; then
     log "installed $(command -v etcd) ($(etcd --version 2>/dev/null | head -n 1))"
 else
-    log "etcd-server installed but no etcd on PATH; the etcd backend of the tests will be skipped"
+    log "no etcd on PATH; the etcd backend of the tests will be skipped"
+fi
+if command -v etcdctl >/dev/null 2>&1; then
+    log "installed $(command -v etcdctl) ($(etcdctl version 2>/dev/null | head -n 1))"
+else
+    log "no etcdctl on PATH; tests/test_kv_grpc_etcdctl.py will be skipped"
 fi
 exit 0

@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("name", default="default", help="human-readable name of this member (default: default)")
     flag("data-dir", default=None, help="path to the data directory (default: ${name}.etcd)")
     flag("listen-client-urls", default="http://127.0.0.1:2379", help="URLs to listen on for client traffic")
+    flag("listen-client-http-urls", default="", help="URLs for the JSON gateway alone (client URLs: gRPC)")
     flag("advertise-client-urls", default=None, help="client URLs of this member to advertise to the cluster")
     flag("listen-peer-urls", default="http://127.0.0.1:2380", help="URLs to listen on for peer traffic")
     flag("initial-advertise-peer-urls", default=None, help="peer URLs of this member to advertise")
@@ -171,6 +172,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
     parser = build_parser()
     a = parser.parse_args(argv)
     listen_client = parse_urls(a.listen_client_urls, "--listen-client-urls")
+    listen_client_http = []
+    if a.listen_client_http_urls:
+        listen_client_http = parse_urls(a.listen_client_http_urls, "--listen-client-http-urls")
     advertise_client = (
         parse_urls(a.advertise_client_urls, "--advertise-client-urls")
         if a.advertise_client_urls
@@ -213,7 +217,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
         if a.client_cert_auth and not a.trusted_ca_file:
             raise FlagError("--client-cert-auth needs --trusted-ca-file")
         client_tls = ClientTls(a.cert_file, a.key_file, a.trusted_ca_file or None, a.client_cert_auth)
-    if any(u.startswith("https:") for u in listen_client) and client_tls is None:
+    if any(u.startswith("https:") for u in listen_client + listen_client_http) and client_tls is None:
         raise FlagError("https client URLs need --cert-file and --key-file")
     peer_tls = None
     if a.peer_cert_file or a.peer_key_file or a.peer_trusted_ca_file:
@@ -234,6 +238,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
         name=a.name,
         data_dir=a.data_dir or f"{a.name}.etcd",
         listen_client_urls=listen_client,
+        listen_client_http_urls=listen_client_http,
         advertise_client_urls=advertise_client,
         listen_peer_urls=listen_peer,
         initial_advertise_peer_urls=advertise_peer,

@@ -14,8 +14,6 @@ gRPC's 2 MiB receive limit is refused with code 8 (HTTP 429), as etcd does.
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -24,18 +22,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-import raftlib
 from examples.kvstore import codec, errors
 from examples.kvstore.errors import EtcdError
-from examples.kvstore.mvcc import txn_is_readonly, txn_is_serializable
-from examples.kvstore.server import (
-    CLUSTER_VERSION,
-    ETCD_VERSION,
-    etcd_error,
-    member_id_for,
-    node_name,
-    url_address,
-)
+from examples.kvstore.grpcapi_election import Recipes, missing_leader_key
+from examples.kvstore.server import CLUSTER_VERSION, ETCD_VERSION, etcd_error
+from examples.kvstore.service import EtcdService, ForwardToLeader
 
 if TYPE_CHECKING:
     from examples.kvstore.server import KVServer
@@ -218,6 +209,8 @@ class GatewayAPI:
     def __init__(self, server: KVServer) -> None:
         self.server = server
         self.machine = server.machine
+        self.service = EtcdService(server)
+        self.recipes = Recipes(server, self.service)
         self.routes: dict[str, Handler] = {
             "kv/put": self.kv_write("prepare_put", "Put"),
             "kv/range": self.kv_range,
@@ -234,12 +227,19 @@ class GatewayAPI:
             "lease/leases": self.lease_leases,
             "kv/lease/leases": self.lease_leases,
             "cluster/member/list": self.member_list,
-            "cluster/member/add": self.member_add,
-            "cluster/member/remove": self.member_remove,
-            "cluster/member/promote": self.member_promote,
+            "cluster/member/add": self.leader_call(self.service.member_add),
+            "cluster/member/remove": self.leader_call(self.service.member_remove),
+            "cluster/member/promote": self.leader_call(self.service.member_promote),
             "maintenance/status": self.status,
             "maintenance/snapshot": self.snapshot,
-            "maintenance/transfer-leadership": self.transfer_leadership,
+            "maintenance/transfer-leadership": self.leader_call(self.service.move_leader),
+            "lock/lock": self.lock,
+            "lock/unlock": self.unlock,
+            "election/campaign": self.campaign,
+            "election/proclaim": self.proclaim,
+            "election/leader": self.leader,
+            "election/resign": self.resign,
+            "election/observe": self.observe,
         }
 
     # -- plumbing ------------------------------------------------------------------------
@@ -299,14 +299,6 @@ class GatewayAPI:
     def header(self, revision: int | None = None) -> dict[str, str]:
         return self.server.header(revision)
 
-    def respond(self, result: dict[str, Any]) -> web.Response:
-        """A KVMachine result (with its "revision" key) as etcd's JSON: header first."""
-        result = dict(result)
-        revision = result.pop("revision", None)
-        if revision is None:
-            revision = self.machine.revision
-        return json_response({"header": self.header(revision), **result})
-
     @staticmethod
     def hops(request: Request) -> int:
         try:
@@ -330,68 +322,45 @@ class GatewayAPI:
         objects = iter_json_objects(data)
         for obj in objects:
             target = obj.get("result", obj)
-            if isinstance(target, dict) and isinstance(target.get("header"), dict):
-                with_revision = "revision" in target["header"]
-                target["header"] = self.header(self.machine.revision if with_revision else None)
+            if isinstance(target, dict):
+                self.service.relabel(target)
         if stream:
             return json_response_lines([dumps(obj) for obj in objects])
         return json_response(objects[0] if objects else {})
 
     # -- KV ------------------------------------------------------------------------------
+    # The semantics live in examples.kvstore.service (shared with the gRPC API); these wrap them.
 
     def kv_write(self, prepare: str, method: str) -> Handler:
         async def handler(request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-            command = getattr(self.machine, prepare)(body)
-            return self.respond(await self.server.propose(command))
+            return json_response(await self.service.write(prepare, body))
 
         handler.__name__ = method
         return handler
 
     async def kv_range(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-        req = codec.parse_range(body)  # bad requests fail before any quorum round
-        if not req.get("key"):
-            raise errors.empty_key()
-        if not req.get("serializable"):
-            await self.server.read_barrier()
-        return self.respond(self.machine.serve_range(req))
+        return json_response(await self.service.range(body))
 
     async def kv_txn(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-        """A txn whose every op is a range is served locally after the read barrier (none when
-        all its ranges are serializable), like etcd; any other txn is proposed."""
-        req = self.machine.parse_txn(body)
-        if txn_is_readonly(req):
-            if not txn_is_serializable(req):
-                await self.server.read_barrier()
-            return self.respond(self.machine.serve_read_txn(req))
-        return self.respond(await self.server.propose(self.machine.txn_command(req)))
+        return json_response(await self.service.txn(body))
 
     # -- leases --------------------------------------------------------------------------
 
     async def lease_grant(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-        command = self.machine.prepare_lease_grant(body, self.server.rng)
-        return self.respond(await self.server.propose(command))
+        return json_response(await self.service.lease_grant(body))
 
     async def lease_revoke(
         self, request: Request, body: dict[str, Any], raw: bytes
     ) -> web.StreamResponse:
-        command = self.machine.prepare_lease_revoke(body)
-        return self.respond(await self.server.propose(command))
-
-    async def _on_primary(self) -> bool:
-        """True when this member answers with its own lease clock (it leads), False to forward."""
-        if not await self.server.wait_primary():
-            return False
-        await self.server.wait_applied_commit()
-        return True
+        return json_response(await self.service.lease_revoke(body))
 
     async def lease_timetolive(
         self, request: Request, body: dict[str, Any], raw: bytes
     ) -> web.StreamResponse:
-        int_field(body, "ID")
-        bool_field(body, "keys")
-        if not await self._on_primary():
+        try:
+            return json_response(await self.service.lease_timetolive(body))
+        except ForwardToLeader:
             return await self.forward_json(request, raw)
-        return self.respond(self.machine.lease_timetolive(body, time.monotonic()))
 
     async def lease_keepalive(
         self, request: Request, body: dict[str, Any], raw: bytes
@@ -399,19 +368,15 @@ class GatewayAPI:
         objects = iter_json_objects(raw)
         for obj in objects:
             int_field(obj, "ID")
-        if not await self._on_primary():
+        if not await self.service.on_primary():
             return await self.forward_json(request, raw, stream=True)
-        lines = []
-        for obj in objects:
-            result = self.machine.lease_keepalive(obj, time.monotonic())
-            revision = result.pop("revision", self.machine.revision)
-            lines.append(dumps({"result": {"header": self.header(revision), **result}}))
+        lines = [dumps({"result": self.service.lease_keepalive_local(obj)}) for obj in objects]
         return json_response_lines(lines)
 
     async def lease_leases(
         self, request: Request, body: dict[str, Any], raw: bytes
     ) -> web.StreamResponse:
-        return self.respond(self.machine.lease_leases())
+        return json_response(self.service.lease_leases())
 
     # -- watch ---------------------------------------------------------------------------
 
@@ -420,193 +385,94 @@ class GatewayAPI:
 
         return await serve_watch(self.server, request, body)
 
-    # -- cluster -------------------------------------------------------------------------
+    # -- cluster and maintenance (leader-only calls are forwarded over HTTP) -------------
+
+    def leader_call(self, call: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Handler:
+        async def handler(request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+            try:
+                return json_response(await call(body))
+            except ForwardToLeader:
+                return await self.forward_json(request, raw)
+
+        handler.__name__ = call.__name__
+        return handler
 
     async def member_list(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-        return json_response({"header": self.header(None), "members": self.server.members()})
-
-    async def _leader_only(self, request: Request, raw: bytes) -> web.Response | None:
-        """Forward a membership change to the leader unless this member leads."""
-        node = self.server._node()
-        if node.is_leader:
-            return None
-        try:
-            await node.wait_leader(self.server.config.request_timeout)
-        except raftlib.NotLeader:
-            raise etcd_error(14, "etcdserver: no leader") from None
-        if node.is_leader:
-            return None
-        return await self.forward_json(request, raw)
-
-    async def _conf_change(self, call: Callable[[], Awaitable[Any]]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.server.config.request_timeout
-        while True:
-            try:
-                await asyncio.wait_for(call(), max(0.1, deadline - loop.time()))
-                return
-            except raftlib.ConfChangeInProgress:
-                if loop.time() >= deadline:
-                    raise etcd_error(14, "etcdserver: request timed out") from None
-                await asyncio.sleep(0.05)
-            except raftlib.NotLeader:
-                raise etcd_error(14, "etcdserver: leader changed") from None
-            except TimeoutError:
-                raise etcd_error(14, "etcdserver: request timed out") from None
-
-    async def member_add(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-        urls = body.get("peerURLs") or []
-        learner = bool_field(body, "isLearner")
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-            raise invalid("etcdserver: given member URLs are invalid")
-        try:
-            address = url_address(urls[0])
-            for u in urls:
-                url_address(u)
-        except ValueError:
-            raise invalid("etcdserver: given member URLs are invalid") from None
-        forwarded = await self._leader_only(request, raw)
-        if forwarded is not None:
-            return forwarded
-        server = self.server
-        node = server._node()
-        for m in server.members():
-            if set(m.get("peerURLs", ())) & set(urls):
-                raise etcd_error(9, "etcdserver: Peer URLs already exists")
-        mid = member_id_for(urls, server.config.initial_cluster_token)
-        nid = node_name(mid)
-        await server.propose_attributes(nid, list(urls))
-        if learner:
-            await self._conf_change(lambda: node.add_learner(nid, address))
-        else:
-            # Learner first, promoted by raftlib once it has caught up; answer once it is a member.
-            task = asyncio.ensure_future(node.add_member(nid, address, timeout=None))
-            server.background(task)
-
-            async def added() -> None:
-                while nid not in node.membership().members():
-                    if task.done():
-                        task.result()
-                    await asyncio.sleep(0.02)
-
-            await self._conf_change(added)
-        member: dict[str, Any] = {"ID": str(mid), "peerURLs": list(urls)}
-        if learner:
-            member["isLearner"] = True
-        return json_response({"header": self.header(None), "member": member, "members": server.members()})
-
-    def _member_nid(self, body: dict[str, Any]) -> str:
-        mid = int_field(body, "ID", "uint64")
-        nid = node_name(mid) if mid > 0 else ""
-        if not nid or not any(m["ID"] == str(mid) for m in self.server.members()):
-            raise etcd_error(5, "etcdserver: member not found")
-        return nid
-
-    async def member_remove(
-        self, request: Request, body: dict[str, Any], raw: bytes
-    ) -> web.StreamResponse:
-        nid = self._member_nid(body)
-        forwarded = await self._leader_only(request, raw)
-        if forwarded is not None:
-            return forwarded
-        node = self.server._node()
-        try:
-            await self._conf_change(lambda: node.remove_member(nid))
-        except raftlib.ConfChangeError as exc:
-            raise etcd_error(9, f"etcdserver: {exc}") from None
-        return json_response({"header": self.header(None), "members": self.server.members()})
-
-    async def member_promote(
-        self, request: Request, body: dict[str, Any], raw: bytes
-    ) -> web.StreamResponse:
-        nid = self._member_nid(body)
-        node = self.server._node()
-        if nid not in node.membership().learners:
-            raise etcd_error(9, "etcdserver: can only promote a learner member")
-        forwarded = await self._leader_only(request, raw)
-        if forwarded is not None:
-            return forwarded
-        try:
-            await self._conf_change(lambda: node.promote(nid))
-        except raftlib.ConfChangeError:
-            msg = "etcdserver: can only promote a learner member which is in sync with leader"
-            raise etcd_error(9, msg) from None
-        return json_response({"header": self.header(None), "members": self.server.members()})
-
-    # -- maintenance ---------------------------------------------------------------------
+        return json_response(self.service.member_list())
 
     async def status(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
-        st = self.server.status_fields()
-        size = self.server.db_size()
-        out: dict[str, Any] = {"header": self.header(self.machine.revision), "version": ETCD_VERSION}
-        if size:
-            out["dbSize"] = str(size)
-        if st["leader"]:
-            out["leader"] = str(st["leader"])
-        for key, value in (
-            ("raftIndex", st["commit"]),
-            ("raftTerm", st["term"]),
-            ("raftAppliedIndex", st["applied"]),
-        ):
-            if value:
-                out[key] = str(value)
-        if not st["leader"]:
-            out["errors"] = ["etcdserver: no leader"]
-        if size:
-            out["dbSizeInUse"] = str(size)
-        if self.server.is_learner():
-            out["isLearner"] = True
-        return json_response(out)
+        return json_response(self.service.status())
 
     async def snapshot(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
         """Stream the member's state snapshot like etcd's Maintenance.Snapshot (blob chunks)."""
-        data = await self.server.snapshot_bytes()
+        chunks = self.service.snapshot()
+        first = await anext(chunks)  # the snapshot is taken before the headers go out
         resp = add_cors(web.StreamResponse(status=200))
         resp.content_type = JSON_CT
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        step = 64 * 1024
-        for offset in range(0, max(1, len(data)), step):
-            blob = data[offset : offset + step]
-            result: dict[str, Any] = {"header": self.header(self.machine.revision)}
-            remaining = len(data) - offset - len(blob)
-            if remaining:
-                result["remaining_bytes"] = str(remaining)
-            if blob:
-                result["blob"] = base64.b64encode(blob).decode()
+        await resp.write(dumps({"result": first}) + b"\n")
+        async for result in chunks:
             await resp.write(dumps({"result": result}) + b"\n")
         await resp.write_eof()
         return resp
 
-    async def transfer_leadership(
-        self, request: Request, body: dict[str, Any], raw: bytes
-    ) -> web.StreamResponse:
-        """etcd's MoveLeader (``{"targetID": <member ID>}``): the leader hands leadership to a voter."""
-        mid = int_field(body, "targetID", "uint64")
-        nid = node_name(mid) if mid > 0 else ""
-        node = self.server._node()
-        if not nid or nid not in node.membership().voters:
-            raise etcd_error(9, "etcdserver: bad leader transferee")
-        forwarded = await self._leader_only(request, raw)
-        if forwarded is not None:
-            return forwarded
-        if node.leader != nid:
-            try:
-                await node.transfer_leadership(nid, timeout=self.server.config.request_timeout)
-            except TimeoutError:
-                raise etcd_error(14, "etcdserver: request timed out, leader transfer took too long") from None
-            except raftlib.RaftError as exc:
-                raise etcd_error(9, f"etcdserver: {exc}") from None
-        return json_response({"header": self.header(None)})
+    # -- v3lock and v3election (the recipes are shared with the gRPC services) ----------
+
+    async def lock(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        name = codec.parse_bytes(body.get("name"))
+        header, key = await self.recipes.lock(name, int_field(body, "lease"))
+        return json_response({"header": header, "key": codec.b64(key)})
+
+    async def unlock(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        return json_response(await self.recipes.unlock(codec.parse_bytes(body.get("key"))))
+
+    async def campaign(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        name, value = codec.parse_bytes(body.get("name")), codec.parse_bytes(body.get("value"))
+        return json_response(await self.recipes.campaign(name, int_field(body, "lease"), value))
+
+    @staticmethod
+    def _leader_key(body: dict[str, Any]) -> tuple[bytes, bytes, int, int]:
+        leader = body.get("leader")
+        if leader is None:
+            raise missing_leader_key()
+        leader = as_object(leader)
+        return (
+            codec.parse_bytes(leader.get("name")),
+            codec.parse_bytes(leader.get("key")),
+            int_field(leader, "rev"),
+            int_field(leader, "lease"),
+        )
+
+    async def proclaim(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        name, key, rev, lease = self._leader_key(body)
+        value = codec.parse_bytes(body.get("value"))
+        return json_response(await self.recipes.proclaim(name, key, rev, lease, value))
+
+    async def resign(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        _, key, rev, _ = self._leader_key(body)
+        return json_response(await self.recipes.resign(key, rev))
+
+    async def leader(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        return json_response(await self.recipes.leader(codec.parse_bytes(body.get("name"))))
+
+    async def observe(self, request: Request, body: dict[str, Any], raw: bytes) -> web.StreamResponse:
+        """A stream of ``{"result": LeaderResponse}`` lines, one per leader or proclaimed value."""
+        answers = self.recipes.observe(codec.parse_bytes(body.get("name")))
+        resp = add_cors(web.StreamResponse(status=200))
+        resp.content_type = JSON_CT
+        resp.headers["Grpc-Metadata-Content-Type"] = "application/grpc"
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            async for answer in answers:
+                await resp.write(dumps({"result": answer}) + b"\n")
+        except ConnectionError:
+            pass
+        return resp
 
     async def health(self) -> web.Response:
-        server = self.server
-        ok = server.node is not None and server.node.leader is not None
-        if ok:
-            try:
-                await asyncio.wait_for(server.read_barrier(), 1.0)
-            except (EtcdError, TimeoutError):
-                ok = False
+        ok = await self.service.healthy()
         body = dumps({"health": "true" if ok else "false"})
         return web.Response(status=200 if ok else 503, body=body, content_type="text/plain", charset="utf-8")
 

@@ -11,8 +11,10 @@
   leadership, demotes it when it loses it, and proposes an expiry command for
   every lease whose TTL ran out (checked every ``lease_check_interval``);
 * the watch hub (:mod:`examples.kvstore.watch`), fed by the local apply stream;
-* the aiohttp application (:mod:`examples.kvstore.api`) on every
-  ``--listen-client-urls`` address.
+* the client listeners on every ``--listen-client-urls`` address: etcd's gRPC
+  API (:mod:`examples.kvstore.grpcapi`) and the JSON gateway
+  (:mod:`examples.kvstore.api`) on one port (:mod:`examples.kvstore.grpcapi_mux`),
+  or split with ``--listen-client-http-urls``.
 
 Member and cluster IDs are computed the way etcd computes them: a member's ID
 is the first 8 bytes (big endian) of SHA-1 over its sorted peer URLs followed
@@ -54,6 +56,8 @@ _RESTORE_FILE = "restore-pending.snap"
 """--restore-snapshot: the seed, kept in the data dir until a raftlib snapshot holds the restored state."""
 _SNAP_HEADER = struct.Struct("<4sI")
 _SNAP_MAGIC = b"KVS1"
+_ATTRIBUTE_KEYS = ("name", "clientURLs", "peerURLs", "httpURLs")
+"""Replicated member attributes (httpURLs: the gateway's URLs under --listen-client-http-urls)."""
 
 
 # --------------------------------------------------------------------------------- configuration
@@ -94,6 +98,8 @@ class ServerConfig:
     data_dir: str | None = "default.etcd"
     """None keeps everything in memory (tests only)."""
     listen_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    listen_client_http_urls: list[str] = field(default_factory=list)
+    """etcd 3.5's split: the gateway here, gRPC only on the client URLs (empty: both on the client URLs)."""
     advertise_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
     listen_peer_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2380"])
     initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2380"])
@@ -210,7 +216,7 @@ class ReplicatedState(raftlib.StateMachine):
             if not self.cluster_id and isinstance(cid, int):
                 self.cluster_id = cid
             entry = self.attributes.setdefault(mid, {})
-            entry.update({k: v for k, v in attrs.items() if k in ("name", "clientURLs", "peerURLs")})
+            entry.update({k: v for k, v in attrs.items() if k in _ATTRIBUTE_KEYS})
             return None
         return None  # unknown tag: ignored the same way on every member
 
@@ -271,6 +277,9 @@ class KVServer:
         self._tasks: list[asyncio.Task[Any]] = []
         self._expiring: set[int] = set()
         self._http: Any = None
+        self._grpc: Any = None
+        self._listeners: list[asyncio.Server] = []
+        self.http_urls: list[str] = []
         self._stopping = False
         from examples.kvstore.metrics import ServerMetrics
         from examples.kvstore.watch import WatchHub
@@ -389,13 +398,12 @@ class KVServer:
             connector=aiohttp.TCPConnector(ssl=connector_ssl) if connector_ssl else None,
             timeout=aiohttp.ClientTimeout(total=None),
         )
-        self._tasks = [
-            asyncio.create_task(self._publish_attributes(), name="kv-publish"),
-            asyncio.create_task(self._lease_expiry_loop(), name="kv-lease-expiry"),
-        ]
+        self._tasks = [asyncio.create_task(self._lease_expiry_loop(), name="kv-lease-expiry")]
         if restoring:
             self._tasks.append(asyncio.create_task(self._seal_restore(), name="kv-restore-snapshot"))
         await self._start_http()
+        # Published once the listeners are bound: the attributes carry the bound URLs.
+        self._tasks.append(asyncio.create_task(self._publish_attributes(), name="kv-publish"))
 
     def _prepare_restore(self) -> bool:
         """--restore-snapshot: load the seed into the state machine before the raft log is replayed.
@@ -420,8 +428,15 @@ class KVServer:
             os.replace(tmp, pending)
         if not pending.exists():
             return False
-        with open(pending, "rb") as f:
-            self.state.restore_stream(f)
+        import io
+
+        from examples.kvstore.service import unframe_snapshot
+
+        try:
+            image = unframe_snapshot(pending.read_bytes())  # etcdctl's files carry etcd's checksum
+        except ValueError as exc:
+            raise raftlib.ConfigError(f"--restore-snapshot: {exc}") from None
+        self.state.restore_stream(io.BytesIO(image))
         # Only the keys come from the old cluster: its member attributes and cluster ID do not apply.
         self.state.attributes = {}
         self.state.cluster_id = 0
@@ -440,30 +455,64 @@ class KVServer:
         log.info("member %s: restored state sealed in a raft snapshot", self.config.name)
 
     async def _start_http(self) -> None:
+        """The client listeners: gRPC and the gateway on every --listen-client-urls address (the
+        connection's first bytes decide, see grpcapi_mux), or, with --listen-client-http-urls,
+        the gateway alone there and gRPC alone (grpc's own listener) on the client URLs."""
         from aiohttp import web
 
+        from examples.kvstore import grpcapi_mux
         from examples.kvstore.api import build_server
+        from examples.kvstore.grpcapi import GrpcEndpoint
 
         self._runner = web.ServerRunner(build_server(self), shutdown_timeout=1.0)
         await self._runner.setup()
-        ctx = self.config.client_tls.server_context() if self.config.client_tls else None
+        self._grpc = GrpcEndpoint(self)
+        cfg = self.config
+        split = bool(cfg.listen_client_http_urls)
         bound: list[str] = []
-        for url in self.config.listen_client_urls:
+        if split:
+            # gRPC alone on the client URLs: grpc listens there itself (no relay).
+            for url in cfg.listen_client_urls:
+                parts = urlsplit(url)
+                tls = cfg.client_tls if parts.scheme == "https" else None
+                port = self._grpc.bind(url_address(url), tls)
+                bound.append(f"{parts.scheme}://{parts.hostname}:{port}")
+            await self._grpc.start(None)
+        else:
+            grpc_port = await self._grpc.start()
+            for url in cfg.listen_client_urls:
+                parts = urlsplit(url)
+                ctx = cfg.client_tls.server_context() if cfg.client_tls and parts.scheme == "https" else None
+                listener = await grpcapi_mux.serve(
+                    parts.hostname or "127.0.0.1",
+                    parts.port or 2379,
+                    http_factory=self._runner.server,
+                    grpc_port=grpc_port,
+                    ssl_context=ctx,
+                )
+                self._listeners.append(listener)
+                for sock in listener.sockets or ():
+                    host, port = sock.getsockname()[:2]
+                    bound.append(f"{parts.scheme}://{host}:{port}")
+        http_bound: list[str] = []
+        for url in cfg.listen_client_http_urls:
             parts = urlsplit(url)
+            ctx = cfg.client_tls.server_context() if cfg.client_tls and parts.scheme == "https" else None
             site = web.TCPSite(
-                self._runner,
-                parts.hostname or "127.0.0.1",
-                parts.port or 2379,
-                ssl_context=ctx if parts.scheme == "https" else None,
+                self._runner, parts.hostname or "127.0.0.1", parts.port or 2379, ssl_context=ctx,
                 reuse_address=True,
-            )
+            )  # fmt: skip
             await site.start()
-            listener: Any = getattr(site, "_server", None)  # aiohttp keeps the asyncio server private
-            for sock in getattr(listener, "sockets", None) or ():
+            server: Any = getattr(site, "_server", None)  # aiohttp keeps the asyncio server private
+            for sock in getattr(server, "sockets", None) or ():
                 host, port = sock.getsockname()[:2]
-                bound.append(f"{parts.scheme}://{host}:{port}")
+                http_bound.append(f"{parts.scheme}://{host}:{port}")
         self.client_urls = bound
-        log.info("member %s (%s) serving clients on %s", self.config.name, self.node_id, ", ".join(bound))
+        self.http_urls = http_bound
+        log.info(
+            "member %s (%s) serving clients on %s%s", cfg.name, self.node_id, ", ".join(bound),
+            f" (gateway on {', '.join(http_bound)})" if http_bound else "",
+        )  # fmt: skip
 
     def advertised_client_urls(self) -> list[str]:
         urls = list(self.config.advertise_client_urls)
@@ -476,6 +525,12 @@ class KVServer:
         """Close watches, HTTP listeners, background tasks and the raft node."""
         self._stopping = True
         self.hub.close()
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+        if self._grpc is not None:
+            await self._grpc.stop()
+            self._grpc = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -555,6 +610,8 @@ class KVServer:
             "clientURLs": self.advertised_client_urls(),
             "peerURLs": list(cfg.initial_advertise_peer_urls),
         }
+        if self.http_urls:  # the gateway's own URLs (split mode): where followers forward HTTP calls
+            mine["httpURLs"] = list(self.http_urls)
         payload: dict[str, Any] = {"id": self.node_id, **mine}
         if cfg.initial_cluster_state == "new":
             payload["cluster_id"] = self.local_cluster_id
@@ -658,6 +715,15 @@ class KVServer:
         urls = self.state.attributes.get(lead, {}).get("clientURLs") or []
         return urls[0] if urls else None
 
+    def leader_http_url(self) -> str | None:
+        """Where the leader serves the JSON gateway: its client URL, or its own gateway URL when
+        it runs with --listen-client-http-urls (then the client URL speaks gRPC only)."""
+        lead = self.node.leader if self.node is not None else None
+        if not lead:
+            return None
+        urls = self.state.attributes.get(lead, {}).get("httpURLs") or []
+        return urls[0] if urls else self.leader_client_url()
+
     async def wait_primary(self) -> bool:
         """Wait (up to the request timeout) until this member's lease clock is primary or another leads.
 
@@ -683,7 +749,7 @@ class KVServer:
 
         With ``on_chunk`` the response body is streamed to it instead of returned.
         """
-        url = self.leader_client_url()
+        url = self.leader_http_url()
         if url is None or self._http is None:
             raise timed_out()
         import aiohttp

@@ -1,0 +1,386 @@
+"""etcd's KV, Lease, Cluster and Maintenance semantics, once, for the JSON gateway and the gRPC API.
+
+:class:`EtcdService` takes requests as the gateway's JSON objects (int64 as strings or numbers,
+bytes in base64, enums by name or number -- exactly what ``json_format.MessageToDict`` makes of a
+protobuf request) and returns etcd's response objects in the same shape, ``header`` included.
+Errors are :class:`~examples.kvstore.errors.EtcdError` (gRPC code + etcd's message).
+
+Invariant: no transport detail lives here. When a call must be answered by the leader (lease
+keepalive/timetolive on the lease clock, membership changes, MoveLeader) and this member does not
+lead, the service raises :class:`ForwardToLeader`; the transport (HTTP in :mod:`.api`, gRPC in
+:mod:`.grpcapi`) sends the request to the leader and relabels the answer with
+:meth:`EtcdService.relabel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import raftlib
+from examples.kvstore import codec
+from examples.kvstore.errors import EtcdError
+from examples.kvstore.mvcc import txn_is_readonly, txn_is_serializable
+from examples.kvstore.server import ETCD_VERSION, etcd_error, member_id_for, node_name, url_address
+
+if TYPE_CHECKING:
+    from examples.kvstore.server import KVServer
+
+SNAPSHOT_CHUNK = 64 * 1024
+"""Bytes of state per Maintenance.Snapshot message."""
+SNAPSHOT_ALIGN = 512
+"""etcd's snapshot stream is a bolt file (512-byte multiple) plus its SHA-256; etcdctl checks both."""
+
+
+def frame_snapshot(data: bytes) -> bytes:
+    """The state padded with spaces to a multiple of 512 bytes, then the SHA-256 of that (etcd's framing).
+
+    ``etcdctl snapshot save`` refuses a stream whose length is not ``512 * n + 32``. The padding
+    is whitespace so the JSON snapshot still parses; :func:`unframe_snapshot` checks the digest.
+    """
+    import hashlib
+
+    padded = data + b" " * (-len(data) % SNAPSHOT_ALIGN)
+    return padded + hashlib.sha256(padded).digest()
+
+
+def unframe_snapshot(data: bytes) -> bytes:
+    """The state of a snapshot file: the framing of :func:`frame_snapshot` checked and removed.
+
+    A file without the framing (an older snapshot) is returned unchanged; one whose digest does
+    not match raises ValueError.
+    """
+    import hashlib
+
+    if len(data) % SNAPSHOT_ALIGN != 32:
+        return data
+    body, digest = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError("snapshot file is corrupt: its SHA-256 does not match")
+    return body
+
+
+LEARNER_NOT_READY = "etcdserver: can only promote a learner member which is in sync with leader"
+LEARNER_READY_PERCENT = 0.9
+"""etcd's readyPercent: a learner is promoted only once its log reaches 90 % of the leader's."""
+
+
+class ForwardToLeader(Exception):
+    """This member cannot answer: send the request to the leader (its client URL is known)."""
+
+
+def _uint(body: dict[str, Any], name: str) -> int:
+    return codec.parse_int(body.get(name), "uint64", 0, (1 << 64) - 1)
+
+
+class EtcdService:
+    """The calls of etcd's v3 API on one :class:`~examples.kvstore.server.KVServer`."""
+
+    def __init__(self, server: KVServer) -> None:
+        self.server = server
+        self.machine = server.machine
+
+    # -- headers -------------------------------------------------------------------------
+
+    def header(self, revision: int | None = None) -> dict[str, str]:
+        return self.server.header(revision)
+
+    def result(self, result: dict[str, Any]) -> dict[str, Any]:
+        """A KVMachine result (with its ``revision`` key) as etcd's response: header first."""
+        result = dict(result)
+        revision = result.pop("revision", None)
+        if revision is None:
+            revision = self.machine.revision
+        return {"header": self.header(revision), **result}
+
+    def relabel(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """An answer forwarded from the leader, with this member's header (etcd's ``hdr.fill``)."""
+        if isinstance(answer.get("header"), dict):
+            with_revision = "revision" in answer["header"]
+            answer["header"] = self.header(self.machine.revision if with_revision else None)
+        return answer
+
+    # -- KV ------------------------------------------------------------------------------
+
+    async def write(self, prepare: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Put, DeleteRange or Compact: ``prepare`` names the KVMachine method building the command."""
+        command = getattr(self.machine, prepare)(body)
+        return self.result(await self.server.propose(command))
+
+    async def put(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.write("prepare_put", body)
+
+    async def delete_range(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.write("prepare_deleterange", body)
+
+    async def compact(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.write("prepare_compaction", body)
+
+    async def range(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Linearizable (ReadIndex barrier) unless ``serializable``; bad requests fail first."""
+        req = codec.parse_range(body)
+        if not req.get("key"):
+            from examples.kvstore import errors
+
+            raise errors.empty_key()
+        if not req.get("serializable"):
+            await self.server.read_barrier()
+        return self.result(self.machine.serve_range(req))
+
+    async def txn(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A txn whose every op is a range is served locally after the read barrier (none when
+        all its ranges are serializable), like etcd; any other txn is proposed."""
+        req = self.machine.parse_txn(body)
+        if txn_is_readonly(req):
+            if not txn_is_serializable(req):
+                await self.server.read_barrier()
+            return self.result(self.machine.serve_read_txn(req))
+        return self.result(await self.server.propose(self.machine.txn_command(req)))
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def lease_grant(self, body: dict[str, Any]) -> dict[str, Any]:
+        command = self.machine.prepare_lease_grant(body, self.server.rng)
+        return self.result(await self.server.propose(command))
+
+    async def lease_revoke(self, body: dict[str, Any]) -> dict[str, Any]:
+        command = self.machine.prepare_lease_revoke(body)
+        return self.result(await self.server.propose(command))
+
+    async def on_primary(self) -> bool:
+        """True when this member answers with its own lease clock (it leads), False to forward."""
+        if not await self.server.wait_primary():
+            return False
+        await self.server.wait_applied_commit()
+        return True
+
+    async def lease_timetolive(self, body: dict[str, Any]) -> dict[str, Any]:
+        codec.parse_lease_timetolive(body)
+        if not await self.on_primary():
+            raise ForwardToLeader
+        return self.result(self.machine.lease_timetolive(body, time.monotonic()))
+
+    def lease_keepalive_local(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One keepalive on this (primary) member's lease clock; call :meth:`on_primary` first."""
+        return self.result(self.machine.lease_keepalive(body, time.monotonic()))
+
+    def lease_leases(self) -> dict[str, Any]:
+        return self.result(self.machine.lease_leases())
+
+    # -- cluster -------------------------------------------------------------------------
+
+    def member_list(self) -> dict[str, Any]:
+        return {"header": self.header(None), "members": self.server.members()}
+
+    async def leader_here(self) -> None:
+        """Return when this member leads; raise ForwardToLeader when another does."""
+        node = self.server._node()
+        if node.is_leader:
+            return
+        try:
+            await node.wait_leader(self.server.config.request_timeout)
+        except raftlib.NotLeader:
+            raise etcd_error(14, "etcdserver: no leader") from None
+        if not node.is_leader:
+            raise ForwardToLeader
+
+    async def _conf_change(self, call: Callable[[], Awaitable[Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.server.config.request_timeout
+        while True:
+            try:
+                await asyncio.wait_for(call(), max(0.1, deadline - loop.time()))
+                return
+            except raftlib.ConfChangeInProgress:
+                if loop.time() >= deadline:
+                    raise etcd_error(14, "etcdserver: request timed out") from None
+                await asyncio.sleep(0.05)
+            except raftlib.NotLeader:
+                raise etcd_error(14, "etcdserver: leader changed") from None
+            except TimeoutError:
+                raise etcd_error(14, "etcdserver: request timed out") from None
+
+    async def member_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        urls = body.get("peerURLs") or []
+        learner = codec.parse_bool(body.get("isLearner"))
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise etcd_error(3, "etcdserver: given member URLs are invalid")
+        try:
+            address = url_address(urls[0])
+            for u in urls:
+                url_address(u)
+        except ValueError:
+            raise etcd_error(3, "etcdserver: given member URLs are invalid") from None
+        await self.leader_here()
+        server = self.server
+        node = server._node()
+        for m in server.members():
+            if set(m.get("peerURLs", ())) & set(urls):
+                raise etcd_error(9, "etcdserver: Peer URLs already exists")
+        mid = member_id_for(urls, server.config.initial_cluster_token)
+        nid = node_name(mid)
+        await server.propose_attributes(nid, list(urls))
+        if learner:
+            await self._conf_change(lambda: node.add_learner(nid, address))
+        else:
+            # Learner first, promoted by raftlib once it has caught up; answer once it is a member.
+            task = asyncio.ensure_future(node.add_member(nid, address, timeout=None))
+            server.background(task)
+
+            async def added() -> None:
+                while nid not in node.membership().members():
+                    if task.done():
+                        task.result()
+                    await asyncio.sleep(0.02)
+
+            await self._conf_change(added)
+        member: dict[str, Any] = {"ID": str(mid), "peerURLs": list(urls)}
+        if learner:
+            member["isLearner"] = True
+        return {"header": self.header(None), "member": member, "members": server.members()}
+
+    def _member_nid(self, body: dict[str, Any]) -> str:
+        mid = _uint(body, "ID")
+        nid = node_name(mid) if mid > 0 else ""
+        if not nid or not any(m["ID"] == str(mid) for m in self.server.members()):
+            raise etcd_error(5, "etcdserver: member not found")
+        return nid
+
+    async def member_remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        nid = self._member_nid(body)
+        await self.leader_here()
+        node = self.server._node()
+        try:
+            await self._conf_change(lambda: node.remove_member(nid))
+        except raftlib.ConfChangeError as exc:
+            raise etcd_error(9, f"etcdserver: {exc}") from None
+        return {"header": self.header(None), "members": self.server.members()}
+
+    async def member_promote(self, body: dict[str, Any]) -> dict[str, Any]:
+        nid = self._member_nid(body)
+        node = self.server._node()
+        if nid not in node.membership().learners:
+            raise etcd_error(9, "etcdserver: can only promote a learner member")
+        await self.leader_here()
+        if not self._learner_ready(nid):
+            raise etcd_error(9, LEARNER_NOT_READY)
+        try:
+            await self._conf_change(lambda: node.promote(nid))
+        except raftlib.ConfChangeError:
+            raise etcd_error(9, LEARNER_NOT_READY) from None
+        return {"header": self.header(None), "members": self.server.members()}
+
+    def _learner_ready(self, nid: str) -> bool:
+        """etcd's isLearnerReady: the learner's match index is at least 90 % of the leader's."""
+        progress = self.server._node().status().get("progress") or {}
+        leader_match = int((progress.get(self.server.node_id) or {}).get("match", 0))
+        learner_match = int((progress.get(nid) or {}).get("match", 0))
+        return learner_match >= LEARNER_READY_PERCENT * leader_match
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        st = self.server.status_fields()
+        size = self.server.db_size()
+        out: dict[str, Any] = {"header": self.header(self.machine.revision), "version": ETCD_VERSION}
+        if size:
+            out["dbSize"] = str(size)
+        if st["leader"]:
+            out["leader"] = str(st["leader"])
+        for key, value in (
+            ("raftIndex", st["commit"]),
+            ("raftTerm", st["term"]),
+            ("raftAppliedIndex", st["applied"]),
+        ):
+            if value:
+                out[key] = str(value)
+        if not st["leader"]:
+            out["errors"] = ["etcdserver: no leader"]
+        if size:
+            out["dbSizeInUse"] = str(size)
+        if self.server.is_learner():
+            out["isLearner"] = True
+        return out
+
+    async def snapshot(self) -> AsyncIterator[dict[str, Any]]:
+        """Maintenance.Snapshot: the member's state, framed like etcd's (:func:`frame_snapshot`),
+        in chunks (``remaining_bytes`` counts down to 0)."""
+        data = frame_snapshot(await self.server.snapshot_bytes())
+        for offset in range(0, max(1, len(data)), SNAPSHOT_CHUNK):
+            blob = data[offset : offset + SNAPSHOT_CHUNK]
+            result: dict[str, Any] = {"header": self.header(self.machine.revision)}
+            remaining = len(data) - offset - len(blob)
+            if remaining:
+                result["remaining_bytes"] = str(remaining)
+            if blob:
+                result["blob"] = codec.b64(blob)
+            yield result
+
+    async def move_leader(self, body: dict[str, Any]) -> dict[str, Any]:
+        """etcd's MoveLeader (``targetID``: a member ID): the leader hands leadership to a voter."""
+        mid = _uint(body, "targetID")
+        nid = node_name(mid) if mid > 0 else ""
+        node = self.server._node()
+        if not nid or nid not in node.membership().voters:
+            raise etcd_error(9, "etcdserver: bad leader transferee")
+        await self.leader_here()
+        if node.leader != nid:
+            try:
+                await node.transfer_leadership(nid, timeout=self.server.config.request_timeout)
+            except TimeoutError:
+                raise etcd_error(14, "etcdserver: request timed out, leader transfer took too long") from None
+            except raftlib.RaftError as exc:
+                raise etcd_error(9, f"etcdserver: {exc}") from None
+        return {"header": self.header(None)}
+
+    def hash_kv(self, body: dict[str, Any]) -> dict[str, Any]:
+        """HashKV: CRC-32 over every live key, its revisions and value at ``revision`` (0 = current).
+
+        Members holding the same data at that revision answer the same hash (what ``etcdctl
+        endpoint hashkv`` compares); the figure is not etcd's (etcd hashes its bolt key layout).
+        """
+        revision = codec.parse_int(body.get("revision"))
+        if revision < 0:
+            revision = 0
+        req: dict[str, Any] = {"key": "AA==", "range_end": "AA=="}
+        if revision:
+            req["revision"] = str(revision)
+        answer = self.machine.range(req)
+        crc = 0
+        for kv in answer.get("kvs", ()):
+            for field in ("key", "create_revision", "mod_revision", "version", "value", "lease"):
+                crc = zlib.crc32(str(kv.get(field, "")).encode(), crc)
+        out: dict[str, Any] = {"header": self.header(self.machine.revision)}
+        if crc:
+            out["hash"] = crc
+        if self.machine.compact_revision:
+            out["compact_revision"] = str(self.machine.compact_revision)
+        return out
+
+    def hash(self) -> dict[str, Any]:
+        """Hash: :meth:`hash_kv` at the current revision, leases folded in."""
+        out = self.hash_kv({})
+        crc = int(out.get("hash", 0))
+        for lease in self.machine.lease_leases().get("leases", ()):
+            crc = zlib.crc32(lease["ID"].encode(), crc)
+        out.pop("compact_revision", None)
+        if crc:
+            out["hash"] = crc
+        return out
+
+    async def healthy(self) -> bool:
+        """A leader is known and a ReadIndex round completes within a second (etcd's /health)."""
+        server = self.server
+        if server.node is None or server.node.leader is None:
+            return False
+        try:
+            await asyncio.wait_for(server.read_barrier(), 1.0)
+        except (EtcdError, TimeoutError):
+            return False
+        return True
+
+
+__all__ = ["EtcdService", "ForwardToLeader", "frame_snapshot", "unframe_snapshot"]

@@ -1,0 +1,458 @@
+"""The unmodified etcdctl against the store's gRPC API (and against real etcd, the same script).
+
+Every scenario runs once per backend (`raftlib`: 3 processes of ``python -m examples.kvstore``;
+`etcd`: the real binary, when installed) on a 3-member cluster shared by the module; each test uses
+its own key prefix. etcdctl is Debian's ``etcd-client`` (scripts/install-etcd.sh installs it); the
+module skips, saying so, when it is absent. A second part drives the gRPC API with Python's grpc
+client: the v3lock/v3election services, and bad input (malformed protobuf, an oversized message, a
+cancelled watch stream, many watches on one stream) after which the member still serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from kvcluster import BACKENDS, KVCluster, backend_unavailable_reason, http_json
+
+ETCDCTL = shutil.which("etcdctl")
+pytestmark = pytest.mark.skipif(
+    ETCDCTL is None, reason="etcdctl not found on PATH (Debian's etcd-client: run scripts/install-etcd.sh)"
+)
+
+
+class Ctl:
+    """etcdctl bound to one cluster."""
+
+    def __init__(self, cluster: KVCluster) -> None:
+        self.cluster = cluster
+        self.backend = cluster.backend
+
+    def endpoints(self, member: int | None = None) -> str:
+        urls = self.cluster.endpoints if member is None else [self.cluster.endpoints[member]]
+        return ",".join(u.removeprefix("http://") for u in urls)
+
+    def argv(self, *args: str, member: int | None = None) -> list[str]:
+        assert ETCDCTL is not None
+        return [ETCDCTL, "--endpoints", self.endpoints(member), "--dial-timeout=3s",
+                "--command-timeout=10s", *args]  # fmt: skip
+
+    def run(
+        self, *args: str, member: int | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        return subprocess.run(self.argv(*args, member=member), input=stdin, capture_output=True, text=True,
+                              timeout=30, env=env)  # fmt: skip
+
+    def ok(self, *args: str, member: int | None = None, stdin: str | None = None) -> str:
+        out = self.run(*args, member=member, stdin=stdin)
+        assert out.returncode == 0, f"[{self.backend}] etcdctl {' '.join(args)} failed: {out.stderr}"
+        return out.stdout
+
+    def fails(self, *args: str, member: int | None = None) -> str:
+        out = self.run(*args, member=member)
+        assert out.returncode != 0, f"[{self.backend}] etcdctl {' '.join(args)} should fail: {out.stdout}"
+        return out.stderr
+
+    def json(self, *args: str, member: int | None = None) -> dict[str, object]:
+        return json.loads(self.ok("-w", "json", *args, member=member))  # type: ignore[no-any-return]
+
+    def spawn(self, *args: str, member: int | None = None) -> subprocess.Popen[str]:
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        return subprocess.Popen(self.argv(*args, member=member), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[str, str]:
+    """End a background etcdctl (SIGINT, like Ctrl-C) and return its (stdout, stderr)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+    err = proc.stderr.read() if proc.stderr is not None else ""
+    if proc.pid in _READERS:  # its stdout belongs to the reader thread
+        return "", err
+    out = proc.stdout.read() if proc.stdout is not None else ""
+    return out, err
+
+
+_READERS: dict[int, queue.Queue[str]] = {}
+
+
+def wait_for_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
+    """The next stdout line of ``proc``, waiting at most ``timeout`` (a thread reads the pipe)."""
+    lines = _READERS.get(proc.pid)
+    if lines is None:
+        lines = _READERS[proc.pid] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no output within {timeout} s from {proc.args}") from None
+
+
+def no_line_within(proc: subprocess.Popen[str], seconds: float) -> bool:
+    try:
+        wait_for_line(proc, seconds)
+    except AssertionError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def ctl(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctl]:
+    reason = backend_unavailable_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    cluster = KVCluster(request.param, tmp_path_factory.mktemp(f"etcdctl-{request.param}"))
+    cluster.start(timeout=30)
+    try:
+        yield Ctl(cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def ns(request: pytest.FixtureRequest) -> str:
+    return f"/ctl/{request.node.originalname}/"
+
+
+# ----------------------------------------------------------------------------------- KV
+
+
+def test_put_get_delete_through_any_member(ctl: Ctl, ns: str) -> None:
+    assert ctl.ok("put", ns + "a", "1", member=0).strip() == "OK"
+    assert ctl.ok("put", ns + "b", "2", member=1).strip() == "OK"
+    assert ctl.ok("get", ns, "--prefix", member=2).split() == [ns + "a", "1", ns + "b", "2"]
+    answer = ctl.json("get", ns + "a", member=2)
+    header = answer["header"]
+    assert isinstance(header, dict) and {"cluster_id", "member_id", "revision", "raft_term"} <= set(header)
+    assert ctl.ok("del", ns, "--prefix").strip() == "2"
+    assert ctl.ok("get", ns, "--prefix") == ""
+
+
+def test_txn_takes_the_branch_its_compare_selects(ctl: Ctl, ns: str) -> None:
+    ctl.ok("put", ns + "k", "v1")
+    script = f'value("{ns}k") = "v1"\n\nput {ns}k v2\n\nput {ns}k nope\n\n'
+    assert ctl.ok("txn", stdin=script).split() == ["SUCCESS", "OK"]
+    assert ctl.ok("txn", stdin=script).split() == ["FAILURE", "OK"]
+    assert ctl.ok("get", ns + "k", "--print-value-only").strip() == "nope"
+
+
+def test_compacted_revision_is_out_of_range_with_etcds_message(ctl: Ctl, ns: str) -> None:
+    ctl.ok("put", ns + "c", "old")
+    rev = int(ctl.json("get", ns + "c")["header"]["revision"])  # type: ignore[index]
+    ctl.ok("put", ns + "c", "new")
+    assert ctl.ok("compaction", str(rev + 1)).strip() == f"compacted revision {rev + 1}"
+    assert "etcdserver: mvcc: required revision has been compacted" in ctl.fails(
+        "get", ns + "c", f"--rev={rev}"
+    )
+    assert ctl.ok("get", ns + "c", f"--rev={rev + 1}", "--print-value-only").strip() == "new"
+
+
+def test_watch_streams_puts_and_deletes_in_order(ctl: Ctl, ns: str) -> None:
+    watch = ctl.spawn("watch", ns, "--prefix", member=1)
+    try:
+        time.sleep(0.8)  # the watch is created before the writes (a created watch has no output)
+        ctl.ok("put", ns + "x", "1", member=0)
+        ctl.ok("put", ns + "y", "2", member=2)
+        ctl.ok("del", ns + "x", member=0)
+        lines = [wait_for_line(watch).strip() for _ in range(8)]
+    finally:
+        stop(watch)
+    assert lines == ["PUT", ns + "x", "1", "PUT", ns + "y", "2", "DELETE", ns + "x"]
+
+
+# -------------------------------------------------------------------------------- leases
+
+
+def test_lease_grant_keepalive_timetolive_revoke(ctl: Ctl, ns: str) -> None:
+    lease = ctl.ok("lease", "grant", "60").split()[1]
+    ctl.ok("put", ns + "leased", "v", f"--lease={lease}")
+    for member in range(3):  # followers relay to the leader's lease clock
+        out = ctl.ok("lease", "keep-alive", "--once", lease, member=member)
+        assert f"lease {lease} keepalived with TTL(60)" in out
+        ttl = ctl.ok("lease", "timetolive", lease, "--keys", member=member)
+        assert f"lease {lease} granted with TTL(60s)" in ttl and f"attached keys([{ns}leased])" in ttl
+    assert lease in ctl.ok("lease", "list").split()
+    assert ctl.ok("lease", "revoke", lease).strip() == f"lease {lease} revoked"
+    assert ctl.ok("get", ns + "leased") == ""
+    assert ctl.ok("lease", "timetolive", lease).strip() == f"lease {lease} already expired"
+    assert "etcdserver: requested lease not found" in ctl.fails("lease", "revoke", lease)
+
+
+# ----------------------------------------------------------------------- cluster, maintenance
+
+
+def test_member_list_endpoint_status_and_health(ctl: Ctl) -> None:
+    members = ctl.ok("member", "list").strip().splitlines()
+    assert len(members) == 3 and all(", started, " in m for m in members)
+    names = sorted(m.split(", ")[2] for m in members)
+    assert names == sorted(m.name for m in ctl.cluster.members)
+    status = ctl.json("endpoint", "status")
+    assert isinstance(status, list) and len(status) == 3
+    leaders = {s["Status"]["leader"] for s in status}
+    assert len(leaders) == 1 and sum(s["Status"]["header"]["member_id"] in leaders for s in status) == 1
+    health = ctl.run("endpoint", "health")
+    assert health.returncode == 0 and (health.stdout + health.stderr).count("is healthy") == 3
+
+
+def test_member_add_learner_promote_refused_then_remove(ctl: Ctl) -> None:
+    from raftlib.testing.proccluster import free_ports
+
+    peer = f"http://127.0.0.1:{free_ports(1)[0]}"
+    deadline = time.monotonic() + 15
+    while True:  # etcd refuses reconfiguration until its members have been connected for 5 s
+        add = ctl.run("member", "add", "extra", f"--peer-urls={peer}", "--learner", member=1)
+        if add.returncode == 0 or "unhealthy cluster" not in add.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert add.returncode == 0, add.stderr
+    added = add.stdout
+    assert "Member" in added and "added to cluster" in added
+    new_id = added.split()[1]
+    listed = [m for m in ctl.ok("member", "list").splitlines() if m.startswith(new_id)]
+    assert listed and listed[0].endswith(", true") and ", unstarted, " in listed[0]
+    refused = ctl.fails("member", "promote", new_id, member=2)
+    assert "etcdserver: can only promote a learner member which is in sync with leader" in refused
+    assert "etcdserver: member not found" in ctl.fails("member", "remove", "1234abcd")
+    assert f"Member {new_id} removed" in ctl.ok("member", "remove", new_id, member=0)
+    assert len(ctl.ok("member", "list").strip().splitlines()) == 3
+
+
+def test_snapshot_save_writes_a_checksummed_file(ctl: Ctl, tmp_path: Path) -> None:
+    path = tmp_path / "snap.db"
+    out = ctl.run("snapshot", "save", str(path), member=0)
+    assert out.returncode == 0 and "Snapshot saved at" in out.stdout, out.stderr
+    import hashlib
+
+    data = path.read_bytes()
+    assert len(data) % 512 == 32 and hashlib.sha256(data[:-32]).digest() == data[-32:]
+    if ctl.backend == "raftlib":
+        assert data[:4] == b"KVS1"  # this store's own format (docs/kvstore.md: what restore reads)
+
+
+# ------------------------------------------------------------------------ lock and election
+
+
+def test_lock_serialises_two_contenders(ctl: Ctl, ns: str, tmp_path: Path) -> None:
+    first = ctl.spawn("lock", ns + "L", member=0)
+    assert wait_for_line(first).startswith(ns + "L/")  # holds the lock (its key is printed)
+    second = ctl.spawn("lock", ns + "L", member=1)
+    assert no_line_within(second, 1.0), "the second contender got the lock while the first held it"
+    assert second.poll() is None
+    stop(first)  # Ctrl-C releases the lock
+    assert wait_for_line(second).startswith(ns + "L/")
+    stop(second)
+
+
+def test_elect_second_candidate_leads_after_the_first_resigns(ctl: Ctl, ns: str) -> None:
+    first = ctl.spawn("elect", ns + "E", "p1", member=0)
+    assert wait_for_line(first).startswith(ns + "E/")
+    assert wait_for_line(first).strip() == "p1"
+    second = ctl.spawn("elect", ns + "E", "p2", member=2)
+    time.sleep(0.8)
+    leader = ctl.ok("get", ns + "E/", "--prefix", "--sort-by=CREATE", "--order=ASCEND", "--limit=1",
+                    "--print-value-only")  # fmt: skip
+    assert leader.strip() == "p1"
+    stop(first)
+    assert wait_for_line(second).startswith(ns + "E/")
+    assert wait_for_line(second).strip() == "p2"
+    stop(second)
+
+
+# -------------------------------------------------------------- the gRPC API from Python
+
+
+@pytest.fixture(scope="module")
+def stubs() -> object:
+    pytest.importorskip("grpc")
+    from examples.kvstore.proto import stubs as generated
+
+    return generated
+
+
+def _channel(ctl: Ctl, member: int = 0):  # type: ignore[no-untyped-def]
+    import grpc
+
+    return grpc.insecure_channel(ctl.cluster.endpoints[member].removeprefix("http://"))
+
+
+def test_lock_and_election_services_answer_like_etcd(ctl: Ctl, ns: str, stubs: object) -> None:
+    import grpc
+
+    from examples.kvstore.proto.stubs import (
+        rpc_pb2,
+        rpc_pb2_grpc,
+        v3election_pb2,
+        v3election_pb2_grpc,
+        v3lock_pb2,
+        v3lock_pb2_grpc,
+    )
+
+    with _channel(ctl) as ch:
+        lease_stub = rpc_pb2_grpc.LeaseStub(ch)
+        l1 = lease_stub.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30), timeout=10).ID
+        l2 = lease_stub.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30), timeout=10).ID
+        lock = v3lock_pb2_grpc.LockStub(ch)
+        held = lock.Lock(v3lock_pb2.LockRequest(name=(ns + "lk").encode(), lease=l1), timeout=10)
+        assert held.key == f"{ns}lk/{l1:x}".encode() and held.header.revision > 0
+        with pytest.raises(grpc.RpcError) as waited:
+            lock.Lock(v3lock_pb2.LockRequest(name=(ns + "lk").encode(), lease=l2), timeout=0.7)
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        kv = rpc_pb2_grpc.KVStub(ch)
+        prefix = rpc_pb2.RangeRequest(key=(ns + "lk/").encode(), range_end=(ns + "lk0").encode())
+        deadline = time.monotonic() + 5
+        while len(kv.Range(prefix, timeout=10).kvs) != 1:  # the abandoned contender's key goes
+            assert time.monotonic() < deadline, "the abandoned Lock left its key behind"
+            time.sleep(0.05)
+        lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key), timeout=10)
+        second = lock.Lock(v3lock_pb2.LockRequest(name=(ns + "lk").encode(), lease=l2), timeout=10)
+        assert second.key == f"{ns}lk/{l2:x}".encode()
+
+        election = v3election_pb2_grpc.ElectionStub(ch)
+        name = (ns + "el").encode()
+        with pytest.raises(grpc.RpcError) as none:
+            election.Leader(v3election_pb2.LeaderRequest(name=name), timeout=10)
+        assert none.value.details() == "election: no leader"
+        won = election.Campaign(v3election_pb2.CampaignRequest(name=name, lease=l1, value=b"a"), timeout=10)
+        assert won.leader.key == f"{ns}el/{l1:x}".encode() and won.leader.lease == l1
+        election.Proclaim(v3election_pb2.ProclaimRequest(leader=won.leader, value=b"b"), timeout=10)
+        now = election.Leader(v3election_pb2.LeaderRequest(name=name), timeout=10)
+        assert now.kv.value == b"b" and now.kv.key == won.leader.key
+        election.Resign(v3election_pb2.ResignRequest(leader=won.leader), timeout=10)
+        with pytest.raises(grpc.RpcError) as stale:
+            election.Proclaim(v3election_pb2.ProclaimRequest(leader=won.leader, value=b"c"), timeout=10)
+        assert stale.value.details() == "election: not leader"
+        for lease in (l1, l2):
+            lease_stub.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=lease), timeout=10)
+
+
+def _raftlib_only(ctl: Ctl) -> None:
+    if ctl.backend != "raftlib":
+        pytest.skip("bad-input checks target the store (etcd's own answers differ in wording)")
+
+
+def test_malformed_and_oversized_requests_get_clear_errors(ctl: Ctl, ns: str, stubs: object) -> None:
+    import grpc
+
+    from examples.kvstore.proto.stubs import rpc_pb2, rpc_pb2_grpc
+
+    _raftlib_only(ctl)
+    with _channel(ctl) as ch:
+        raw = ch.unary_unary("/etcdserverpb.KV/Put", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as bad:
+            raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=5)  # field 1 claims ~4 GiB: truncated protobuf
+        assert bad.value.code() == grpc.StatusCode.INTERNAL  # what grpc-go (etcd) answers
+        assert (bad.value.details() or "").startswith("grpc: error unmarshalling request: ")
+        watch = ch.stream_stream("/etcdserverpb.Watch/Watch", request_serializer=None,
+                                 response_deserializer=rpc_pb2.WatchResponse.FromString)  # fmt: skip
+        created = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=(ns + "w").encode()))
+        stream = watch(iter([created.SerializeToString(), b"\x0a\xff\xff\xff\xff\x0f"]), timeout=10)
+        with pytest.raises(grpc.RpcError) as bad_stream:
+            assert next(stream).created
+            next(stream)
+        assert bad_stream.value.code() == grpc.StatusCode.INTERNAL  # mid-stream too, not a hang
+        assert (bad_stream.value.details() or "").startswith("grpc: error unmarshalling request: ")
+        kv = rpc_pb2_grpc.KVStub(ch)
+        with pytest.raises(grpc.RpcError) as big:
+            kv.Put(rpc_pb2.PutRequest(key=(ns + "big").encode(), value=b"x" * (3 * 1024 * 1024)), timeout=10)
+        assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in (big.value.details() or "")
+        with pytest.raises(grpc.RpcError) as too_big:  # under gRPC's limit, over --max-request-bytes
+            kv.Put(rpc_pb2.PutRequest(key=(ns + "big").encode(), value=b"x" * (1600 * 1024)), timeout=10)
+        assert too_big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert too_big.value.details() == "etcdserver: request is too large"
+        with pytest.raises(grpc.RpcError) as empty:
+            kv.Range(rpc_pb2.RangeRequest(), timeout=10)
+        assert (empty.value.code(), empty.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")  # fmt: skip
+        # Unknown enum values (proto3 keeps them) are accepted as etcd does: no sort, no filter.
+        kv.Put(rpc_pb2.PutRequest(key=(ns + "e").encode(), value=b"1"), timeout=10)
+        odd = rpc_pb2.RangeRequest(key=(ns + "e").encode(), sort_order=99, sort_target=42)
+        assert kv.Range(odd, timeout=10).count == 1
+        after = kv.Put(rpc_pb2.PutRequest(key=(ns + "after").encode(), value=b"ok"), timeout=10)
+        assert after.header.revision > 0
+
+
+@pytest.mark.parametrize("count", [2000, pytest.param(10000, marks=pytest.mark.slow)])
+def test_many_watches_on_one_stream_then_cancel_mid_stream(
+    ctl: Ctl, ns: str, stubs: object, count: int
+) -> None:
+    import grpc
+
+    from examples.kvstore.proto.stubs import rpc_pb2, rpc_pb2_grpc
+
+    _raftlib_only(ctl)
+    with _channel(ctl, member=1) as ch:
+        requests = [
+            rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=f"{ns}w{i}".encode()))
+            for i in range(count)
+        ]
+        import queue
+
+        outbox: queue.Queue[object] = queue.Queue()
+        for r in requests:
+            outbox.put(r)
+
+        def feed() -> Iterator[object]:
+            while True:
+                item = outbox.get()
+                if item is None:
+                    return
+                yield item
+
+        call = rpc_pb2_grpc.WatchStub(ch).Watch(feed(), timeout=60)
+        ids = set()
+        for resp in call:
+            assert resp.created and not resp.canceled
+            ids.add(resp.watch_id)
+            if len(ids) == count:
+                break
+        assert ids == set(range(count))  # etcd numbers automatic watch IDs from 0
+        kv = rpc_pb2_grpc.KVStub(ch)
+        kv.Put(rpc_pb2.PutRequest(key=f"{ns}w7".encode(), value=b"seven"), timeout=10)
+        event = next(call)
+        assert event.watch_id == 7 and event.events[0].kv.value == b"seven"
+        outbox.put(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=7)))
+        cancelled = next(call)
+        assert cancelled.watch_id == 7 and cancelled.canceled
+        outbox.put(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+        progress = next(call)
+        assert progress.watch_id == -1 and progress.header.revision > 0
+        call.cancel()  # the client goes away mid-stream
+        with pytest.raises(grpc.RpcError):
+            next(call)
+        outbox.put(None)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # every watcher of the cancelled stream is gone
+        _, text = http_json(ctl.cluster.endpoints[1] + "/metrics", method="GET")
+        line = [x for x in str(text).splitlines() if x.startswith("etcd_debugging_mvcc_watcher_total")]
+        if line and float(line[0].split()[1]) == 0:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"watchers left after the stream was cancelled: {line}")
+    assert ctl.ok("put", ns + "still", "serving", member=1).strip() == "OK"
