@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from raftlib._version import __version__
-from raftlib.admin import recover, wal
+from raftlib.admin import online, recover, wal
 from raftlib.admin.errors import AdminError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-COMMAND_MODULES = (wal, recover)
+COMMAND_MODULES = (wal, recover, online)
 """Modules whose ``register`` adds subcommands, in the order ``--help`` lists them."""
 
 
@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = argparse.ArgumentParser(
         prog="python -m raftlib",
-        description="raftlib's admin tool. Offline commands work on a stopped node's data directory "
-        "(see docs/admin.md).",
+        description="raftlib's admin tool. Offline commands (wal, recover) work on a stopped node's data "
+        "directory; online ones (status, members, transfer-leader, snapshot) talk to a running node's "
+        "admin endpoint (see docs/admin.md).",
     )
     parser.add_argument("--version", action="version", version=f"raftlib {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the storage layer's log messages")

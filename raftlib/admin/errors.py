@@ -21,9 +21,16 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     """Bad arguments, or the data directory is missing, unreadable or not a raftlib data directory."""
     REFUSED = 3
-    """A safety check refused: a process holds the data directory, or a confirmation flag is missing."""
+    """A safety check refused: a process holds the data directory, or a confirmation flag is missing.
+    Online: the node refused the client's authentication (wrong or missing secret, TLS)."""
     FAILED = 4
-    """An operation failed part way (a write error); what was durable is reported."""
+    """An operation failed part way (a write error); what was durable is reported. Online: the
+    node refused or failed the operation (a bad membership change, a failed snapshot)."""
+    UNAVAILABLE = 5
+    """Online: the node is unreachable, closed the connection, is stopped, or did not answer
+    within the timeout (the outcome of a change is then unknown)."""
+    NOT_LEADER = 6
+    """Online: the operation needs the leader; the leader's id and address are printed."""
 
 
 class AdminError(Exception):

@@ -13,6 +13,7 @@ from typing import Any
 
 from raftlib.core import Config
 from raftlib.errors import ConfigError
+from raftlib.transport.base import parse_address
 
 
 @dataclass
@@ -73,6 +74,11 @@ class NodeConfig:
     """Shared secret (>= 16 bytes, the same on every member) peers prove by HMAC challenge/response
     at the transport handshake; never sent, never in repr. None: cluster id only. See docs/transport.md."""
 
+    admin_address: str | None = None
+    """``host:port`` of the node's admin endpoint (``python -m raftlib status``, docs/admin.md),
+    authenticated like peers (``peer_secret``, ``tls``; with neither: loopback clients only).
+    None: no endpoint."""
+
     def election_timeout(self) -> float:
         """Seconds of one (minimal) election timeout."""
         return self.election_tick * self.tick_interval
@@ -96,6 +102,11 @@ class NodeConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 seconds (math.inf: no deadline), not {value}")
+        if self.admin_address is not None:
+            try:
+                parse_address(self.admin_address)
+            except ValueError as exc:
+                raise ConfigError(f"admin_address: {exc}") from None
         if self.forward_timeout is not None and math.isinf(self.forward_timeout):
             raise ConfigError("forward_timeout must be finite: a lost forward would otherwise wait forever")
 

@@ -48,7 +48,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raftlib._accel import ENTRY_CONF_CHANGE, ENTRY_NORMAL
 from raftlib.core import (
@@ -84,6 +84,9 @@ from raftlib.runtime.requests import Requests, await_request
 from raftlib.runtime.snapshots import restore_snapshot, write_snapshot
 from raftlib.statemachine import SnapshotWriter, StateMachine
 from raftlib.transport.peerauth import check_peer_secret
+
+if TYPE_CHECKING:
+    from raftlib.admin.endpoint import AdminEndpoint
 
 log = logging.getLogger("raftlib.node")
 
@@ -176,6 +179,8 @@ class RaftNode:
         self._leader: str | None = None
         self._snapshot_lock: asyncio.Lock | None = None
         self._snapshotting = False
+        self.admin: AdminEndpoint | None = None
+        """The admin endpoint while running, when ``config.admin_address`` is set (docs/admin.md)."""
         self.metrics: dict[str, float] = {
             "proposals_committed": 0,
             "proposals_applied": 0,
@@ -270,6 +275,15 @@ class RaftNode:
             self._main_tasks.append(asyncio.create_task(self._ticker(), name=f"raft-{self.id}-tick"))
         self.quiesced = False
         self._wake.set()
+        if self.config.admin_address is not None:
+            from raftlib.admin.endpoint import AdminEndpoint
+
+            self.admin = AdminEndpoint(self, self.config.admin_address)
+            try:
+                await self.admin.start()
+            except BaseException:
+                await self.stop()
+                raise
         log.info("node %s started (term %d, commit %d)", self.id, self._core.term, self._core.commit_index)
 
     async def stop(self) -> None:
@@ -279,6 +293,9 @@ class RaftNode:
         """
         was_running = self._running
         self._running = False
+        if self.admin is not None:
+            admin, self.admin = self.admin, None
+            await admin.stop()
         tasks = self._main_tasks + list(self._tasks)
         self._main_tasks = []
         for t in tasks:
