@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from raftlib.admin.endpoint import MAX_LINE_BYTES, PROTOCOL, admin_proof
 from raftlib.codec import AUTH_NONCE_BYTES
 from raftlib.errors import ConfigError
 from raftlib.storage import MemoryStorage
+from raftlib.transport import TlsConfig
 from raftlib.transport.base import parse_address
 from raftlib.transport.peerauth import DIALLER, PeerSecret
 
@@ -318,6 +320,49 @@ def test_a_bad_admin_address_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="admin_address"):
         RaftNode("n0", {"n0": "127.0.0.1:0"}, Log(), config=NodeConfig(admin_address="no-port"),
                  storage=MemoryStorage())  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command-line tool")
+    from test_transport_peer_identity import make_cert
+    from test_transport_tls import _make_ca
+
+    d = tmp_path_factory.mktemp("admin-certs")
+    _make_ca(d, "ca")
+    make_cert(d, "n0", "n0", "DNS:n0")
+    make_cert(d, "operator", "operator", "DNS:operator")
+    other = d / "other"
+    other.mkdir()
+    _make_ca(other, "ca")
+    make_cert(other, "operator", "operator", "DNS:operator")
+    return d
+
+
+async def test_with_tls_a_client_certificate_of_the_cluster_ca_is_required(certs: Path) -> None:
+    tls = TlsConfig(str(certs / "n0.crt"), str(certs / "n0.key"), str(certs / "ca.crt"))
+    node = make_node("n0", {"n0": f"127.0.0.1:{free_ports(1)[0]}"}, secret=None, tls=tls)
+    await node.start()
+    try:
+        assert node.admin is not None and node.admin.auth == "tls"
+        ca = str(certs / "ca.crt")
+        ours = ("--tls-cert", str(certs / "operator.crt"), "--tls-key", str(certs / "operator.key"),
+                "--tls-ca", ca)  # fmt: skip
+        code, out, err = await cli("status", "--admin", admin_of(node), *ours)
+        assert code == 0, err
+        assert out.startswith("node:       n0 (")
+
+        foreign = certs / "other"
+        theirs = ("--tls-cert", str(foreign / "operator.crt"), "--tls-key", str(foreign / "operator.key"),
+                  "--tls-ca", ca)  # fmt: skip
+        code, out, err = await cli("status", "--admin", admin_of(node), "--timeout", "5", *theirs)
+        assert code == ExitCode.REFUSED and out == "", err
+    finally:
+        await node.stop()
 
 
 # ------------------------------------------------------------------------------ life cycle

@@ -90,8 +90,11 @@ class AdminClient:
             hello = await client._read()
         except AdminError:
             await client.close()
-            hint = "" if ssl_context else " (does the node require TLS? give --tls-cert, --tls-key, --tls-ca)"
-            text = f"{address} closed the connection before greeting{hint}"
+            if ssl_context is not None:
+                text = f"{address} closed the TLS connection before greeting (refused our certificate?)"
+                raise AdminError(text, ExitCode.REFUSED) from None
+            text = f"{address} closed the connection before greeting (does the node require TLS? " \
+                "give --tls-cert, --tls-key, --tls-ca)"
             raise AdminError(text, ExitCode.UNAVAILABLE) from None
         if "error" in hello:
             await client.close()
