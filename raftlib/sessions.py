@@ -40,12 +40,15 @@ import logging
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from raftlib.errors import NodeStopped, NotLeader, ProposalDropped
 from raftlib.statemachine import SnapshotWriter, StateMachine
 from raftlib.valuecodec import CodecError, CommandError, decode, encode
+
+if TYPE_CHECKING:
+    from raftlib.runtime.node import RaftNode
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ class _Record:
         self.responses: dict[int, bytes] = {}
 
 
-def stamp_for(node: Any) -> float:
+def stamp_for(node: RaftNode) -> float:
     """The stamp of an entry proposed through ``node``: its wall clock, negated unless it leads."""
     return time.time() if node.is_leader else -time.time()
 
@@ -152,7 +155,7 @@ def close_entry(session_id: int, stamp: float = 0.0) -> bytes:
     return _SID.pack(ENVELOPE_VERSION, CLOSE, stamp, session_id)
 
 
-def _keepalive_for(session_id: int, node: Any) -> bytes:
+def _keepalive_for(session_id: int, node: RaftNode) -> bytes:
     return keepalive_entry(session_id, stamp_for(node))
 
 
@@ -415,7 +418,7 @@ class LogClock:
 
     def __init__(
         self,
-        node: Any,
+        node: RaftNode,
         sm: SessionStateMachine,
         *,
         period: float | None = None,
@@ -509,14 +512,15 @@ class Session:
 
     def __init__(
         self,
-        nodes: Any | Sequence[Any],
+        nodes: RaftNode | Sequence[RaftNode],
         *,
         timeout: float = 30.0,
         attempt_timeout: float = 5.0,
         max_outstanding: int = 256,
         keepalive: float | None = 10.0,
     ) -> None:
-        self._nodes: list[Any] = list(nodes) if isinstance(nodes, list | tuple) else [nodes]
+        one = [cast("RaftNode", nodes)]
+        self._nodes: list[RaftNode] = list(nodes) if isinstance(nodes, list | tuple) else one
         if not self._nodes:
             raise ValueError("a session needs at least one node")
         if not timeout > 0 or not attempt_timeout > 0:
@@ -535,7 +539,7 @@ class Session:
         """Attempts beyond the first, over the session's life (for tests and metrics)."""
 
     @property
-    def node(self) -> Any:
+    def node(self) -> RaftNode:
         """The node proposals currently go through."""
         return self._nodes[self._current]
 
@@ -590,7 +594,7 @@ class Session:
             self._outstanding.add(seq)
             try:
 
-                def entry(node: Any) -> bytes:
+                def entry(node: RaftNode) -> bytes:
                     ack = min(self._outstanding)
                     return _CMD.pack(ENVELOPE_VERSION, COMMAND, stamp_for(node), sid, seq, ack) + payload
 
@@ -599,7 +603,7 @@ class Session:
                 self._outstanding.discard(seq)
                 self._last_activity = time.monotonic()
 
-    async def _submit(self, entry: Any, timeout: float | None = None) -> Any:
+    async def _submit(self, entry: Callable[[RaftNode], bytes], timeout: float | None = None) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.timeout if timeout is None else timeout)
         attempts = 0

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from raftlib.core import Config
 from raftlib.errors import ConfigError
 from raftlib.transport.base import parse_address
+from raftlib.transport.tls import TlsConfig
 
 
 @dataclass
@@ -67,7 +67,7 @@ class NodeConfig:
     ``None``: two election timeouts."""
     cluster_id: str = "raftlib"
     """Peers of another cluster are refused at the handshake."""
-    tls: Any = None
+    tls: TlsConfig | None = None
     """A ``raftlib.transport.tls.TlsConfig`` for mutually authenticated peer TLS."""
     rng_seed: int | None = None
     peer_secret: bytes | str | None = field(default=None, repr=False)

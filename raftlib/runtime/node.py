@@ -87,6 +87,8 @@ from raftlib.transport.peerauth import check_peer_secret
 
 if TYPE_CHECKING:
     from raftlib.admin.endpoint import AdminEndpoint
+    from raftlib.storage.base import Storage
+    from raftlib.transport.base import Transport
 
 log = logging.getLogger("raftlib.node")
 
@@ -130,8 +132,8 @@ class RaftNode:
         config: NodeConfig | None = None,
         *,
         join: bool = False,
-        transport: Any = None,
-        storage: Any = None,
+        transport: Transport | None = None,
+        storage: Storage | None = None,
         on_leader_change: Callable[[LeaderChange], Any] | None = None,
         observers: Iterable[Observer] | None = None,
         services: GroupServices | None = None,
@@ -741,7 +743,7 @@ class RaftNode:
 
     async def _reload_core(self) -> RawNode:
         """Rebuild the core from what is durable (as after a restart), keeping the state machine."""
-        assert self._stage is not None and self._core is not None
+        assert self._stage is not None and self._core is not None and self._storage is not None
         state: PersistentState = await self._stage.call(self._storage.load)
         self._core = RawNode(self._core.raft.config, state, rng=self._core.raft.rng, applied=self._applied)
         self._wake.set()
@@ -843,7 +845,7 @@ class RaftNode:
             self._transport.send(plain)
 
     async def _send_snapshot_chunk(self, m: Message) -> None:
-        assert m.snapshot is not None and self._core is not None
+        assert m.snapshot is not None and self._core is not None and self._storage is not None
         loop = asyncio.get_running_loop()
         try:
             data, done = await loop.run_in_executor(
@@ -978,7 +980,7 @@ class RaftNode:
 
     async def _take_snapshot(self) -> SnapshotMeta:
         core = self._check_running()
-        assert self._stage is not None
+        assert self._stage is not None and self._storage is not None
         index = self._applied
         if core.snapshot_meta is not None and core.snapshot_meta.index >= index:
             return core.snapshot_meta

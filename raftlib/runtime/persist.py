@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from raftlib.core import Entry, HardState, Ready
 from raftlib.errors import RaftError, StorageCorrupted
 from raftlib.observe import ObserverSet
+from raftlib.storage.base import Storage
 
 _T = TypeVar("_T")
 
@@ -212,7 +213,7 @@ class StorageStage:
 
     def __init__(
         self,
-        storage: Any,
+        storage: Storage,
         name: str,
         inline_sync_below: float,
         metrics: dict[str, float],
@@ -227,7 +228,7 @@ class StorageStage:
         """Gets ``on_fsync`` for every synced write (set by the node; None: no observer)."""
         self.key = key
         """This group's key in the records handed to the queue's writer."""
-        self.unsaved_hard_state: Any = None
+        self.unsaved_hard_state: HardState | None = None
         self._own_queue = queue is None
         self.queue = queue if queue is not None else WriteQueue(name, self._save_own)
         self._on_durable: Callable[[Ready], None] | None = None

@@ -13,18 +13,18 @@ from __future__ import annotations
 import itertools
 import json
 import struct
-from typing import Any
 
 from raftlib.core import SnapshotMeta
 from raftlib.errors import RaftError
 from raftlib.statemachine import SnapshotWriter, StateMachine
+from raftlib.storage.base import Storage
 
 HEADER = struct.Struct("<4sI")
 MAGIC = b"RLSN"
 
 
 def write_snapshot(
-    storage: Any, meta: SnapshotMeta, addresses: dict[str, str], captured: bytes | SnapshotWriter
+    storage: Storage, meta: SnapshotMeta, addresses: dict[str, str], captured: bytes | SnapshotWriter
 ) -> None:
     """In a worker thread: write ``captured`` (``StateMachine.snapshot()``'s value) as snapshot ``meta``."""
     header = json.dumps({"addresses": addresses}).encode()
@@ -45,7 +45,7 @@ def write_snapshot(
         raise TypeError(f"snapshot() must return bytes or a SnapshotWriter, not {kind}")
 
 
-def restore_snapshot(storage: Any, index: int, sm: StateMachine) -> dict[str, str]:
+def restore_snapshot(storage: Storage, index: int, sm: StateMachine) -> dict[str, str]:
     """In a worker thread: restore ``sm`` from stored snapshot ``index``; returns its peer addresses."""
     with storage.open_snapshot(index) as f:
         head = f.read(HEADER.size)
