@@ -43,6 +43,7 @@ from raftlib.codec import (
 from raftlib.core.messages import Message
 from raftlib.transport.base import OnMessage
 from raftlib.transport.tcp import _READ_SIZE, TcpTransport, _Peer
+from raftlib.transport.tls import TlsConfig
 
 __all__ = [
     "GroupTransport",
@@ -437,7 +438,7 @@ class HostTransport(HostTransportBase):
         peers: Mapping[str, str] | None = None,
         *,
         cluster_id: str,
-        ssl: Any = None,
+        ssl: TlsConfig | None = None,
         peer_secret: bytes | str | None = None,
         on_unknown_group: HostOnMessage | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
