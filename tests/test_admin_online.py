@@ -13,6 +13,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,22 @@ async def test_a_follower_without_forwarding_answers_not_leader_with_the_leaders
         assert out == ""
 
 
+async def test_with_forward_proposals_a_follower_forwards_demote_and_promote_to_the_leader(
+    secret_file: str,
+) -> None:
+    async with cluster(forward_proposals=True) as c:
+        follower = await c.follower()
+        lead = await c.leader()
+        other = next(i for i in c.members if i not in (lead.id, follower.id))
+        conn = ("--admin", admin_of(follower), "--secret-file", secret_file, "--json")
+        code, out, err = await cli("members", "demote", other, *conn)
+        assert code == 0, err
+        assert other in json.loads(out)["learners"] and other in lead.membership().learners
+        code, out, err = await cli("members", "promote", other, *conn)
+        assert code == 0, err
+        assert other in json.loads(out)["voters"]
+
+
 async def test_a_bad_membership_change_is_a_failed_operation_with_the_nodes_reason(secret_file: str) -> None:
     async with cluster() as c:
         lead = await c.leader()
@@ -314,6 +332,13 @@ async def test_without_secret_or_tls_the_endpoint_serves_loopback_clients_only()
         code, out, err = await cli("status", "--admin", admin_of(lead))
         assert code == 0, err
         assert f"node:       {lead.id}" in out
+
+
+def test_python_m_raftlib_lists_the_online_commands() -> None:
+    done = subprocess.run([sys.executable, "-m", "raftlib", "--help"], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    for command in ("status", "members", "transfer-leader", "snapshot", "wal", "recover"):
+        assert command in done.stdout
 
 
 def test_a_bad_admin_address_is_a_config_error() -> None:
