@@ -208,6 +208,10 @@ async def test_a_bad_membership_change_is_a_failed_operation_with_the_nodes_reas
                                  "--secret-file", secret_file)  # fmt: skip
         assert code == ExitCode.FAILED
         assert "UnknownMember" in err and "nobody" in err
+        code, _, err = await cli("members", "add", "n9", "no-port", "--admin", admin_of(lead),
+                                 "--secret-file", secret_file)  # fmt: skip
+        assert code == ExitCode.USAGE
+        assert "BadRequest" in err and "host:port" in err
 
 
 # ------------------------------------------------------------------- transfer and snapshot

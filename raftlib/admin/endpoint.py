@@ -208,8 +208,10 @@ class AdminEndpoint:
         self._conns.add(task)
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            pass  # the client went away, or did not read our answer in time
+        except Exception:
+            log.exception("%s: admin connection failed", self._node.id)
         finally:
             self._conns.discard(task)
             writer.close()
@@ -254,8 +256,8 @@ class AdminEndpoint:
                 await self._fail(writer, "auth_timeout", "AuthFailed",
                                  f"no secret proof within {AUTH_TIMEOUT:g} s")  # fmt: skip
                 return
-            except BadRequest as exc:
-                await self._fail(writer, "bad_auth", "AuthFailed", str(exc))
+            except (BadRequest, asyncio.LimitOverrunError) as exc:
+                await self._fail(writer, "bad_auth", "AuthFailed", f"not a secret proof: {exc}")
                 return
             auth = msg.get("auth") if msg is not None else None
             try:
@@ -367,7 +369,10 @@ class AdminEndpoint:
         node_id, address = _node_id(args), args.get("address")
         if not isinstance(address, str):
             raise BadRequest("argument 'address' must be a 'host:port' string")
-        parse_address(address)
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         if args.get("learner"):
             await self._node.add_learner(node_id, address, timeout=limit)
         else:
