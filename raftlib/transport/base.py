@@ -69,7 +69,10 @@ class Transport(Protocol):
       it, when present, before it blocks the loop on an fsync.
     """
 
-    stats: dict[str, int]
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters named in :data:`STAT_NAMES` (an attribute or a property)."""
+        ...
 
     async def start(self, on_message: OnMessage) -> None:
         """Begin receiving; ``on_message`` is called for each message received."""
