@@ -139,10 +139,10 @@ class RaftHost:
         self._groups: dict[str, RaftNode] = {}
         self._active: dict[str, RaftNode] = {}
         """Groups being ticked (not quiesced)."""
-        self._idle: dict[str, int] = {}
-        """Active group -> consecutive ticks it has been quiescable (it quiesces at
-        ``quiesce_after`` ticks, so a busy group never churns between quiesced and awake, and a
-        woken leader heartbeats before it quiesces again)."""
+        self._idle: dict[str, tuple[int, int]] = {}
+        """Active group led here -> (its last log index, ticks since that index last moved). It
+        quiesces once that reaches ``quiesce_after`` and it is quiescable, so a busy group never
+        churns between quiesced and awake, and a woken leader heartbeats before it quiesces again."""
         self.quiesce_after = max(2, self.config.election_tick // 2)
         """Ticks a leader must have been idle before its group quiesces."""
         self._queue: WriteQueue | None = None
@@ -288,7 +288,7 @@ class RaftHost:
             state_machine,
             # No inline fsync on the loop: it would stall every other group for the disk's
             # round trip; the shared queue batches all groups' writes of a loop turn instead.
-            config=replace(config or self.config, inline_sync_below=0.0),
+            config=replace(config or self.config, inline_sync_below=0.0, admin_address=None),
             join=join,
             transport=self._transport.group(group_id),
             storage=self._log.group(group_id),
@@ -367,14 +367,17 @@ class RaftHost:
         self._liveness()
         idle = self._idle
         for gid, node in list(self._active.items()):
-            if self.quiesce and node.quiescable():
-                n = idle[gid] = idle.get(gid, 0) + 1
-                if n >= self.quiesce_after:
+            if self.quiesce and node.is_leader:
+                # Ticks since the log last grew: heartbeat traffic does not count as activity, so
+                # a busy host still quiesces its idle groups (a reply in flight only delays it).
+                last = node.last_index
+                seen, n = idle.get(gid, (last, 0))
+                n = n + 1 if seen == last else 0
+                if n >= self.quiesce_after and node.quiescable():
                     del idle[gid]
                     self._quiesce_leader(gid, node)  # instead of this tick's heartbeat
                     continue
-            elif gid in idle:
-                del idle[gid]
+                idle[gid] = (last, n)
             node.tick()
         self.metrics["groups_quiesced"] = len(self._groups) - len(self._active)
 

@@ -630,6 +630,11 @@ class RaftNode:
         return self._core.leader if self._core else None
 
     @property
+    def last_index(self) -> int:
+        """The index of the last entry in this node's log (0 before start)."""
+        return self._core.last_index() if self._core is not None else 0
+
+    @property
     def is_leader(self) -> bool:
         return self._core is not None and self._core.role is Role.LEADER
 
