@@ -275,7 +275,7 @@ class LockServicer(v3lock_pb2_grpc.LockServicer):
             header, key = await self.recipes.lock(bytes(request.name), request.lease)
             return to_message({"header": header, "key": codec.b64(key)}, v3lock_pb2.LockResponse)
 
-        return await self.run(context, "Lock", call)
+        return await self.run(context, "Lock", call, request)
 
     async def Unlock(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -283,7 +283,7 @@ class LockServicer(v3lock_pb2_grpc.LockServicer):
         async def call() -> Any:
             return to_message(await self.recipes.unlock(bytes(request.key)), v3lock_pb2.UnlockResponse)
 
-        return await self.run(context, "Unlock", call)
+        return await self.run(context, "Unlock", call, request)
 
 
 class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
@@ -298,7 +298,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
             answer = await self.recipes.campaign(bytes(request.name), request.lease, bytes(request.value))
             return to_message(answer, v3election_pb2.CampaignResponse)
 
-        return await self.run(context, "Campaign", call)
+        return await self.run(context, "Campaign", call, request)
 
     async def Proclaim(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -310,7 +310,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
             answer = await self.recipes.proclaim(name, key, rev, lease, bytes(request.value))
             return to_message(answer, v3election_pb2.ProclaimResponse)
 
-        return await self.run(context, "Proclaim", call)
+        return await self.run(context, "Proclaim", call, request)
 
     async def Resign(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -321,7 +321,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
             _, key, rev, _ = _leader_key(request.leader)
             return to_message(await self.recipes.resign(key, rev), v3election_pb2.ResignResponse)
 
-        return await self.run(context, "Resign", call)
+        return await self.run(context, "Resign", call, request)
 
     async def Leader(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -329,7 +329,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
         async def call() -> Any:
             return to_message(await self.recipes.leader(bytes(request.name)), v3election_pb2.LeaderResponse)
 
-        return await self.run(context, "Leader", call)
+        return await self.run(context, "Leader", call, request)
 
     async def Observe(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         from examples.kvstore.grpcapi import status_code, to_message
