@@ -314,3 +314,72 @@ async def test_auth_survives_a_snapshot_and_a_restart(tmp_path: Path) -> None:
         assert status == 200 and out["count"] == "1"
     finally:
         await c.stop()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["shared-url", "split-urls"])
+async def test_client_certificate_cn_is_the_user_with_client_cert_auth(tmp_path: Path, split: bool) -> None:
+    """With --client-cert-auth and no token, the certificate's CN names the user (as etcd does),
+    both behind the client-URL multiplexer (TLS ended there) and with grpc on its own URL."""
+    import shutil
+
+    from tests.test_kv_grpc_serving import _cert, configs, started, target
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    from examples.kvstore.server import ClientTls
+
+    _cert(tmp_path, "ca", None)
+    for n in ("g0", "g1", "g2", "client", "stranger"):
+        _cert(tmp_path, n, "ca")
+    ca = str(tmp_path / "ca.crt")
+
+    def tls(i: int, name: str) -> ClientTls:
+        return ClientTls(
+            str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"), ca, client_cert_auth=True
+        )
+
+    def creds(name: str) -> Any:
+        return grpc.ssl_channel_credentials(
+            root_certificates=(tmp_path / "ca.crt").read_bytes(),
+            private_key=(tmp_path / f"{name}.key").read_bytes(),
+            certificate_chain=(tmp_path / f"{name}.crt").read_bytes(),
+        )
+
+    servers, _, follower = await started(configs("https", split=split, client_tls=tls))
+    try:
+        async with grpc.aio.secure_channel(target(follower), creds("client")) as ch:
+            a = rpc_pb2_grpc.AuthStub(ch)
+            await a.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="pw"), timeout=10)
+            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+            await a.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="rw"), timeout=10)
+            grant = rpc_pb2.AuthRoleGrantPermissionRequest(name="rw")
+            grant.perm.permType, grant.perm.key, grant.perm.range_end = (
+                2,
+                b"app/",
+                b"app0",
+            )  # READWRITE, prefix
+            await a.RoleGrantPermission(grant, timeout=10)
+            add = rpc_pb2.AuthUserAddRequest(name="client")
+            add.options.no_password = True
+            await a.UserAdd(add, timeout=10)
+            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="client", role="rw"), timeout=10)
+            await a.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=10)
+            kv = rpc_pb2_grpc.KVStub(ch)
+            await kv.Put(rpc_pb2.PutRequest(key=b"app/cn", value=b"yes"), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await kv.Put(rpc_pb2.PutRequest(key=b"elsewhere", value=b"no"), timeout=10)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            # A user without a password cannot authenticate with one.
+            with pytest.raises(grpc.aio.AioRpcError) as nopw:
+                await a.Authenticate(rpc_pb2.AuthenticateRequest(name="client", password=""), timeout=10)
+            assert nopw.value.details() == auth.MSG_AUTH_FAILED
+        async with grpc.aio.secure_channel(target(follower), creds("stranger")) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as stranger:
+                await rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"app/cn"), timeout=10)
+            assert (stranger.value.code(), stranger.value.details()) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "etcdserver: permission denied",
+            )
+    finally:
+        for s in servers:
+            await s.stop()
