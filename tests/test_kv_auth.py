@@ -157,6 +157,19 @@ async def test_gateway_reader_writer_prefix_and_token_errors(three: Cluster) -> 
     assert (status, out) == (403, etcd_body(7, "etcdserver: permission denied"))
     txn["compare"][0]["key"] = b64("app/y")
     assert (await post_as(c, writer, "/v3/kv/txn", txn))[0] == 200
+    # A watch the user may not read: created and canceled with etcd's reason.
+    status, out = await post_as(c, reader, "/v3/watch", {"create_request": {"key": b64("secret")}})
+    assert (
+        status == 200
+        and out["result"]["canceled"]
+        and out["result"]["cancel_reason"] == (auth.WATCH_DENIED_REASON)
+    )
+    # Revoking a lease needs write permission on every key attached to it.
+    lease = (await c.ok("/v3/lease/grant", {"TTL": "60"}))["ID"]
+    assert (await post_as(c, writer, "/v3/kv/put", {**put, "lease": lease}))[0] == 200
+    status, out = await post_as(c, reader, "/v3/lease/revoke", {"ID": lease})
+    assert (status, out) == (403, etcd_body(7, "etcdserver: permission denied"))
+    assert (await post_as(c, writer, "/v3/lease/revoke", {"ID": lease}))[0] == 200
     # Compaction and auth management need the root role.
     assert (await post_as(c, writer, "/v3/kv/compaction", {"revision": "1"}))[0] == 403
     assert (await post_as(c, writer, "/v3/auth/user/list", {}))[0] == 403
