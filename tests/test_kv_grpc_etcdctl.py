@@ -277,6 +277,15 @@ def test_auth_reader_cannot_write_root_can_then_auth_disable(ctl: Ctl, ns: str) 
             "--user", "ctlreader:wrong", "get", ns + "x"
         )
         assert ctl.ok(*root, "user", "list").split() == ["ctlreader", "root"]
+        assert ctl.ok(*root, "user", "get", "ctlreader").split() == [
+            "User:",
+            "ctlreader",
+            "Roles:",
+            "ctlreader",
+        ]
+        role = ctl.ok(*root, "role", "get", "ctlreader")
+        assert role.startswith("Role ctlreader\nKV Read:\n") and f"(prefix {ns})" in role, role
+        assert "etcdserver: role name not found" in ctl.fails(*root, "role", "get", "nosuchrole")
         assert "Authentication Disabled" in ctl.ok(*root, "auth", "disable")
         assert ctl.ok("put", ns + "x", "2").strip() == "OK"
     finally:
