@@ -273,6 +273,34 @@ def test_snapshot_keeps_auth_and_an_older_snapshot_loads_with_auth_disabled() ->
     assert "auth" not in json.loads(KVMachine().snapshot())
 
 
+def test_a_write_checked_before_an_auth_change_is_refused_as_old_revision() -> None:
+    """etcd's ErrAuthOldRevision: a command stamped with the auth revision it was checked at is
+    refused at apply when the auth store changed in between; with auth off nothing is stamped."""
+    m = KVMachine()
+    put = {"key": b64("k"), "value": b64("v")}
+    token = auth.CHECKED.set(("root", 0))
+    try:
+        assert b'"au"' not in m.prepare_put(put)  # auth disabled: no stamp, no cost
+        for i, cmd in enumerate(
+            [
+                {"a": "user_add", "name": "root", "password": ""},
+                {"a": "user_grant", "user": "root", "role": "root"},
+                {"a": "enable"},
+            ],
+            1,
+        ):
+            assert "error" not in m.apply(m.prepare_auth(cmd), i)
+        auth.CHECKED.set(("root", m.auth.revision))
+        current = m.prepare_put(put)
+        auth.CHECKED.set(("root", m.auth.revision - 1))
+        stale = m.prepare_put(put)
+    finally:
+        auth.CHECKED.reset(token)
+    assert "error" not in m.apply(current, 10)
+    err = m.apply(stale, 11)["error"]
+    assert (err.grpc_code, err.message) == (3, "etcdserver: revision of auth store is old")
+
+
 def test_permission_intervals_and_token_expiry() -> None:
     state = auth.AuthState()
     state.users["u"] = auth.User("", ["r"])

@@ -22,6 +22,7 @@ path hashes anything; with auth disabled :func:`authorize` is one attribute test
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import hmac
 import os
@@ -469,6 +470,14 @@ class Credentials:
 
 NO_CREDENTIALS = Credentials()
 
+CHECKED: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "kvstore_auth_checked", default=None
+)
+"""(user, auth revision) of the request being served, once :func:`authorize` let it through;
+:meth:`KVMachine._command <examples.kvstore.machine.KVMachine>` stamps it on the proposed command
+and apply refuses the command with ``revision of auth store is old`` when the auth store changed
+in between (etcd's check of the request header's auth revision)."""
+
 ADMIN_ROUTES = frozenset(
     {
         "kv/compaction",
@@ -603,8 +612,11 @@ def authorize(
     with JSON ``body`` is permitted to the user of ``creds``. Nothing to do when auth is off."""
     if not state.enabled:
         return
+    CHECKED.set(None)
     if route in ADMIN_ROUTES:
-        state.check_admin(user_of(state, tokens, creds))
+        name = user_of(state, tokens, creds)
+        state.check_admin(name)
+        CHECKED.set((name, state.revision))
         return
     if route in ("lease/revoke", "kv/lease/revoke", "lease/timetolive", "kv/lease/timetolive"):
         # etcd checks write (revoke) or read (timetolive) permission on every attached key.
@@ -616,6 +628,7 @@ def authorize(
             return  # the request's own parsing reports it
         for key in lease_keys(lease_id) if lease_keys else ():
             state.check_op(name, key, b"", want)
+        CHECKED.set((name, state.revision))
         return
     needed = checks_for(route, body)
     if needed is None:
@@ -623,6 +636,7 @@ def authorize(
     name = user_of(state, tokens, creds)
     for key, end, want in needed:
         state.check_op(name, key, end, want)
+    CHECKED.set((name, state.revision))
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import raftlib
 from examples.kvstore import codec, errors
-from examples.kvstore.auth import AuthState, TokenTable
+from examples.kvstore.auth import CHECKED, MSG_OLD_REVISION, AuthState, TokenTable, auth_error
 from examples.kvstore.errors import EtcdError
 from examples.kvstore.lease import MAX_LEASE_TTL, LeaseTable, Lessor
 from examples.kvstore.mvcc import (
@@ -212,7 +212,11 @@ class KVMachine(raftlib.StateMachine):
         # the base64 JSON text: measure the decoded payload the same way.
         if _proto_size(req) + _RAFT_REQUEST_OVERHEAD > self.max_request_bytes:
             raise errors.request_too_large()
-        command = {"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}
+        command: dict[str, Any] = {"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}
+        if self.auth.enabled:
+            checked = CHECKED.get()
+            if checked is not None:  # the user and auth revision the request was checked at
+                command["au"] = list(checked)
         return _COMPACT.encode(command).encode()
 
     def prepare_put(self, body: Any) -> bytes:
@@ -299,9 +303,14 @@ class KVMachine(raftlib.StateMachine):
             op = cmd["op"]
             req = _from_wire(cmd["r"])
             handler = self._HANDLERS[op]
+            checked = cmd.get("au")
         except (ValueError, KeyError, TypeError):
             log.error("unknown command at index %d: %r", index, command[:200])
             return self._error(EtcdError(errors.INTERNAL, "etcdserver: unknown command"))
+        if checked is not None and self.auth.enabled and int(checked[1]) < self.auth.revision:
+            # Checked against an auth store that has changed since (etcd's ErrAuthOldRevision;
+            # clientv3 then authenticates again and retries).
+            return self._error(auth_error(MSG_OLD_REVISION))
         try:
             body, events = handler(self, req)
         except EtcdError as exc:
