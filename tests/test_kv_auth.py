@@ -31,7 +31,14 @@ grpc = pytest.importorskip("grpc")
 from examples.kvstore import auth  # noqa: E402
 from examples.kvstore.grpcapi import grpc_target  # noqa: E402
 from examples.kvstore.machine import KVMachine  # noqa: E402
-from examples.kvstore.proto.stubs import rpc_pb2, rpc_pb2_grpc  # noqa: E402
+from examples.kvstore.proto.stubs import (  # noqa: E402
+    rpc_pb2,
+    rpc_pb2_grpc,
+    v3election_pb2,
+    v3election_pb2_grpc,
+    v3lock_pb2,
+    v3lock_pb2_grpc,
+)
 from examples.kvstore.server import KVServer  # noqa: E402
 from tests.test_kv_api import Cluster, b64  # noqa: E402
 
@@ -242,6 +249,19 @@ async def test_grpc_permission_denied_txn_and_watch_on_a_follower(three: Cluster
         answer = await asyncio.wait_for(call.read(), 5)
         assert answer.created and not answer.canceled
         call.cancel()
+        # Lock and election: READ+WRITE on the name's prefix (the reader has READ only), Observe READ.
+        md = (("token", reader),)
+        with pytest.raises(grpc.aio.AioRpcError) as lock_denied:
+            await v3lock_pb2_grpc.LockStub(ch).Lock(
+                v3lock_pb2.LockRequest(name=b"app/L"), metadata=md, timeout=5
+            )
+        assert lock_denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        observe = v3election_pb2_grpc.ElectionStub(ch).Observe(
+            v3election_pb2.LeaderRequest(name=b"top/E"), metadata=md, timeout=5
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as observe_denied:
+            await observe.read()
+        assert observe_denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # The auth store reached every member through Raft.
     for s in c.servers:
         assert s.machine.auth.enabled and set(s.machine.auth.users) == {"root", "reader", "writer"}

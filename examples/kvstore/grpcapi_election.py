@@ -287,9 +287,10 @@ class LockServicer(v3lock_pb2_grpc.LockServicer):
 
 
 class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
-    def __init__(self, recipes: Recipes, run: Any) -> None:
+    def __init__(self, recipes: Recipes, run: Any, authorize: Any = None) -> None:
         self.recipes = recipes
         self.run = run
+        self.authorize = authorize  # (context, method, body): the auth check of Observe
 
     async def Campaign(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -332,9 +333,11 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
         return await self.run(context, "Leader", call, request)
 
     async def Observe(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        from examples.kvstore.grpcapi import status_code, to_message
+        from examples.kvstore.grpcapi import status_code, to_dict, to_message
 
         try:
+            if self.authorize is not None and self.recipes.server.machine.auth.enabled:
+                self.authorize(context, "Observe", to_dict(request))
             async for answer in self.recipes.observe(bytes(request.name)):
                 yield to_message(answer, v3election_pb2.LeaderResponse)
         except EtcdError as err:
@@ -352,7 +355,7 @@ def add_election_and_lock(
     register(grpc_server, LockServicer(recipes, base.run), v3lock_pb2.DESCRIPTOR.services_by_name["Lock"])
     register(
         grpc_server,
-        ElectionServicer(recipes, base.run),
+        ElectionServicer(recipes, base.run, base.authorize),
         v3election_pb2.DESCRIPTOR.services_by_name["Election"],
     )
     return recipes
