@@ -124,6 +124,9 @@ async def test_enable_is_refused_without_a_root_user_holding_the_root_role(one: 
     assert status == 200
     assert "enabled" not in await one.ok("/v3/auth/status", {})
     await one.ok("/v3/kv/put", {"key": b64("free"), "value": b64("again")})
+    async with one.session.get(one.url("/metrics")) as r:  # counted under etcd's own labels
+        text = await r.text()
+    assert 'grpc_code="FailedPrecondition",grpc_method="UserAdd",grpc_service="etcdserverpb.Auth"' in text
 
 
 async def test_gateway_reader_writer_prefix_and_token_errors(three: Cluster) -> None:

@@ -114,6 +114,7 @@ AUTH_METHODS = {
     "RoleRevokePermission": ("auth/role/revoke", "AuthRoleRevokePermissionResponse"),
 }
 _AUTH_ROUTES.update({method: route for method, (route, _) in AUTH_METHODS.items()})
+_ROUTES.update({method: route for method, (route, _) in AUTH_METHODS.items()})  # metrics labels
 
 
 def call_token(context: grpc.aio.ServicerContext) -> str | None:
