@@ -167,6 +167,11 @@ async def test_gateway_reader_writer_prefix_and_token_errors(three: Cluster) -> 
     assert (status, out) == (403, etcd_body(7, "etcdserver: permission denied"))
     txn["compare"][0]["key"] = b64("app/y")
     assert (await post_as(c, writer, "/v3/kv/txn", txn))[0] == 200
+    # The gateway also accepts JSON (lowerCamel) field names: the check sees them too.
+    camel = {"success": [{"requestDeleteRange": {"key": b64("secret")}}]}
+    assert (await post_as(c, writer, "/v3/kv/txn", camel))[0] == 403
+    camel = {"key": b64("app/"), "rangeEnd": b64("b")}
+    assert (await post_as(c, reader, "/v3/kv/range", camel))[0] == 403
     # A watch the user may not read: created and canceled with etcd's reason.
     status, out = await post_as(c, reader, "/v3/watch", {"create_request": {"key": b64("secret")}})
     assert (

@@ -508,8 +508,17 @@ ADMIN_ROUTES = frozenset(
 )
 
 
-def _bytes(body: dict[str, Any], name: str) -> bytes:
+def _field(body: dict[str, Any], name: str) -> Any:
+    """A request field under its proto name or its JSON (lowerCamel) name, as the gateway accepts
+    both: a check must see every spelling the request parser sees."""
     value = body.get(name)
+    if value is None and "_" in name:
+        value = body.get(codec._camel(name))
+    return value
+
+
+def _bytes(body: dict[str, Any], name: str) -> bytes:
+    value = _field(body, name)
     if not value:
         return b""
     try:
@@ -543,28 +552,28 @@ def user_of(state: AuthState, tokens: TokenTable, creds: Credentials) -> str:
 
 def txn_checks(body: dict[str, Any], out: list[tuple[bytes, bytes, int]]) -> None:
     """Every (key, range_end, READ/WRITE) a TxnRequest body touches, compares included."""
-    for cmp in body.get("compare") or ():
+    for cmp in _field(body, "compare") or ():
         if isinstance(cmp, dict):
             out.append((_bytes(cmp, "key"), _bytes(cmp, "range_end"), READ))
     for branch in ("success", "failure"):
-        for op in body.get(branch) or ():
+        for op in _field(body, branch) or ():
             if not isinstance(op, dict):
                 continue
-            if isinstance(op.get("request_range"), dict):
-                r = op["request_range"]
+            if isinstance(_field(op, "request_range"), dict):
+                r = _field(op, "request_range")
                 out.append((_bytes(r, "key"), _bytes(r, "range_end"), READ))
-            elif isinstance(op.get("request_put"), dict):
-                r = op["request_put"]
+            elif isinstance(_field(op, "request_put"), dict):
+                r = _field(op, "request_put")
                 out.append((_bytes(r, "key"), b"", WRITE))
-                if r.get("prev_kv"):
+                if _field(r, "prev_kv"):
                     out.append((_bytes(r, "key"), b"", READ))
-            elif isinstance(op.get("request_delete_range"), dict):
-                r = op["request_delete_range"]
+            elif isinstance(_field(op, "request_delete_range"), dict):
+                r = _field(op, "request_delete_range")
                 out.append((_bytes(r, "key"), _bytes(r, "range_end"), WRITE))
-                if r.get("prev_kv"):
+                if _field(r, "prev_kv"):
                     out.append((_bytes(r, "key"), _bytes(r, "range_end"), READ))
-            elif isinstance(op.get("request_txn"), dict):
-                txn_checks(op["request_txn"], out)
+            elif isinstance(_field(op, "request_txn"), dict):
+                txn_checks(_field(op, "request_txn"), out)
 
 
 def checks_for(route: str, body: dict[str, Any]) -> list[tuple[bytes, bytes, int]] | None:
@@ -574,7 +583,7 @@ def checks_for(route: str, body: dict[str, Any]) -> list[tuple[bytes, bytes, int
     if route in ("kv/put", "kv/deleterange"):
         end = b"" if route == "kv/put" else _bytes(body, "range_end")
         out = [(_bytes(body, "key"), end, WRITE)]
-        if body.get("prev_kv"):
+        if _field(body, "prev_kv"):
             out.append((_bytes(body, "key"), end, READ))
         return out
     if route == "kv/txn":
@@ -582,7 +591,7 @@ def checks_for(route: str, body: dict[str, Any]) -> list[tuple[bytes, bytes, int
         txn_checks(body, found)
         return found
     if route == "watch":
-        cr = body.get("create_request")
+        cr = _field(body, "create_request")
         if isinstance(cr, dict):
             return [(_bytes(cr, "key"), _bytes(cr, "range_end"), READ)]
         return None
@@ -595,7 +604,7 @@ def checks_for(route: str, body: dict[str, Any]) -> list[tuple[bytes, bytes, int
     if route == "lock/unlock":
         return [(_bytes(body, "key"), b"", WRITE)]
     if route in ("election/proclaim", "election/resign"):
-        leader = body.get("leader")
+        leader = _field(body, "leader")
         return [(_bytes(leader, "key") if isinstance(leader, dict) else b"", b"", WRITE)]
     return None
 
@@ -630,7 +639,13 @@ def authorize(
             state.check_op(name, key, b"", want)
         CHECKED.set((name, state.revision))
         return
-    needed = checks_for(route, body)
+    try:
+        needed = checks_for(route, body)
+    except (TypeError, AttributeError, ValueError):
+        # A body whose shape the walk cannot follow (the request parser would refuse it too):
+        # fail closed rather than let an unchecked request through.
+        user_of(state, tokens, creds)
+        raise auth_error(MSG_PERMISSION_DENIED) from None
     if needed is None:
         return
     name = user_of(state, tokens, creds)
