@@ -355,6 +355,11 @@ def test_permission_intervals_and_token_expiry() -> None:
     assert tokens.user_of("t.1") == "u"
     now[0] += 10
     assert tokens.user_of("t.1") is None
+    # Tokens nobody uses again do not pile up: expired ones are swept as new ones come.
+    for n in range(5000):
+        tokens.assign(f"x.{n}", "u", 1)
+        now[0] += 0.01
+    assert len(tokens.tokens) < 2048
 
 
 async def test_auth_survives_a_snapshot_and_a_restart(tmp_path: Path) -> None:

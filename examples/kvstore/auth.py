@@ -427,6 +427,7 @@ class TokenTable:
         self.clock = clock
         self.ttl = ttl
         self.tokens: dict[str, tuple[str, float]] = {}
+        self._sweep_at = 1024
 
     @staticmethod
     def new_token() -> str:
@@ -434,7 +435,12 @@ class TokenTable:
         return "".join(secrets.choice(TOKEN_LETTERS) for _ in range(16))
 
     def assign(self, token: str, name: str, revision: int) -> None:
-        self.tokens[token] = (name, self.clock() + self.ttl)
+        now = self.clock()
+        self.tokens[token] = (name, now + self.ttl)
+        if len(self.tokens) >= self._sweep_at:  # expired tokens go in bulk, amortised O(1)
+            for old in [t for t, (_, expiry) in self.tokens.items() if expiry <= now]:
+                del self.tokens[old]
+            self._sweep_at = max(1024, 2 * len(self.tokens))
 
     def user_of(self, token: str) -> str | None:
         """The user of a live token (its TTL restarts, as etcd's resetSimpleToken), else None."""
