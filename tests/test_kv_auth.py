@@ -182,6 +182,12 @@ async def test_gateway_reader_writer_prefix_and_token_errors(three: Cluster) -> 
     # Revoking a lease needs write permission on every key attached to it.
     lease = (await c.ok("/v3/lease/grant", {"TTL": "60"}))["ID"]
     assert (await post_as(c, writer, "/v3/kv/put", {**put, "lease": lease}))[0] == 200
+    for i in range(3):  # followers forward timetolive to the leader, with the caller's token
+        status, out = await post_as(c, reader, "/v3/lease/timetolive", {"ID": lease, "keys": True}, i)
+        assert status == 200 and out["keys"] == [b64("app/x")], (i, out)
+    assert (await post_as(c, None, "/v3/lease/timetolive", {"ID": lease}))[1] == etcd_body(
+        3, auth.MSG_USER_EMPTY
+    )
     status, out = await post_as(c, reader, "/v3/lease/revoke", {"ID": lease})
     assert (status, out) == (403, etcd_body(7, "etcdserver: permission denied"))
     assert (await post_as(c, writer, "/v3/lease/revoke", {"ID": lease}))[0] == 200
