@@ -254,6 +254,47 @@ def test_snapshot_save_writes_a_checksummed_file(ctl: Ctl, tmp_path: Path) -> No
         assert data[:4] == b"KVS1"  # this store's own format (docs/kvstore.md: what restore reads)
 
 
+# ------------------------------------------------------------------------------------ auth
+
+
+def test_auth_reader_cannot_write_root_can_then_auth_disable(ctl: Ctl, ns: str) -> None:
+    """etcd's RBAC from etcdctl: root user, a role reading the test's prefix, ``auth enable``
+    (etcdctl adds the root role itself on etcd's 'root user does not have root role'), a reader's
+    put is refused, root's works, then ``auth disable`` leaves the shared cluster as it was."""
+    root = ("--user", "root:rootpw")
+    try:
+        assert "User root created" in ctl.ok("user", "add", "root:rootpw")
+        assert "Role ctlreader created" in ctl.ok("role", "add", "ctlreader")
+        ctl.ok("role", "grant-permission", "ctlreader", "read", ns, "--prefix=true")
+        ctl.ok("user", "add", "ctlreader:rpw")
+        assert "granted" in ctl.ok("user", "grant-role", "ctlreader", "ctlreader")
+        assert "Authentication Enabled" in ctl.ok("auth", "enable")
+        assert "etcdserver: user name is empty" in ctl.fails("put", ns + "x", "1")
+        assert "etcdserver: permission denied" in ctl.fails("--user", "ctlreader:rpw", "put", ns + "x", "1")
+        assert ctl.ok(*root, "put", ns + "x", "1").strip() == "OK"
+        assert ctl.ok("--user", "ctlreader:rpw", "get", ns + "x", member=2).split() == [ns + "x", "1"]
+        assert "etcdserver: authentication failed, invalid user ID or password" in ctl.fails(
+            "--user", "ctlreader:wrong", "get", ns + "x"
+        )
+        assert ctl.ok(*root, "user", "list").split() == ["ctlreader", "root"]
+        assert ctl.ok(*root, "user", "get", "ctlreader").split() == [
+            "User:",
+            "ctlreader",
+            "Roles:",
+            "ctlreader",
+        ]
+        role = ctl.ok(*root, "role", "get", "ctlreader")
+        assert role.startswith("Role ctlreader\nKV Read:\n") and f"(prefix {ns})" in role, role
+        assert "etcdserver: role name not found" in ctl.fails(*root, "role", "get", "nosuchrole")
+        assert "Authentication Disabled" in ctl.ok(*root, "auth", "disable")
+        assert ctl.ok("put", ns + "x", "2").strip() == "OK"
+    finally:
+        ctl.run(*root, "auth", "disable")
+        for args in (("user", "delete", "ctlreader"), ("role", "delete", "ctlreader"),
+                     ("user", "delete", "root"), ("role", "delete", "root")):  # fmt: skip
+            ctl.run(*args)
+
+
 # ------------------------------------------------------------------------ lock and election
 
 

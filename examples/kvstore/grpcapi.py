@@ -33,7 +33,7 @@ import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from examples.kvstore import errors
+from examples.kvstore import auth, errors
 from examples.kvstore.errors import EtcdError
 from examples.kvstore.proto.stubs import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from examples.kvstore.service import EtcdService, ForwardToLeader
@@ -74,6 +74,74 @@ _ROUTES = {
     "MemberPromote": "cluster/member/promote",
     "Status": "maintenance/status",
 }
+
+
+#: gRPC method -> the gateway route whose permission rules apply (examples.kvstore.auth).
+_AUTH_ROUTES = {
+    **_ROUTES,
+    "Hash": "maintenance/hash",
+    "HashKV": "maintenance/hashkv",
+    "MoveLeader": "maintenance/transfer-leadership",
+    "Defragment": "maintenance/defragment",
+    "Snapshot": "maintenance/snapshot",
+    "Lock": "lock/lock",
+    "Unlock": "lock/unlock",
+    "Campaign": "election/campaign",
+    "Proclaim": "election/proclaim",
+    "Resign": "election/resign",
+    "Leader": "election/leader",
+    "Observe": "election/observe",
+}
+
+#: etcdserverpb.Auth method -> (gateway route, response message name).
+AUTH_METHODS = {
+    "AuthEnable": ("auth/enable", "AuthEnableResponse"),
+    "AuthDisable": ("auth/disable", "AuthDisableResponse"),
+    "AuthStatus": ("auth/status", "AuthStatusResponse"),
+    "Authenticate": ("auth/authenticate", "AuthenticateResponse"),
+    "UserAdd": ("auth/user/add", "AuthUserAddResponse"),
+    "UserGet": ("auth/user/get", "AuthUserGetResponse"),
+    "UserList": ("auth/user/list", "AuthUserListResponse"),
+    "UserDelete": ("auth/user/delete", "AuthUserDeleteResponse"),
+    "UserChangePassword": ("auth/user/changepw", "AuthUserChangePasswordResponse"),
+    "UserGrantRole": ("auth/user/grant", "AuthUserGrantRoleResponse"),
+    "UserRevokeRole": ("auth/user/revoke", "AuthUserRevokeRoleResponse"),
+    "RoleAdd": ("auth/role/add", "AuthRoleAddResponse"),
+    "RoleGet": ("auth/role/get", "AuthRoleGetResponse"),
+    "RoleList": ("auth/role/list", "AuthRoleListResponse"),
+    "RoleDelete": ("auth/role/delete", "AuthRoleDeleteResponse"),
+    "RoleGrantPermission": ("auth/role/grant", "AuthRoleGrantPermissionResponse"),
+    "RoleRevokePermission": ("auth/role/revoke", "AuthRoleRevokePermissionResponse"),
+}
+_AUTH_ROUTES.update({method: route for method, (route, _) in AUTH_METHODS.items()})
+_ROUTES.update({method: route for method, (route, _) in AUTH_METHODS.items()})  # metrics labels
+
+
+def call_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The auth token of a call: ``token`` metadata (etcdctl, clientv3) or ``authorization``."""
+    for key, value in context.invocation_metadata() or ():
+        if key in ("token", "authorization"):
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The CN of the client certificate: from grpc's TLS (it listens on the client URL itself)
+    or, behind the client-URL multiplexer (TLS ended there), from the relay's record."""
+    with contextlib.suppress(Exception):
+        names = context.auth_context().get("x509_common_name")
+        if names:
+            return bytes(names[0]).decode()
+    from examples.kvstore.grpcapi_mux import relayed_common_name
+
+    return relayed_common_name(context.peer() or "")
+
+
+def call_credentials(service: EtcdService, context: grpc.aio.ServicerContext) -> auth.Credentials:
+    """The credentials a call presents (token, and the certificate CN with --client-cert-auth)."""
+    tls = service.server.config.client_tls
+    cn = peer_common_name(context) if tls is not None and tls.client_cert_auth else None
+    return service.credentials(call_token(context), cn)
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -226,6 +294,9 @@ class Forwarder:
         hops = self.hops(context)
         if hops >= MAX_HOPS:
             raise errors.leader_changed()
+        token = call_token(context)
+        if token:  # the leader checks the caller's permission again
+            return ((FORWARD_KEY, str(hops + 1)), ("token", token))
         return ((FORWARD_KEY, str(hops + 1)),)
 
     async def unary(
@@ -280,17 +351,26 @@ class _Base:
         context: grpc.aio.ServicerContext,
         method: str,
         call: Callable[[], Awaitable[Any]],
+        request: Message | None = None,
     ) -> Any:
         metrics = self.server.metrics
         started = time.perf_counter()
         code = 0
         try:
+            if self.server.machine.auth.enabled:
+                self.authorize(context, method, to_dict(request) if request is not None else {})
             return await call()
         except EtcdError as err:
             code = err.grpc_code
             await context.abort(status_code(err.grpc_code), err.message)
         finally:
             metrics.handled(_ROUTES.get(method, method), code, time.perf_counter() - started)
+
+    def authorize(self, context: grpc.aio.ServicerContext, method: str, body: dict[str, Any]) -> None:
+        """Raise etcd's auth error unless the caller may make this call (auth enabled only)."""
+        route = _AUTH_ROUTES.get(method)
+        if route is not None:
+            self.service.authorize(route, body, call_credentials(self.service, context))
 
     async def unary(
         self,
@@ -309,7 +389,7 @@ class _Base:
                     raise errors.not_leader() from None
                 return await self.forwarder.unary(context, forward_path, request, response_cls)
 
-        return await self.run(context, method, call)
+        return await self.run(context, method, call, request)
 
 
 def _sync(fn: Callable[[], dict[str, Any]]) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
@@ -477,7 +557,13 @@ class MaintenanceServicer(_Base, rpc_pb2_grpc.MaintenanceServicer):
 
     async def Defragment(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """The store keeps its keys in memory: there is no file to defragment."""
-        return rpc_pb2.DefragmentResponse(header=header_message(self.server, self.server.machine.revision))
+
+        async def call() -> Any:
+            return rpc_pb2.DefragmentResponse(
+                header=header_message(self.server, self.server.machine.revision)
+            )
+
+        return await self.run(context, "Defragment", call, request)
 
     async def Hash(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self.unary(context, "Hash", request, _sync(self.service.hash), rpc_pb2.HashResponse)
@@ -504,10 +590,33 @@ class MaintenanceServicer(_Base, rpc_pb2_grpc.MaintenanceServicer):
     async def Snapshot(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """The member's state snapshot (this store's format, see docs/kvstore.md) in blob chunks."""
         try:
+            if self.server.machine.auth.enabled:
+                self.authorize(context, "Snapshot", {})
             async for chunk in self.service.snapshot():
                 yield to_message(chunk, rpc_pb2.SnapshotResponse)
         except EtcdError as err:
             await context.abort(status_code(err.grpc_code), err.message)
+
+
+# ----------------------------------------------------------------------------------------- Auth
+
+
+class AuthServicer(_Base):
+    """etcdserverpb.Auth: every method is :meth:`EtcdService.auth_call` under its gateway route."""
+
+    def __getattr__(self, method: str) -> Any:
+        if method not in AUTH_METHODS:
+            raise AttributeError(method)
+        route, response = AUTH_METHODS[method]
+        response_cls = getattr(rpc_pb2, response)
+
+        async def call_method(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def fn(body: dict[str, Any]) -> dict[str, Any]:
+                return await self.service.auth_call(route, body)
+
+            return await self.unary(context, method, request, fn, response_cls)
+
+        return call_method
 
 
 # ---------------------------------------------------------------------------------------- Watch
@@ -531,6 +640,15 @@ class WatchStream:
     def header(self, revision: int | None) -> Any:
         return header_message(self.server, revision)
 
+    def permitted(self, body: dict[str, Any]) -> bool:
+        """Whether the stream's user may read what the create request ``body`` watches."""
+        service = EtcdService(self.server)
+        try:
+            service.authorize("watch", body, call_credentials(service, self.context))
+        except EtcdError:
+            return False
+        return True
+
     async def handle(self, request: Any) -> None:
         kind = request.WhichOneof("request_union")
         if kind == "create_request":
@@ -547,9 +665,22 @@ class WatchStream:
     async def create(self, cr: Any) -> None:
         from examples.kvstore.watch import parse_create_request
 
-        options = parse_create_request({"create_request": to_dict(cr)})  # EtcdError: the writer aborts
+        body = {"create_request": to_dict(cr)}
+        options = parse_create_request(body)  # EtcdError: the writer aborts
         assert options is not None
         wid = cr.watch_id
+        if self.server.machine.auth.enabled and not self.permitted(body):
+            # etcd answers a created-and-canceled watch with the permission error as reason.
+            await self.out.put(
+                rpc_pb2.WatchResponse(
+                    header=self.header(self.server.machine.revision),
+                    watch_id=wid,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=auth.WATCH_DENIED_REASON,
+                )
+            )
+            return
         if wid == 0:
             while self.next_id in self.watchers:
                 self.next_id += 1
@@ -790,6 +921,7 @@ class GrpcEndpoint:
         register(self.grpc, LeaseServicer(*args), services["Lease"])
         register(self.grpc, ClusterServicer(*args), services["Cluster"])
         register(self.grpc, MaintenanceServicer(*args), services["Maintenance"])
+        register(self.grpc, AuthServicer(*args), services["Auth"])
         from examples.kvstore.grpcapi_election import add_election_and_lock
 
         add_election_and_lock(self.grpc, *args)

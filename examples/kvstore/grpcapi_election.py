@@ -275,7 +275,7 @@ class LockServicer(v3lock_pb2_grpc.LockServicer):
             header, key = await self.recipes.lock(bytes(request.name), request.lease)
             return to_message({"header": header, "key": codec.b64(key)}, v3lock_pb2.LockResponse)
 
-        return await self.run(context, "Lock", call)
+        return await self.run(context, "Lock", call, request)
 
     async def Unlock(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -283,13 +283,14 @@ class LockServicer(v3lock_pb2_grpc.LockServicer):
         async def call() -> Any:
             return to_message(await self.recipes.unlock(bytes(request.key)), v3lock_pb2.UnlockResponse)
 
-        return await self.run(context, "Unlock", call)
+        return await self.run(context, "Unlock", call, request)
 
 
 class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
-    def __init__(self, recipes: Recipes, run: Any) -> None:
+    def __init__(self, recipes: Recipes, run: Any, authorize: Any = None) -> None:
         self.recipes = recipes
         self.run = run
+        self.authorize = authorize  # (context, method, body): the auth check of Observe
 
     async def Campaign(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -298,7 +299,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
             answer = await self.recipes.campaign(bytes(request.name), request.lease, bytes(request.value))
             return to_message(answer, v3election_pb2.CampaignResponse)
 
-        return await self.run(context, "Campaign", call)
+        return await self.run(context, "Campaign", call, request)
 
     async def Proclaim(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -310,7 +311,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
             answer = await self.recipes.proclaim(name, key, rev, lease, bytes(request.value))
             return to_message(answer, v3election_pb2.ProclaimResponse)
 
-        return await self.run(context, "Proclaim", call)
+        return await self.run(context, "Proclaim", call, request)
 
     async def Resign(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -321,7 +322,7 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
             _, key, rev, _ = _leader_key(request.leader)
             return to_message(await self.recipes.resign(key, rev), v3election_pb2.ResignResponse)
 
-        return await self.run(context, "Resign", call)
+        return await self.run(context, "Resign", call, request)
 
     async def Leader(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         from examples.kvstore.grpcapi import to_message
@@ -329,12 +330,14 @@ class ElectionServicer(v3election_pb2_grpc.ElectionServicer):
         async def call() -> Any:
             return to_message(await self.recipes.leader(bytes(request.name)), v3election_pb2.LeaderResponse)
 
-        return await self.run(context, "Leader", call)
+        return await self.run(context, "Leader", call, request)
 
     async def Observe(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        from examples.kvstore.grpcapi import status_code, to_message
+        from examples.kvstore.grpcapi import status_code, to_dict, to_message
 
         try:
+            if self.authorize is not None and self.recipes.server.machine.auth.enabled:
+                self.authorize(context, "Observe", to_dict(request))
             async for answer in self.recipes.observe(bytes(request.name)):
                 yield to_message(answer, v3election_pb2.LeaderResponse)
         except EtcdError as err:
@@ -352,7 +355,7 @@ def add_election_and_lock(
     register(grpc_server, LockServicer(recipes, base.run), v3lock_pb2.DESCRIPTOR.services_by_name["Lock"])
     register(
         grpc_server,
-        ElectionServicer(recipes, base.run),
+        ElectionServicer(recipes, base.run, base.authorize),
         v3election_pb2.DESCRIPTOR.services_by_name["Election"],
     )
     return recipes

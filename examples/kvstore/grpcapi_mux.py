@@ -29,6 +29,26 @@ from typing import Any
 
 log = logging.getLogger("kvstore.mux")
 
+_RELAYED_CN: dict[int, str] = {}
+"""Local port of a relay's loopback connection -> the client certificate CN of its client."""
+
+
+def common_name(peercert: Any) -> str | None:
+    """The subject CN of an ``SSLObject.getpeercert()`` dict (None without a certificate)."""
+    for rdn in (peercert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def relayed_common_name(peer: str) -> str | None:
+    """The client certificate CN behind a relayed gRPC connection (grpc's ``context.peer()``,
+    ``ipv4:127.0.0.1:PORT``), or None."""
+    port = peer.rpartition(":")[2]
+    return _RELAYED_CN.get(int(port)) if port.isdigit() else None
+
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SNIFF_TIMEOUT = 10.0
 
@@ -39,6 +59,7 @@ class _Relay(asyncio.Protocol):
     def __init__(self, peer: asyncio.Transport) -> None:
         self.peer = peer
         self.transport: asyncio.Transport | None = None
+        self.cn_port: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -54,6 +75,8 @@ class _Relay(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.cn_port is not None:
+            _RELAYED_CN.pop(self.cn_port, None)
         self.peer.close()
 
     def pause_writing(self) -> None:
@@ -130,6 +153,13 @@ class SniffProtocol(asyncio.Protocol):
         if down.is_closing():
             up.close()
             return
+        cn = common_name(down.get_extra_info("peercert"))
+        if cn is not None:
+            port = int(up.get_extra_info("sockname")[1])
+            _RELAYED_CN[port] = cn
+            relay_up = up.get_protocol()
+            if isinstance(relay_up, _Relay):
+                relay_up.cn_port = port
         down.set_protocol(_Relay(up))
         up.write(self.buffer)
         self.buffer = b""

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import raftlib
 from examples.kvstore import codec, errors
+from examples.kvstore.auth import CHECKED, MSG_OLD_REVISION, AuthState, TokenTable, auth_error
 from examples.kvstore.errors import EtcdError
 from examples.kvstore.lease import MAX_LEASE_TTL, LeaseTable, Lessor
 from examples.kvstore.mvcc import (
@@ -121,10 +122,13 @@ class KVSnapshot(raftlib.SnapshotWriter):
     one ``json`` encoding of the whole image (docs/kvstore-data.md).
     """
 
-    def __init__(self, applied_index: int, view: View, leases: list[list[int]]) -> None:
+    def __init__(
+        self, applied_index: int, view: View, leases: list[list[int]], auth: dict[str, Any] | None = None
+    ) -> None:
         self.applied_index = applied_index
         self.view: View | None = view
         self.leases = leases
+        self.auth = auth
 
     def chunks(self) -> Iterator[bytes]:
         if self.view is None:
@@ -148,7 +152,8 @@ class KVSnapshot(raftlib.SnapshotWriter):
                 yield "".join(pending).encode()
                 pending.clear()
                 size = 0
-        pending.append(f']}},"leases":{enc(self.leases)}}}')
+        tail = f',"auth":{enc(self.auth)}' if self.auth is not None else ""
+        pending.append(f']}},"leases":{enc(self.leases)}{tail}}}')
         yield "".join(pending).encode()
 
     def encode(self) -> bytes:
@@ -181,6 +186,8 @@ class KVMachine(raftlib.StateMachine):
         self.lessor = Lessor(clock)
         self.applied_index = 0
         self._listeners: list[Listener] = []
+        self.auth = AuthState()
+        self.tokens = TokenTable(clock)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -205,7 +212,11 @@ class KVMachine(raftlib.StateMachine):
         # the base64 JSON text: measure the decoded payload the same way.
         if _proto_size(req) + _RAFT_REQUEST_OVERHEAD > self.max_request_bytes:
             raise errors.request_too_large()
-        command = {"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}
+        command: dict[str, Any] = {"v": COMMAND_VERSION, "op": op, "r": _to_wire(req)}
+        if self.auth.enabled:
+            checked = CHECKED.get()
+            if checked is not None:  # the user and auth revision the request was checked at
+                command["au"] = list(checked)
         return _COMPACT.encode(command).encode()
 
     def prepare_put(self, body: Any) -> bytes:
@@ -292,9 +303,14 @@ class KVMachine(raftlib.StateMachine):
             op = cmd["op"]
             req = _from_wire(cmd["r"])
             handler = self._HANDLERS[op]
+            checked = cmd.get("au")
         except (ValueError, KeyError, TypeError):
             log.error("unknown command at index %d: %r", index, command[:200])
             return self._error(EtcdError(errors.INTERNAL, "etcdserver: unknown command"))
+        if checked is not None and self.auth.enabled and int(checked[1]) < self.auth.revision:
+            # Checked against an auth store that has changed since (etcd's ErrAuthOldRevision;
+            # clientv3 then authenticates again and retries).
+            return self._error(auth_error(MSG_OLD_REVISION))
         try:
             body, events = handler(self, req)
         except EtcdError as exc:
@@ -371,7 +387,16 @@ class KVMachine(raftlib.StateMachine):
         self.lessor.revoked(lease_id)
         return {}, events
 
+    def prepare_auth(self, req: dict[str, Any]) -> bytes:
+        """The command of an auth store change (``req["a"]`` names it, see :class:`AuthState`)."""
+        return self._command("auth", req)
+
+    def _apply_auth(self, req: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+        self.store.begin()  # nothing to undo: an auth error changes nothing
+        return self.auth.apply(req, self.tokens), []
+
     _HANDLERS: ClassVar[dict[str, _Handler]] = {
+        "auth": _apply_auth,
         "put": _apply_put,
         "delete": _apply_delete,
         "txn": _apply_txn,
@@ -483,7 +508,9 @@ class KVMachine(raftlib.StateMachine):
         """A point-in-time view of the state, encoded later (in a worker thread) to the same
         bytes :meth:`snapshot` returns: the event loop only copies the per-key record lists."""
         leases = [[lid, self.leases.ttl[lid]] for lid in self.leases.ids()]
-        return KVSnapshot(self.applied_index, self.store.view(), leases)
+        # The auth section is written only once auth was ever used: older readers keep working.
+        auth = self.auth.dump() if (self.auth.revision or self.auth.users or self.auth.roles) else None
+        return KVSnapshot(self.applied_index, self.store.view(), leases, auth)
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's; every lease gets a full TTL on the lessor."""
@@ -496,3 +523,5 @@ class KVMachine(raftlib.StateMachine):
             self.leases.grant(int(lid), int(ttl))
         self.lessor.reset((lid, ttl) for lid, ttl in self.leases.ttl.items())
         self.applied_index = int(image.get("applied_index", 0))
+        self.auth = AuthState.load(image.get("auth"))  # none (an older snapshot): auth disabled
+        self.tokens.clear()

@@ -73,6 +73,18 @@ GRPC_METHODS: dict[str, tuple[str, str]] = {
     "maintenance/status": ("etcdserverpb.Maintenance", "Status"),
     "maintenance/snapshot": ("etcdserverpb.Maintenance", "Snapshot"),
 }
+GRPC_METHODS.update(
+    (route, ("etcdserverpb.Auth", method))
+    for route, method in (
+        ("auth/enable", "AuthEnable"), ("auth/disable", "AuthDisable"), ("auth/status", "AuthStatus"),
+        ("auth/authenticate", "Authenticate"), ("auth/user/add", "UserAdd"), ("auth/user/get", "UserGet"),
+        ("auth/user/list", "UserList"), ("auth/user/delete", "UserDelete"),
+        ("auth/user/changepw", "UserChangePassword"), ("auth/user/grant", "UserGrantRole"),
+        ("auth/user/revoke", "UserRevokeRole"), ("auth/role/add", "RoleAdd"), ("auth/role/get", "RoleGet"),
+        ("auth/role/list", "RoleList"), ("auth/role/delete", "RoleDelete"),
+        ("auth/role/grant", "RoleGrantPermission"), ("auth/role/revoke", "RoleRevokePermission"),
+    )
+)  # fmt: skip
 GRPC_CODE_NAMES = [
     "OK",
     "Canceled",

@@ -743,9 +743,16 @@ class KVServer:
             await asyncio.sleep(0.02)
 
     async def forward(
-        self, path: str, body: bytes, hops: int, on_chunk: Callable[[bytes], Awaitable[None]] | None = None
+        self,
+        path: str,
+        body: bytes,
+        hops: int,
+        on_chunk: Callable[[bytes], Awaitable[None]] | None = None,
+        authorization: str | None = None,
     ) -> tuple[int, str, bytes]:
         """POST ``body`` to the leader's client URL; (status, content type, body).
+
+        ``authorization``: the client's auth token, passed on (the leader checks it again).
 
         With ``on_chunk`` the response body is streamed to it instead of returned.
         """
@@ -758,7 +765,9 @@ class KVServer:
             async with self._http.post(
                 url.rstrip("/") + path,
                 data=body,
-                headers={"X-Kvstore-Forwarded": str(hops + 1)},
+                headers={"X-Kvstore-Forwarded": str(hops + 1)}
+                if authorization is None
+                else {"X-Kvstore-Forwarded": str(hops + 1), "Authorization": authorization},
                 timeout=aiohttp.ClientTimeout(total=self.config.request_timeout),
             ) as resp:
                 ctype = resp.headers.get("Content-Type", "application/json")

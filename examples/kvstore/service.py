@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import raftlib
-from examples.kvstore import codec
-from examples.kvstore.errors import EtcdError
+from examples.kvstore import auth, codec
+from examples.kvstore.errors import EtcdError, invalid_argument
 from examples.kvstore.mvcc import txn_is_readonly, txn_is_serializable
 from examples.kvstore.server import ETCD_VERSION, etcd_error, member_id_for, node_name, url_address
 
@@ -70,6 +70,20 @@ LEARNER_READY_PERCENT = 0.9
 
 class ForwardToLeader(Exception):
     """This member cannot answer: send the request to the leader (its client URL is known)."""
+
+
+def _str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise invalid_argument(f"json: cannot unmarshal {type(value).__name__} into Go value of type string")
+    return value
+
+
+def _b(body: dict[str, Any], name: str) -> bytes:
+    value = body.get(name)
+    if not value:
+        return b""
+    return codec.parse_bytes(value)
 
 
 def _uint(body: dict[str, Any], name: str) -> int:
@@ -279,6 +293,130 @@ class EtcdService:
         leader_match = int((progress.get(self.server.node_id) or {}).get("match", 0))
         learner_match = int((progress.get(nid) or {}).get("match", 0))
         return learner_match >= LEARNER_READY_PERCENT * leader_match
+
+    # -- auth ----------------------------------------------------------------------------
+
+    def authorize(self, route: str, body: dict[str, Any], creds: auth.Credentials) -> None:
+        """Raise etcd's auth error unless ``creds`` may make the ``route`` request (no-op when
+        auth is disabled; see :func:`examples.kvstore.auth.authorize`)."""
+        machine = self.machine
+        if not machine.auth.enabled:
+            return
+        store = machine.store
+        auth.authorize(
+            machine.auth, machine.tokens, route, body, creds, lambda lid: list(store.lease_keys(lid))
+        )
+
+    def credentials(self, token: str | None, common_name: str | None) -> auth.Credentials:
+        """The request's credentials; the certificate CN counts only with --client-cert-auth."""
+        tls = self.server.config.client_tls
+        if common_name and not (tls is not None and tls.client_cert_auth):
+            common_name = None
+        if not token and not common_name:
+            return auth.NO_CREDENTIALS
+        return auth.Credentials(token or None, common_name)
+
+    async def _auth_propose(self, req: dict[str, Any]) -> dict[str, Any]:
+        result = await self.server.propose(self.machine.prepare_auth(req))
+        result.pop("revision", None)
+        return {"header": self.header(self.machine.revision), **result}
+
+    async def auth_call(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call of etcd's Auth service, by gateway route (``auth/user/add``...); the caller
+        ran :meth:`authorize` first. Changes go through Raft; reads are served after a barrier."""
+        state = self.machine.auth
+        if route == "auth/status":
+            await self.server.read_barrier()
+            out: dict[str, Any] = {"header": self.header(self.machine.revision)}
+            if state.enabled:
+                out["enabled"] = True
+            if state.revision:
+                out["authRevision"] = str(state.revision)
+            return out
+        if route == "auth/authenticate":
+            return await self.authenticate(_str(body, "name"), _str(body, "password"))
+        if route in ("auth/enable", "auth/disable"):
+            return await self._auth_propose({"a": route[5:]})
+        if route == "auth/user/add":
+            name = _str(body, "name")
+            if not name:
+                raise auth.auth_error(auth.MSG_USER_EMPTY)
+            if body.get("hashedPassword"):
+                raise invalid_argument("etcdserver: hashed passwords are not supported by this store")
+            options = body.get("options") if isinstance(body.get("options"), dict) else {}
+            no_password = codec.parse_bool((options or {}).get("no_password"))
+            hashed = (
+                "" if no_password else await asyncio.to_thread(auth.hash_password, _str(body, "password"))
+            )
+            return await self._auth_propose(
+                {"a": "user_add", "name": name, "password": hashed, "no_password": no_password}
+            )
+        if route == "auth/user/changepw":
+            name = _str(body, "name")
+            if name not in state.users:
+                raise auth.auth_error(auth.MSG_USER_NOT_FOUND)
+            hashed = await asyncio.to_thread(auth.hash_password, _str(body, "password"))
+            return await self._auth_propose({"a": "user_changepw", "name": name, "password": hashed})
+        if route == "auth/user/delete":
+            return await self._auth_propose({"a": "user_delete", "name": _str(body, "name")})
+        if route == "auth/user/grant":
+            return await self._auth_propose(
+                {"a": "user_grant", "user": _str(body, "user"), "role": _str(body, "role")}
+            )
+        if route == "auth/user/revoke":
+            return await self._auth_propose(
+                {"a": "user_revoke", "name": _str(body, "name"), "role": _str(body, "role")}
+            )
+        if route == "auth/role/add":
+            return await self._auth_propose({"a": "role_add", "name": _str(body, "name")})
+        if route == "auth/role/delete":
+            return await self._auth_propose({"a": "role_delete", "role": _str(body, "role")})
+        if route == "auth/role/grant":
+            perm = body.get("perm") if isinstance(body.get("perm"), dict) else {}
+            raw_type = (perm or {}).get("permType", 0)
+            if isinstance(raw_type, str) and raw_type in auth.PERM_NAMES:
+                ptype = auth.PERM_NAMES[raw_type]
+            else:
+                ptype = codec.parse_int(raw_type, "int32", -(1 << 31), (1 << 31) - 1)
+                if ptype not in (auth.READ, auth.WRITE, auth.READWRITE):
+                    raise invalid_argument(f'unknown value "{raw_type}" for enum authpb.Permission_Type')
+            req = {
+                "a": "role_grant",
+                "name": _str(body, "name"),
+                "perm": {"permType": ptype, "key": _b(perm, "key"), "range_end": _b(perm, "range_end")},
+            }
+            return await self._auth_propose(req)
+        if route == "auth/role/revoke":
+            req = {"a": "role_revoke", "role": _str(body, "role"), "key": _b(body, "key"),
+                   "range_end": _b(body, "range_end")}  # fmt: skip
+            return await self._auth_propose(req)
+        await self.server.read_barrier()
+        header = self.header(self.machine.revision)
+        if route == "auth/user/get":
+            return {"header": header, **state.user_get(_str(body, "name"))}
+        if route == "auth/role/get":
+            return {"header": header, **state.role_get(_str(body, "role"))}
+        if route == "auth/user/list":
+            users = sorted(state.users)
+            return {"header": header, "users": users} if users else {"header": header}
+        if route == "auth/role/list":
+            roles = sorted(state.roles)
+            return {"header": header, "roles": roles} if roles else {"header": header}
+        raise invalid_argument(f"unknown auth call {route!r}")
+
+    async def authenticate(self, name: str, password: str) -> dict[str, Any]:
+        """etcd's Authenticate: the password is checked here (in a thread), then the token is
+        assigned through Raft so that every member accepts it."""
+        state = self.machine.auth
+        if not state.enabled:
+            raise auth.auth_error(auth.MSG_AUTH_NOT_ENABLED)
+        user = state.users.get(name)
+        if user is None or user.no_password:
+            raise auth.auth_error(auth.MSG_AUTH_FAILED)
+        if not await asyncio.to_thread(auth.check_password, password, user.password):
+            raise auth.auth_error(auth.MSG_AUTH_FAILED)
+        token = f"{auth.TokenTable.new_token()}.{self.machine.applied_index + 1}"
+        return await self._auth_propose({"a": "authenticate", "name": name, "token": token})
 
     # -- maintenance ---------------------------------------------------------------------
 

@@ -1,0 +1,466 @@
+"""Auth (RBAC) of the etcd-compatible store, as etcd 3.4 answers it.
+
+Scenarios on in-process clusters (raft over loopback TCP), through the JSON gateway and gRPC on the
+same client URL:
+
+* enabling auth is refused until a root user holding the root role exists;
+* a reader (READ on a prefix) and a writer (READWRITE on the prefix): a reader writing gets
+  ``etcdserver: permission denied`` (gRPC PERMISSION_DENIED, gateway 403 + code 7), a key outside
+  the prefix is refused, a txn comparing a forbidden key is refused, a watch on a forbidden key is
+  created-and-canceled with etcd's reason;
+* wrong password, missing token, unknown token, expired token: etcd's codes and messages;
+* a token from one member works on another (Authenticate goes through Raft, as in etcd);
+* the auth store reaches followers, survives a snapshot and a restart; a snapshot without an auth
+  section (an older store) loads with auth disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+grpc = pytest.importorskip("grpc")
+
+from examples.kvstore import auth  # noqa: E402
+from examples.kvstore.grpcapi import grpc_target  # noqa: E402
+from examples.kvstore.machine import KVMachine  # noqa: E402
+from examples.kvstore.proto.stubs import (  # noqa: E402
+    rpc_pb2,
+    rpc_pb2_grpc,
+    v3election_pb2,
+    v3election_pb2_grpc,
+    v3lock_pb2,
+    v3lock_pb2_grpc,
+)
+from examples.kvstore.server import KVServer  # noqa: E402
+from tests.test_kv_api import Cluster, b64  # noqa: E402
+
+
+def prefix_end(p: str) -> str:
+    return b64(auth.prefix_end(p.encode()))
+
+
+async def setup_users(c: Cluster, i: int = 0) -> None:
+    """root (root role), reader (READ on app/), writer (READWRITE on app/); auth not yet enabled."""
+    for name, pw in (("root", "rootpw"), ("reader", "rpw"), ("writer", "wpw")):
+        await c.ok("/v3/auth/user/add", {"name": name, "password": pw}, i)
+    await c.ok("/v3/auth/role/add", {"name": "r"}, i)
+    await c.ok("/v3/auth/role/add", {"name": "w"}, i)
+    perm = {"key": b64("app/"), "range_end": prefix_end("app/")}
+    await c.ok("/v3/auth/role/grant", {"name": "r", "perm": {**perm, "permType": "READ"}}, i)
+    await c.ok("/v3/auth/role/grant", {"name": "w", "perm": {**perm, "permType": "READWRITE"}}, i)
+    await c.ok("/v3/auth/user/grant", {"user": "root", "role": "root"}, i)
+    await c.ok("/v3/auth/user/grant", {"user": "reader", "role": "r"}, i)
+    await c.ok("/v3/auth/user/grant", {"user": "writer", "role": "w"}, i)
+
+
+async def token_of(c: Cluster, name: str, pw: str, i: int = 0) -> str:
+    out = await c.ok("/v3/auth/authenticate", {"name": name, "password": pw}, i)
+    return str(out["token"])
+
+
+async def post_as(c: Cluster, token: str | None, path: str, body: Any, i: int = 0) -> tuple[int, Any]:
+    headers = {"Authorization": token} if token else {}
+    status, out, _ = await c.post(path, body, i, headers=headers)
+    return status, out
+
+
+def etcd_body(code: int, message: str) -> dict[str, Any]:
+    return {"error": message, "message": message, "code": code}
+
+
+@pytest.fixture
+async def one() -> AsyncIterator[Cluster]:
+    c = Cluster(1)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+@pytest.fixture
+async def three() -> AsyncIterator[Cluster]:
+    c = Cluster(3)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+async def test_enable_is_refused_without_a_root_user_holding_the_root_role(one: Cluster) -> None:
+    status, out = await post_as(one, None, "/v3/auth/enable", {})
+    assert (status, out) == (412, etcd_body(9, "etcdserver: root user does not exist"))
+    await one.ok("/v3/auth/user/add", {"name": "root", "password": "pw"})
+    status, out = await post_as(one, None, "/v3/auth/enable", {})
+    assert (status, out) == (412, etcd_body(9, "etcdserver: root user does not have root role"))
+    status, out = await post_as(one, None, "/v3/auth/user/add", {"name": "root", "password": "x"})
+    assert (status, out) == (412, etcd_body(9, "etcdserver: user name already exists"))
+    status, out = await post_as(one, None, "/v3/auth/user/grant", {"user": "root", "role": "nope"})
+    assert (status, out) == (412, etcd_body(9, "etcdserver: role name not found"))
+    await one.ok("/v3/auth/user/grant", {"user": "root", "role": "root"})
+    before = await one.ok("/v3/auth/status", {})
+    assert "enabled" not in before
+    await one.ok("/v3/auth/enable", {})
+    after = await one.ok("/v3/auth/status", {})
+    assert after["enabled"] is True and int(after["authRevision"]) > int(before["authRevision"])
+    # Auth management now needs root; the root user cannot be deleted while auth is on.
+    status, out = await post_as(one, None, "/v3/auth/user/list", {})
+    assert (status, out) == (400, etcd_body(3, "etcdserver: user name is empty"))
+    root = await token_of(one, "root", "pw")
+    status, out = await post_as(one, root, "/v3/auth/user/delete", {"name": "root"})
+    assert (status, out) == (400, etcd_body(3, "etcdserver: invalid auth management"))
+    status, out = await post_as(one, root, "/v3/auth/user/list", {})
+    assert status == 200 and out["users"] == ["root"]
+    status, _ = await post_as(one, root, "/v3/auth/disable", {})
+    assert status == 200
+    assert "enabled" not in await one.ok("/v3/auth/status", {})
+    await one.ok("/v3/kv/put", {"key": b64("free"), "value": b64("again")})
+    async with one.session.get(one.url("/metrics")) as r:  # counted under etcd's own labels
+        text = await r.text()
+    assert 'grpc_code="FailedPrecondition",grpc_method="UserAdd",grpc_service="etcdserverpb.Auth"' in text
+
+
+async def test_gateway_reader_writer_prefix_and_token_errors(three: Cluster) -> None:
+    c = three
+    await setup_users(c)
+    await c.ok("/v3/auth/enable", {})
+    put = {"key": b64("app/x"), "value": b64("1")}
+    # No token, an unknown token, a wrong password: etcd's answers.
+    assert await post_as(c, None, "/v3/kv/put", put) == (400, etcd_body(3, auth.MSG_USER_EMPTY))
+    assert await post_as(c, "bogus.1", "/v3/kv/put", put) == (401, etcd_body(16, auth.MSG_INVALID_TOKEN))
+    status, out = await post_as(c, None, "/v3/auth/authenticate", {"name": "reader", "password": "bad"})
+    assert (status, out) == (400, etcd_body(3, auth.MSG_AUTH_FAILED))
+    status, out = await post_as(c, None, "/v3/auth/authenticate", {"name": "ghost", "password": "x"})
+    assert (status, out) == (400, etcd_body(3, auth.MSG_AUTH_FAILED))
+
+    writer = await token_of(c, "writer", "wpw", 1)
+    reader = await token_of(c, "reader", "rpw", 2)
+    # A token assigned through one member is accepted by every member (replicated Authenticate).
+    for i in range(3):
+        status, _ = await post_as(c, writer, "/v3/kv/put", put, i)
+        assert status == 200
+    status, out = await post_as(c, reader, "/v3/kv/put", put)
+    assert (status, out) == (403, etcd_body(7, "etcdserver: permission denied"))
+    status, out = await post_as(c, reader, "/v3/kv/range", {"key": b64("app/x")})
+    assert status == 200 and base64.b64decode(out["kvs"][0]["value"]) == b"1"
+    whole = {"key": b64("app/"), "range_end": prefix_end("app/")}
+    assert (await post_as(c, reader, "/v3/kv/range", whole))[0] == 200
+    # Outside the prefix: the whole range must be covered, one key past it is enough to refuse.
+    for body in ({"key": b64("apq")}, {"key": b64("app/"), "range_end": b64("app1")}):
+        assert (await post_as(c, reader, "/v3/kv/range", body))[0] == 403
+    assert (await post_as(c, writer, "/v3/kv/put", {"key": b64("other"), "value": b64("v")}))[0] == 403
+    # A txn needs permission on every key it touches, compares included.
+    txn = {
+        "compare": [{"key": b64("secret"), "target": "VERSION", "result": "EQUAL", "version": "0"}],
+        "success": [{"request_put": {"key": b64("app/y"), "value": b64("2")}}],
+    }
+    status, out = await post_as(c, writer, "/v3/kv/txn", txn)
+    assert (status, out) == (403, etcd_body(7, "etcdserver: permission denied"))
+    txn["compare"][0]["key"] = b64("app/y")
+    assert (await post_as(c, writer, "/v3/kv/txn", txn))[0] == 200
+    # The gateway also accepts JSON (lowerCamel) field names: the check sees them too.
+    camel = {"success": [{"requestDeleteRange": {"key": b64("secret")}}]}
+    assert (await post_as(c, writer, "/v3/kv/txn", camel))[0] == 403
+    camel = {"key": b64("app/"), "rangeEnd": b64("b")}
+    assert (await post_as(c, reader, "/v3/kv/range", camel))[0] == 403
+    # A watch the user may not read: created and canceled with etcd's reason.
+    status, out = await post_as(c, reader, "/v3/watch", {"create_request": {"key": b64("secret")}})
+    assert (
+        status == 200
+        and out["result"]["canceled"]
+        and out["result"]["cancel_reason"] == (auth.WATCH_DENIED_REASON)
+    )
+    # Revoking a lease needs write permission on every key attached to it.
+    lease = (await c.ok("/v3/lease/grant", {"TTL": "60"}))["ID"]
+    assert (await post_as(c, writer, "/v3/kv/put", {**put, "lease": lease}))[0] == 200
+    for i in range(3):  # followers forward timetolive to the leader, with the caller's token
+        status, out = await post_as(c, reader, "/v3/lease/timetolive", {"ID": lease, "keys": True}, i)
+        assert status == 200 and out["keys"] == [b64("app/x")], (i, out)
+    assert (await post_as(c, None, "/v3/lease/timetolive", {"ID": lease}))[1] == etcd_body(
+        3, auth.MSG_USER_EMPTY
+    )
+    status, out = await post_as(c, reader, "/v3/lease/revoke", {"ID": lease})
+    assert (status, out) == (403, etcd_body(7, "etcdserver: permission denied"))
+    assert (await post_as(c, writer, "/v3/lease/revoke", {"ID": lease}))[0] == 200
+    # Compaction and auth management need the root role.
+    assert (await post_as(c, writer, "/v3/kv/compaction", {"revision": "1"}))[0] == 403
+    assert (await post_as(c, writer, "/v3/auth/user/list", {}))[0] == 403
+
+
+async def test_expired_token_is_an_invalid_token(one: Cluster) -> None:
+    await setup_users(one)
+    await one.ok("/v3/auth/enable", {})
+    one.servers[0].machine.tokens.ttl = 0.2
+    token = await token_of(one, "reader", "rpw")
+    assert (await post_as(one, token, "/v3/kv/range", {"key": b64("app/a")}))[0] == 200
+    await asyncio.sleep(0.3)
+    status, out = await post_as(one, token, "/v3/kv/range", {"key": b64("app/a")})
+    assert (status, out) == (401, etcd_body(16, "etcdserver: invalid auth token"))
+
+
+async def test_grpc_permission_denied_txn_and_watch_on_a_follower(three: Cluster) -> None:
+    c = three
+    await setup_users(c)
+    leader = await c.wait_leader()
+    follower = next(s for s in c.servers if s is not leader)
+    async with grpc.aio.insecure_channel(grpc_target(leader.client_urls[0])) as ch:
+        authn = rpc_pb2_grpc.AuthStub(ch)
+        await authn.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=5)
+        status = await authn.AuthStatus(rpc_pb2.AuthStatusRequest(), timeout=5)
+        assert status.enabled and status.authRevision > 0
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await authn.Authenticate(rpc_pb2.AuthenticateRequest(name="reader", password="x"), timeout=5)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad.value.details() == auth.MSG_AUTH_FAILED
+        reader = (await authn.Authenticate(rpc_pb2.AuthenticateRequest(name="reader", password="rpw"))).token
+        writer = (await authn.Authenticate(rpc_pb2.AuthenticateRequest(name="writer", password="wpw"))).token
+    async with grpc.aio.insecure_channel(grpc_target(follower.client_urls[0])) as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await kv.Put(rpc_pb2.PutRequest(key=b"app/k", value=b"v"), timeout=5)
+        assert (empty.value.code(), empty.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: user name is empty",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await kv.Put(rpc_pb2.PutRequest(key=b"app/k", value=b"v"), metadata=(("token", reader),))
+        assert (denied.value.code(), denied.value.details()) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "etcdserver: permission denied",
+        )
+        await kv.Put(rpc_pb2.PutRequest(key=b"app/k", value=b"v"), metadata=(("token", writer),), timeout=5)
+        got = await kv.Range(rpc_pb2.RangeRequest(key=b"app/k"), metadata=(("token", reader),), timeout=5)
+        assert got.kvs[0].value == b"v"
+        txn = rpc_pb2.TxnRequest(
+            compare=[rpc_pb2.Compare(key=b"app/k", target=rpc_pb2.Compare.VALUE, value=b"v")],
+            success=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"top/secret"))],
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as txn_denied:
+            await kv.Txn(txn, metadata=(("token", reader),), timeout=5)
+        assert txn_denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await kv.Range(rpc_pb2.RangeRequest(key=b"app/k"), metadata=(("token", "nope.7"),), timeout=5)
+        assert (invalid.value.code(), invalid.value.details()) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "etcdserver: invalid auth token",
+        )
+        # A watch on a key the user may not read is created and canceled at once, as in etcd.
+        call = rpc_pb2_grpc.WatchStub(ch).Watch(metadata=(("token", reader),))
+        await call.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"top/secret")))
+        answer = await asyncio.wait_for(call.read(), 5)
+        assert answer.created and answer.canceled
+        assert answer.cancel_reason == auth.WATCH_DENIED_REASON
+        await call.write(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"app/k")))
+        answer = await asyncio.wait_for(call.read(), 5)
+        assert answer.created and not answer.canceled
+        call.cancel()
+        # Lock and election: READ+WRITE on the name's prefix (the reader has READ only), Observe READ.
+        md = (("token", reader),)
+        with pytest.raises(grpc.aio.AioRpcError) as lock_denied:
+            await v3lock_pb2_grpc.LockStub(ch).Lock(
+                v3lock_pb2.LockRequest(name=b"app/L"), metadata=md, timeout=5
+            )
+        assert lock_denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        observe = v3election_pb2_grpc.ElectionStub(ch).Observe(
+            v3election_pb2.LeaderRequest(name=b"top/E"), metadata=md, timeout=5
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as observe_denied:
+            await observe.read()
+        assert observe_denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The auth store reached every member through Raft.
+    for s in c.servers:
+        assert s.machine.auth.enabled and set(s.machine.auth.users) == {"root", "reader", "writer"}
+
+
+def test_snapshot_keeps_auth_and_an_older_snapshot_loads_with_auth_disabled() -> None:
+    m = KVMachine()
+    cmds = [
+        {"a": "user_add", "name": "root", "password": auth.hash_password("pw", iterations=1000)},
+        {"a": "role_add", "name": "r"},
+        {"a": "role_grant", "name": "r", "perm": {"permType": auth.READ, "key": b"a", "range_end": b"b"}},
+        {"a": "user_grant", "user": "root", "role": "root"},
+        {"a": "enable"},
+    ]
+    for i, cmd in enumerate(cmds, 1):
+        assert "error" not in m.apply(m.prepare_auth(cmd), i)
+    data = m.snapshot()
+    restored = KVMachine()
+    restored.restore(data)
+    assert restored.auth.dump() == m.auth.dump() and restored.auth.enabled
+    assert auth.check_password("pw", restored.auth.users["root"].password)
+    assert restored.snapshot() == data
+    old = json.loads(data)
+    del old["auth"]
+    older = KVMachine()
+    older.restore(json.dumps(old).encode())
+    assert not older.auth.enabled and not older.auth.users
+    # A store that never used auth writes no auth section (older readers keep loading it).
+    assert "auth" not in json.loads(KVMachine().snapshot())
+
+
+def test_a_write_checked_before_an_auth_change_is_refused_as_old_revision() -> None:
+    """etcd's ErrAuthOldRevision: a command stamped with the auth revision it was checked at is
+    refused at apply when the auth store changed in between; with auth off nothing is stamped."""
+    m = KVMachine()
+    put = {"key": b64("k"), "value": b64("v")}
+    token = auth.CHECKED.set(("root", 0))
+    try:
+        assert b'"au"' not in m.prepare_put(put)  # auth disabled: no stamp, no cost
+        for i, cmd in enumerate(
+            [
+                {"a": "user_add", "name": "root", "password": ""},
+                {"a": "user_grant", "user": "root", "role": "root"},
+                {"a": "enable"},
+            ],
+            1,
+        ):
+            assert "error" not in m.apply(m.prepare_auth(cmd), i)
+        auth.CHECKED.set(("root", m.auth.revision))
+        current = m.prepare_put(put)
+        auth.CHECKED.set(("root", m.auth.revision - 1))
+        stale = m.prepare_put(put)
+    finally:
+        auth.CHECKED.reset(token)
+    assert "error" not in m.apply(current, 10)
+    err = m.apply(stale, 11)["error"]
+    assert (err.grpc_code, err.message) == (3, "etcdserver: revision of auth store is old")
+
+
+def test_permission_intervals_and_token_expiry() -> None:
+    state = auth.AuthState()
+    state.users["u"] = auth.User("", ["r"])
+    state.roles["r"] = [
+        {"permType": auth.READ, "key": b"a", "range_end": b"c"},
+        {"permType": auth.READ, "key": b"c", "range_end": b"d"},
+        {"permType": auth.WRITE, "key": b"k", "range_end": b""},
+        {"permType": auth.READWRITE, "key": b"z", "range_end": b"\0"},
+    ]
+    state.enabled = True
+    state.check_op("u", b"a", b"d", auth.READ)  # adjacent intervals merge
+    state.check_op("u", b"k", b"", auth.WRITE)
+    state.check_op("u", b"zz", b"\0", auth.WRITE)  # from zz to the end
+    for key, end, want in ((b"a", b"d\0", auth.READ), (b"k", b"", auth.READ), (b"kk", b"", auth.WRITE)):
+        with pytest.raises(Exception) as err:
+            state.check_op("u", key, end, want)
+        assert str(err.value) == auth.MSG_PERMISSION_DENIED
+    now = [100.0]
+    tokens = auth.TokenTable(clock=lambda: now[0], ttl=10)
+    tokens.assign("t.1", "u", 1)
+    now[0] += 9
+    assert tokens.user_of("t.1") == "u"  # use restarts the TTL
+    now[0] += 9
+    assert tokens.user_of("t.1") == "u"
+    now[0] += 10
+    assert tokens.user_of("t.1") is None
+    # Tokens nobody uses again do not pile up: expired ones are swept as new ones come.
+    for n in range(5000):
+        tokens.assign(f"x.{n}", "u", 1)
+        now[0] += 0.01
+    assert len(tokens.tokens) < 2048
+
+
+async def test_auth_survives_a_snapshot_and_a_restart(tmp_path: Path) -> None:
+    c = Cluster(1, data_dir=str(tmp_path / "m0"), snapshot_count=4)
+    await c.start()
+    try:
+        await setup_users(c)
+        await c.ok("/v3/auth/enable", {})
+        writer = await token_of(c, "writer", "wpw")
+        for n in range(6):  # past snapshot_count: the auth store is in a snapshot now
+            put = {"key": b64(f"app/{n}"), "value": b64("v")}
+            assert (await post_as(c, writer, "/v3/kv/put", put))[0] == 200
+        revision = c.servers[0].machine.auth.revision
+    finally:
+        await c.stop()
+    restarted = KVServer(c.servers[0].config)
+    c.servers = [restarted]
+    await c.start()
+    try:
+        assert restarted.machine.auth.enabled and restarted.machine.auth.revision == revision
+        # Tokens are never in a snapshot (etcd's simple tokens neither): restored state has none.
+        restored = KVMachine()
+        restored.restore(restarted.machine.snapshot())
+        assert restored.tokens.user_of(writer) is None
+        reader = await token_of(c, "reader", "rpw")
+        status, out = await post_as(c, reader, "/v3/kv/range", {"key": b64("app/1")})
+        assert status == 200 and out["count"] == "1"
+    finally:
+        await c.stop()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["shared-url", "split-urls"])
+async def test_client_certificate_cn_is_the_user_with_client_cert_auth(tmp_path: Path, split: bool) -> None:
+    """With --client-cert-auth and no token, the certificate's CN names the user (as etcd does),
+    both behind the client-URL multiplexer (TLS ended there) and with grpc on its own URL."""
+    import shutil
+
+    from tests.test_kv_grpc_serving import _cert, configs, started, target
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    from examples.kvstore.server import ClientTls
+
+    _cert(tmp_path, "ca", None)
+    for n in ("g0", "g1", "g2", "client", "stranger"):
+        _cert(tmp_path, n, "ca")
+    ca = str(tmp_path / "ca.crt")
+
+    def tls(i: int, name: str) -> ClientTls:
+        return ClientTls(
+            str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"), ca, client_cert_auth=True
+        )
+
+    def creds(name: str) -> Any:
+        return grpc.ssl_channel_credentials(
+            root_certificates=(tmp_path / "ca.crt").read_bytes(),
+            private_key=(tmp_path / f"{name}.key").read_bytes(),
+            certificate_chain=(tmp_path / f"{name}.crt").read_bytes(),
+        )
+
+    servers, _, follower = await started(configs("https", split=split, client_tls=tls))
+    try:
+        async with grpc.aio.secure_channel(target(follower), creds("client")) as ch:
+            a = rpc_pb2_grpc.AuthStub(ch)
+            await a.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="pw"), timeout=10)
+            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+            await a.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="rw"), timeout=10)
+            grant = rpc_pb2.AuthRoleGrantPermissionRequest(name="rw")
+            grant.perm.permType, grant.perm.key, grant.perm.range_end = (
+                2,
+                b"app/",
+                b"app0",
+            )  # READWRITE, prefix
+            await a.RoleGrantPermission(grant, timeout=10)
+            add = rpc_pb2.AuthUserAddRequest(name="client")
+            add.options.no_password = True
+            await a.UserAdd(add, timeout=10)
+            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="client", role="rw"), timeout=10)
+            await a.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=10)
+            kv = rpc_pb2_grpc.KVStub(ch)
+            await kv.Put(rpc_pb2.PutRequest(key=b"app/cn", value=b"yes"), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await kv.Put(rpc_pb2.PutRequest(key=b"elsewhere", value=b"no"), timeout=10)
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            # A user without a password cannot authenticate with one.
+            with pytest.raises(grpc.aio.AioRpcError) as nopw:
+                await a.Authenticate(rpc_pb2.AuthenticateRequest(name="client", password=""), timeout=10)
+            assert nopw.value.details() == auth.MSG_AUTH_FAILED
+        async with grpc.aio.secure_channel(target(follower), creds("stranger")) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as stranger:
+                await rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"app/cn"), timeout=10)
+            assert (stranger.value.code(), stranger.value.details()) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "etcdserver: permission denied",
+            )
+    finally:
+        for s in servers:
+            await s.stop()
