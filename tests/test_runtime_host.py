@@ -320,3 +320,34 @@ async def test_hosts_over_tcp_with_shared_logs_on_disk_survive_a_restart(tmp_pat
     finally:
         for host in hosts.values():
             await host.stop()
+
+
+def test_replies_in_flight_and_empty_heartbeats_do_not_wake_a_quiesced_group() -> None:
+    # Rule: what a quiesced group receives because of traffic from before it quiesced (the
+    # replies its last heartbeat drew; a heartbeat that tells a follower nothing new) must not
+    # wake it, or at 1,000 groups every quiesce is undone by the replies still travelling.
+    from raftlib.core import Config, Entry, Message, MessageType, RawNode
+    from raftlib.runtime.node import _quiet_for_quiesced
+
+    leader = RawNode(Config("a", voters=["a"]))
+    leader.campaign()
+    while leader.has_ready():
+        leader.advance(leader.ready())
+    t, last = leader.term, leader.last_index()
+    assert _quiet_for_quiesced(leader, Message(MessageType.HEARTBEAT_RESP, "b", "a", t))
+    assert _quiet_for_quiesced(leader, Message(MessageType.APPEND_RESP, "b", "a", t, index=last))
+    refused = Message(MessageType.APPEND_RESP, "b", "a", t, index=last, reject=True)
+    assert not _quiet_for_quiesced(leader, refused)
+    assert not _quiet_for_quiesced(leader, Message(MessageType.HEARTBEAT_RESP, "b", "a", t + 1))
+    assert not _quiet_for_quiesced(leader, Message(MessageType.VOTE, "b", "a", t))
+
+    follower = RawNode(Config("b", voters=["a", "b", "c"]))
+    follower.step(Message(MessageType.APPEND, "a", "b", 1, index=0, log_term=0,
+                          entries=[Entry(1, 1, b"x")], commit=1))
+    while follower.has_ready():
+        follower.advance(follower.ready())
+    assert _quiet_for_quiesced(follower, Message(MessageType.HEARTBEAT, "a", "b", 1, commit=1))
+    assert not _quiet_for_quiesced(follower, Message(MessageType.HEARTBEAT, "c", "b", 1, commit=1))
+    assert not _quiet_for_quiesced(
+        follower, Message(MessageType.APPEND, "a", "b", 1, index=1, log_term=1, entries=[Entry(2, 1, b"y")])
+    )

@@ -152,6 +152,8 @@ class RaftHost:
         self._transfer: asyncio.Task[Any] | None = None
         self._running = False
         self._down: set[str] = set()
+        self._heard: dict[str, tuple[float | None, float]] = {}
+        """Peer host -> (its last_heard value, this host's tick count when it last changed)."""
         """Peer hosts not heard from within an election timeout."""
         self._started_at = 0.0
         self.metrics: dict[str, float] = {
@@ -383,23 +385,41 @@ class RaftHost:
 
     def _liveness(self) -> None:
         """One heartbeat per peer host per tick, for every group at once; wake the quiesced
-        groups that depend on a host that went silent."""
+        groups that depend on a host that went silent.
+
+        Silence is counted in this host's own ticks (two election timeouts of them), not in
+        wall time: when this loop is slow, its ticks are too, and a peer is not declared down
+        for replies this host has not had the time to read (a false alarm would wake every
+        group at once and make the loop slower still)."""
         transport = self._transport
         peers = [h for h in self.hosts if h != self.id]
         transport.send(CONTROL, [Message(MessageType.HEARTBEAT, self.id, h, 0) for h in peers])
-        loop_now = asyncio.get_running_loop().time()
-        limit = self.config.election_timeout()
+        ticks = self.metrics["ticks"]
+        limit = 2 * self.config.election_tick
+        newly_down = []
         for h in peers:
             heard = transport.last_heard(h)
-            silent = (heard if heard is not None else self._started_at) < loop_now - limit
-            if silent and h not in self._down:
-                self._down.add(h)
-                log.info("host %s: host %s not heard from for %.1f s: waking its groups", self.id, h, limit)
-                for node in list(self._groups.values()):
-                    if node.quiesced and (node.leader == h or h in self._members(node)):
-                        self._wake_node(node)
-            elif not silent:
+            seen = self._heard.get(h)
+            if seen is None or heard != seen[0]:
+                self._heard[h] = (heard, ticks)
                 self._down.discard(h)
+            elif ticks - seen[1] >= limit and h not in self._down:
+                self._down.add(h)
+                newly_down.append(h)
+        if not newly_down:
+            return
+        log.info("host %s: hosts %s silent for %d ticks: waking the groups that need them",
+                 self.id, newly_down, limit)
+        for node in list(self._groups.values()):
+            if not node.quiesced:
+                continue
+            if node.leader in self._down and node.leader != self.id:
+                self._wake_node(node)  # a follower whose leader is gone: elect
+            elif node.is_leader:
+                voters = self._members_voters(node)
+                down = sum(1 for v in voters if v in self._down)
+                if 2 * down >= len(voters):
+                    self._wake_node(node)  # lost its quorum: check-quorum must be able to act
 
     @staticmethod
     def _members(node: RaftNode) -> set[str]:

@@ -673,7 +673,7 @@ class RaftNode:
         core = self._core
         if core is None or not self._running:
             return
-        if self.quiesced:
+        if self.quiesced and not _quiet_for_quiesced(core, m):
             self._activity()
         try:
             core.step(m)
@@ -1017,6 +1017,24 @@ class RaftNode:
         self._addresses = dict(addresses)
         if own is not None:
             self._addresses[self.id] = own
+
+
+_QUIET_REPLIES = (MessageType.HEARTBEAT_RESP, MessageType.APPEND_RESP)
+_QUIET_FROM_LEADER = (MessageType.HEARTBEAT, MessageType.APPEND)
+
+
+def _quiet_for_quiesced(core: RawNode, m: Message) -> bool:
+    """Messages that change nothing for a quiesced group, so they do not wake it: replies a
+    leader's last heartbeat drew (the group quiesced while they travelled), and a heartbeat or
+    commit announcement of its leader that tells a follower nothing new. Anything else --
+    another term, a rejection, new entries, a vote -- wakes the group (docs/host.md)."""
+    if m.term != core.term or m.reject:
+        return False
+    if m.type in _QUIET_REPLIES:
+        return core.role is Role.LEADER and m.index <= core.last_index()
+    if m.type in _QUIET_FROM_LEADER:
+        return m.frm == core.leader and not m.entries and m.commit <= core.commit_index
+    return False
 
 
 def install_uvloop() -> bool:
