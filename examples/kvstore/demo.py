@@ -3,7 +3,8 @@
 Starts three ``python -m examples.kvstore`` members on free loopback ports in a
 temporary directory, then: put/get/txn through different members, a watch
 receiving events, ``kill -9`` of the leader, a new leader elected with no
-acknowledged write lost, and the old member restarted and catching up. Every
+acknowledged write lost, the old member restarted and catching up, and the
+unmodified etcdctl (when installed) talking to the same cluster. Every
 process is stopped on exit, on error and on Ctrl-C. Takes about 15 seconds.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -277,6 +279,7 @@ def tour(c: DemoCluster) -> None:
     value, rev = unb64(out["kvs"][0]["value"]), out["header"]["revision"]
     say(f"   {leader.name} is back as a follower of {new_leader.name} and caught up:")
     say(f"   its local (serializable) read of demo/after-failover gives {value!r} at revision {rev}")
+    etcdctl_tour(c)
     step("Status of every member")
     for m in c.members:
         st = status(m) or {}
@@ -285,6 +288,35 @@ def tour(c: DemoCluster) -> None:
             f"revision {st.get('header', {}).get('revision')}")  # fmt: skip
     say()
     say(f"Tour finished in {time.monotonic() - t0:.1f} s; the watch printed {len(events)} events.")
+
+
+def etcdctl_tour(c: DemoCluster) -> None:
+    """The same cluster through the unmodified etcdctl (etcd's gRPC API on the client URLs)."""
+    etcdctl = shutil.which("etcdctl")
+    step("The unmodified etcdctl against the store (gRPC on the same client URLs)")
+    if etcdctl is None:
+        say("   etcdctl is not installed (scripts/install-etcd.sh installs Debian's etcd-client): skipped")
+        return
+    endpoints = ",".join(m.client for m in c.members if m.alive())
+    for args in (
+        ["put", "demo/etcdctl", "written by etcdctl"],
+        ["get", "demo/etcdctl"],
+        ["get", "demo/acked/", "--prefix", "--keys-only", "--limit", "3"],
+        ["member", "list", "-w", "table"],
+        ["endpoint", "status", "-w", "table"],
+    ):
+        cmd = [etcdctl, "--endpoints", endpoints, "--command-timeout", "10s", *args]
+        say(f"   $ etcdctl {' '.join(args)}")
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"etcdctl {' '.join(args)} did not answer within 30 s") from None
+        if out.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {out.stderr.strip()}")
+        for line in out.stdout.strip().splitlines():
+            if line.strip():
+                say(f"     {line}")
 
 
 def main() -> int:
