@@ -11,32 +11,38 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Generic, TypeVar
 
 from raftlib.codec import CodecError, FrameDecoder, encode
 from raftlib.core.messages import Message
 from raftlib.transport.base import OnMessage, new_stats
 
-__all__ = ["MemoryNetwork", "MemoryTransport"]
+__all__ = ["Links", "MemoryNetwork", "MemoryTransport"]
+
+_M = TypeVar("_M")
 
 log = logging.getLogger("raftlib.transport.memory")
 
 
-class MemoryNetwork:
-    """The set of in-process transports that can reach each other, and the links cut between them."""
+class Links(Generic[_M]):
+    """Members of an in-process network, by id, and the links cut between them.
+
+    Shared by :class:`MemoryNetwork` (one RaftNode per member) and
+    ``raftlib.transport.memory_host.MemoryHostNetwork`` (one RaftHost per member)."""
 
     def __init__(self) -> None:
-        self.nodes: dict[str, MemoryTransport] = {}
+        self.members: dict[str, _M] = {}
         self._cut: set[frozenset[str]] = set()
 
     def partition(self, a: str, b: str) -> None:
         """Cut the link between ``a`` and ``b`` (both directions) until :meth:`heal`."""
         self._cut.add(frozenset((a, b)))
 
-    def isolate(self, node_id: str) -> None:
-        """Cut every link of ``node_id`` to the nodes registered now."""
-        for other in self.nodes:
-            if other != node_id:
-                self.partition(node_id, other)
+    def isolate(self, member_id: str) -> None:
+        """Cut every link of ``member_id`` to the members registered now."""
+        for other in self.members:
+            if other != member_id:
+                self.partition(member_id, other)
 
     def heal(self, a: str | None = None, b: str | None = None) -> None:
         """Restore the link between ``a`` and ``b``, or every link when called without arguments."""
@@ -47,16 +53,31 @@ class MemoryNetwork:
 
     def connected(self, a: str, b: str) -> bool:
         """True when messages between ``a`` and ``b`` are delivered (both registered, link not cut)."""
-        return a in self.nodes and b in self.nodes and frozenset((a, b)) not in self._cut
+        return a in self.members and b in self.members and frozenset((a, b)) not in self._cut
+
+    def _add(self, member_id: str, t: _M) -> None:
+        if member_id in self.members:
+            raise ValueError(f"id {member_id!r} already registered on this network")
+        self.members[member_id] = t
+
+    def _remove(self, member_id: str, t: _M) -> None:
+        if self.members.get(member_id) is t:
+            del self.members[member_id]
+
+
+class MemoryNetwork(Links["MemoryTransport"]):
+    """The set of in-process transports that can reach each other, and the links cut between them."""
+
+    @property
+    def nodes(self) -> dict[str, MemoryTransport]:
+        """Registered transports by node id."""
+        return self.members
 
     def _register(self, t: MemoryTransport) -> None:
-        if t.node_id in self.nodes:
-            raise ValueError(f"node id {t.node_id!r} already registered on this network")
-        self.nodes[t.node_id] = t
+        self._add(t.node_id, t)
 
     def _unregister(self, t: MemoryTransport) -> None:
-        if self.nodes.get(t.node_id) is t:
-            del self.nodes[t.node_id]
+        self._remove(t.node_id, t)
 
 
 class MemoryTransport:

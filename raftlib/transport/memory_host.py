@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from raftlib.codec import CodecError, GroupFrameDecoder, encode, encode_group_frame, group_tag
 from raftlib.core.messages import Message
 from raftlib.transport.base import new_stats
+from raftlib.transport.memory import Links
 from raftlib.transport.mux import HostOnMessage, HostTransportBase
 
 __all__ = ["MemoryHostNetwork", "MemoryHostTransport"]
@@ -31,42 +32,20 @@ log = logging.getLogger("raftlib.transport.memory_host")
 _Batch = tuple[str, list[Message]]
 
 
-class MemoryHostNetwork:
-    """The in-process hosts that can reach each other, and the links cut between them."""
+class MemoryHostNetwork(Links["MemoryHostTransport"]):
+    """The in-process hosts that can reach each other, and the links cut between them
+    (``partition``/``isolate``/``heal`` cut or restore a host pair for every group)."""
 
-    def __init__(self) -> None:
-        self.hosts: dict[str, MemoryHostTransport] = {}
-        self._cut: set[frozenset[str]] = set()
-
-    def partition(self, a: str, b: str) -> None:
-        """Cut the link between hosts ``a`` and ``b`` (both directions, every group) until :meth:`heal`."""
-        self._cut.add(frozenset((a, b)))
-
-    def isolate(self, host_id: str) -> None:
-        """Cut every link of ``host_id`` to the hosts registered now."""
-        for other in self.hosts:
-            if other != host_id:
-                self.partition(host_id, other)
-
-    def heal(self, a: str | None = None, b: str | None = None) -> None:
-        """Restore the link between ``a`` and ``b``, or every link when called without arguments."""
-        if a is None or b is None:
-            self._cut.clear()
-        else:
-            self._cut.discard(frozenset((a, b)))
-
-    def connected(self, a: str, b: str) -> bool:
-        """True when messages between hosts ``a`` and ``b`` are delivered (both registered, link not cut)."""
-        return a in self.hosts and b in self.hosts and frozenset((a, b)) not in self._cut
+    @property
+    def hosts(self) -> dict[str, MemoryHostTransport]:
+        """Registered host transports by host id."""
+        return self.members
 
     def _register(self, t: MemoryHostTransport) -> None:
-        if t.host_id in self.hosts:
-            raise ValueError(f"host id {t.host_id!r} already registered on this network")
-        self.hosts[t.host_id] = t
+        self._add(t.host_id, t)
 
     def _unregister(self, t: MemoryHostTransport) -> None:
-        if self.hosts.get(t.host_id) is t:
-            del self.hosts[t.host_id]
+        self._remove(t.host_id, t)
 
 
 class MemoryHostTransport(HostTransportBase):
