@@ -32,6 +32,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from itertools import accumulate, pairwise
+from typing import Generic, TypeVar
 
 from raftlib._accel import Entry
 from raftlib.core.membership import Membership
@@ -149,6 +150,8 @@ _F_FORCE = 0x04
 _F_SNAPSHOT = 0x08
 _F_QUIET = 0x10
 _F_ALL = _F_REJECT | _F_DONE | _F_FORCE | _F_SNAPSHOT | _F_QUIET
+
+_Item = TypeVar("_Item")
 
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
 
@@ -437,13 +440,11 @@ def decode_frame(
     return decode(memoryview(frame)[HEADER_SIZE:])
 
 
-class FrameDecoder:
-    """Incremental decoder of a byte stream of message frames.
+class _StreamDecoder(Generic[_Item]):
+    """Buffering and failure rules of an incremental frame decoder; subclasses scan frames.
 
-    ``feed`` returns the messages completed by the new bytes, in order. Frame
-    headers are validated as soon as they arrive, so an oversized frame is
-    refused before its body is buffered. After a :class:`CodecError` the stream
-    is out of sync: the decoder stays failed and every later ``feed`` raises.
+    ``feed`` returns what the new bytes complete, in order. After a :class:`CodecError`
+    the stream is out of sync: the decoder stays failed and every later ``feed`` raises.
     """
 
     __slots__ = ("_buf", "_error", "max_frame_bytes")
@@ -458,8 +459,8 @@ class FrameDecoder:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buf)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
-        """Add ``data`` to the stream; return the messages it completes."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[_Item]:
+        """Add ``data`` to the stream; return what it completes."""
         if self._error is not None:
             raise CodecError(f"decoder failed earlier: {self._error}")
         try:
@@ -478,6 +479,21 @@ class FrameDecoder:
             self._error = str(exc)
             self._buf = bytearray()
             raise
+
+    def _scan(self, data: bytes | bytearray | memoryview) -> tuple[list[_Item], int]:
+        raise NotImplementedError
+
+
+class FrameDecoder(_StreamDecoder[Message]):
+    """Incremental decoder of a byte stream of message frames.
+
+    ``feed`` returns the messages completed by the new bytes, in order. Frame
+    headers are validated as soon as they arrive, so an oversized frame is
+    refused before its body is buffered. After a :class:`CodecError` the stream
+    is out of sync: the decoder stays failed and every later ``feed`` raises.
+    """
+
+    __slots__ = ()
 
     def _scan(self, data: bytes | bytearray | memoryview) -> tuple[list[Message], int]:
         out: list[Message] = []
@@ -621,7 +637,7 @@ def _parse_group_header(mv: memoryview, pos: int, max_frame_bytes: int) -> int:
     return int(length)
 
 
-class GroupFrameDecoder:
+class GroupFrameDecoder(_StreamDecoder[tuple[str, list[Message]]]):
     """Incremental decoder of a multi-group connection's byte stream (group frames only).
 
     ``feed`` returns the ``(group id, messages)`` pairs completed by the new
@@ -633,36 +649,7 @@ class GroupFrameDecoder:
     (and nothing else); the decoder then stays failed, like :class:`FrameDecoder`.
     """
 
-    __slots__ = ("_buf", "_error", "max_frame_bytes")
-
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-        self._error: str | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held waiting for the rest of a frame."""
-        return len(self._buf)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[str, list[Message]]]:
-        """Add ``data`` to the stream; return the ``(group id, messages)`` pairs it completes."""
-        if self._error is not None:
-            raise CodecError(f"decoder failed earlier: {self._error}")
-        try:
-            if self._buf:
-                self._buf += data
-                out, used = self._scan(self._buf)
-                del self._buf[:used]
-            else:
-                out, used = self._scan(data)
-                if used < len(data):
-                    self._buf += memoryview(data)[used:]
-            return out
-        except CodecError as exc:
-            self._error = str(exc)
-            self._buf = bytearray()
-            raise
+    __slots__ = ()
 
     def _scan(self, data: bytes | bytearray | memoryview) -> tuple[list[tuple[str, list[Message]]], int]:
         out: list[tuple[str, list[Message]]] = []
