@@ -42,11 +42,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -54,7 +52,14 @@ from typing import Any
 import raftlib
 from raftlib.node import NodeConfig
 from raftlib.runtime.host import RaftHost
-from raftlib.testing.procnode import _KEYLEN, DictMachine, _parse_members, _percentile
+from raftlib.testing.procnode import (
+    _KEYLEN,
+    DictMachine,
+    _parse_members,
+    _percentile,
+    serve_until_signalled,
+    start_control,
+)
 
 MAX_SAMPLES = 200_000
 """Latency samples returned by one bench call at most (evenly spaced over the sorted list)."""
@@ -209,26 +214,6 @@ class HostControl:
             "write_batches": q1["write_batches"] - q0["write_batches"],
         }
 
-    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    return
-                try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ValueError("a request is a JSON object")
-                    resp = await self.handle(req)
-                except (raftlib.RaftError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-                    resp = {"ok": False, "error": type(exc).__name__, "detail": str(exc)}
-                writer.write(json.dumps(resp).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
-
 
 async def run(args: argparse.Namespace) -> None:
     config = NodeConfig(
@@ -254,21 +239,13 @@ async def run(args: argparse.Namespace) -> None:
             sm = machines[gid] = DictMachine()
             await host.add_group(gid, list(args.hosts), sm)
         control = HostControl(host, machines)
-        address, _, port = args.control.rpartition(":")
-        server = await asyncio.start_server(control.serve_client, address, int(port))
+        server = await start_control(args.control, control.handle)
     except BaseException:
         await host.stop()
         raise
-    print(f"READY {args.control}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await serve_until_signalled(server, args.control)
     finally:
-        server.close()
-        await server.wait_closed()
         await host.stop()
 
 

@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
+import signal
 import struct
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 import raftlib
@@ -173,27 +176,55 @@ class Control:
             "fsyncs": node.metrics["fsync_count"],
         }
 
-    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    return
-                try:
-                    req = json.loads(line)
-                    if not isinstance(req, dict):
-                        raise ValueError("a request is a JSON object")
-                    resp = await self.handle(req)
-                except raftlib.NotLeader as exc:
-                    resp = {"ok": False, "error": "NotLeader", "detail": str(exc), "leader": exc.leader_id}
-                except (raftlib.RaftError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-                    resp = {"ok": False, "error": type(exc).__name__, "detail": str(exc)}
-                writer.write(json.dumps(resp).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
+
+async def serve_control(
+    handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """One control connection: a JSON object per line in, ``handle``'s answer per line out."""
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("a request is a JSON object")
+                resp = await handle(req)
+            except raftlib.NotLeader as exc:
+                resp = {"ok": False, "error": "NotLeader", "detail": str(exc), "leader": exc.leader_id}
+            except (raftlib.RaftError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+                resp = {"ok": False, "error": type(exc).__name__, "detail": str(exc)}
+            writer.write(json.dumps(resp).encode() + b"\n")
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()
+
+
+async def start_control(
+    address: str, handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+) -> asyncio.Server:
+    """Listen for control connections on ``host:port``."""
+    host, _, port = address.rpartition(":")
+    return await asyncio.start_server(functools.partial(serve_control, handle), host, int(port))
+
+
+async def serve_until_signalled(server: asyncio.Server, address: str) -> None:
+    """Say ``READY <address>`` on stdout, serve until SIGTERM or SIGINT, then close ``server``."""
+    print(f"READY {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def _parse_members(text: str) -> dict[str, str]:
@@ -224,20 +255,10 @@ async def run(args: argparse.Namespace) -> None:
     node = RaftNode(args.id, args.members, sm, data_dir=args.data_dir, config=config, join=args.join)
     await node.start()
     control = Control(node, sm)
-    host, _, port = args.control.rpartition(":")
-    server = await asyncio.start_server(control.serve_client, host, int(port))
-    print(f"READY {args.control}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    server = await start_control(args.control, control.handle)
     try:
-        await stop.wait()
+        await serve_until_signalled(server, args.control)
     finally:
-        server.close()
-        await server.wait_closed()
         await node.stop()
 
 
