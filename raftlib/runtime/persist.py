@@ -362,11 +362,7 @@ class StorageStage:
                 # The received bytes failed their checks: the transfer is bad, not our disk.
                 raise TransferRejected(exc) from exc
         if rd.hard_state is not None or rd.entries:
-            started = time.perf_counter()
-            try:
-                storage.save(rd.hard_state, rd.entries)
-            finally:
-                self.queue.seconds += (time.perf_counter() - started - self.queue.seconds) / 8
+            self.queue.write([(self.key, rd.hard_state, rd.entries)])  # timed like every write
 
     async def close(self, save_pending: bool, close_storage: bool = True) -> None:
         """Write a held-back hard state (when ``save_pending``), stop a private I/O thread, close
