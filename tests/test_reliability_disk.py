@@ -527,12 +527,13 @@ async def one_crash_point(root: Path, seed: int) -> dict[str, Any]:
 async def test_power_loss_at_100_random_crash_points_loses_no_acknowledged_write(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """100 seeds, 10 clusters at a time (each on its own network and directories)."""
+    """100 seeds, 5 clusters at a time (each on its own network and directories; 10 at a time
+    timed out once in the pure-Python run of a full suite on the 2-CPU VM)."""
     caplog.set_level(logging.WARNING, logger="raftlib.storage")
     results: list[dict[str, Any]] = []
     seeds = list(range(100))
-    for batch in range(0, len(seeds), 10):
-        group = seeds[batch : batch + 10]
+    for batch in range(0, len(seeds), 5):
+        group = seeds[batch : batch + 5]
         results += await asyncio.gather(*(one_crash_point(tmp_path / f"s{s}", s) for s in group))
     total = sum(r["acked"] for r in results)
     messages = [r.getMessage() for r in caplog.records]
