@@ -35,11 +35,12 @@ from google.protobuf.message import DecodeError, Message
 
 from examples.kvstore import auth, errors
 from examples.kvstore.errors import EtcdError
+from examples.kvstore.h2grpc import GrpcServer
 from examples.kvstore.proto.stubs import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from examples.kvstore.service import EtcdService, ForwardToLeader
 
 if TYPE_CHECKING:
-    from examples.kvstore.server import ClientTls, KVServer
+    from examples.kvstore.server import KVServer
     from examples.kvstore.watch import Watcher
 
 log = logging.getLogger("kvstore.grpc")
@@ -126,15 +127,9 @@ def call_token(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
-    """The CN of the client certificate: from grpc's TLS (it listens on the client URL itself)
-    or, behind the client-URL multiplexer (TLS ended there), from the relay's record."""
-    with contextlib.suppress(Exception):
-        names = context.auth_context().get("x509_common_name")
-        if names:
-            return bytes(names[0]).decode()
-    from examples.kvstore.grpcapi_mux import relayed_common_name
-
-    return relayed_common_name(context.peer() or "")
+    """The CN of the client certificate (the TLS connection's, see CallContext.auth_context)."""
+    names = context.auth_context().get("x509_common_name")
+    return bytes(names[0]).decode() if names else None
 
 
 def call_credentials(service: EtcdService, context: grpc.aio.ServicerContext) -> auth.Credentials:
@@ -890,7 +885,7 @@ def _handler(method: Any, fn: Any) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(stream_stream, de, ser)
 
 
-def register(server: grpc.aio.Server, servicer: Any, service: Any) -> None:
+def register(server: GrpcServer, servicer: Any, service: Any) -> None:
     """Serve ``servicer``'s methods for the service descriptor ``service`` (those it lacks answer
     UNIMPLEMENTED, as any unknown method)."""
     handlers = {
@@ -900,18 +895,13 @@ def register(server: grpc.aio.Server, servicer: Any, service: Any) -> None:
 
 
 class GrpcEndpoint:
-    """The grpc.aio server of a member, listening on loopback for the client-URL multiplexer."""
+    """A member's gRPC services on the store's own server (:mod:`examples.kvstore.h2grpc`); the
+    client-URL listener (:mod:`examples.kvstore.grpcapi_mux`) hands it each HTTP/2 connection."""
 
     def __init__(self, server: KVServer) -> None:
         self.server = server
         limit = server.config.max_request_bytes + GRPC_OVERHEAD
-        self.grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", MAX_SEND),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        self.grpc = GrpcServer(max_receive_message_length=limit, max_send_message_length=MAX_SEND)
         self.forwarder = Forwarder(server)
         service = EtcdService(server)
         args = (server, service, self.forwarder)
@@ -925,38 +915,10 @@ class GrpcEndpoint:
         from examples.kvstore.grpcapi_election import add_election_and_lock
 
         add_election_and_lock(self.grpc, *args)
-        self.port = 0
 
-    def bind(self, address: str, tls: ClientTls | None = None) -> int:
-        """Listen on ``address`` (``host:port``) directly, with the client TLS settings when given;
-        returns the bound port. Call before :meth:`start`."""
-        if tls is None:
-            port = self.grpc.add_insecure_port(address)
-        else:
-
-            def read(path: str | None) -> bytes | None:
-                if not path:
-                    return None
-                with open(path, "rb") as f:
-                    return f.read()
-
-            creds = grpc.ssl_server_credentials(
-                [(read(tls.key_file), read(tls.cert_file))],
-                root_certificates=read(tls.trusted_ca_file),
-                require_client_auth=tls.client_cert_auth,
-            )
-            port = self.grpc.add_secure_port(address, creds)
-        if not port:
-            raise OSError(f"gRPC server could not bind {address}")
-        return port
-
-    async def start(self, address: str | None = "127.0.0.1:0") -> int:
-        """Start serving; with ``address``, first listen there (the loopback port the client-URL
-        multiplexer relays to, returned)."""
-        if address is not None:
-            self.port = self.bind(address)
-        await self.grpc.start()
-        return self.port
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol of one accepted connection that starts with the HTTP/2 preface."""
+        return self.grpc.protocol()
 
     async def stop(self, grace: float = 0.5) -> None:
         await self.grpc.stop(grace)

@@ -457,7 +457,7 @@ class KVServer:
     async def _start_http(self) -> None:
         """The client listeners: gRPC and the gateway on every --listen-client-urls address (the
         connection's first bytes decide, see grpcapi_mux), or, with --listen-client-http-urls,
-        the gateway alone there and gRPC alone (grpc's own listener) on the client URLs."""
+        the gateway alone there and gRPC alone on the client URLs."""
         from aiohttp import web
 
         from examples.kvstore import grpcapi_mux
@@ -470,30 +470,21 @@ class KVServer:
         cfg = self.config
         split = bool(cfg.listen_client_http_urls)
         bound: list[str] = []
-        if split:
-            # gRPC alone on the client URLs: grpc listens there itself (no relay).
-            for url in cfg.listen_client_urls:
-                parts = urlsplit(url)
-                tls = cfg.client_tls if parts.scheme == "https" else None
-                port = self._grpc.bind(url_address(url), tls)
-                bound.append(f"{parts.scheme}://{parts.hostname}:{port}")
-            await self._grpc.start(None)
-        else:
-            grpc_port = await self._grpc.start()
-            for url in cfg.listen_client_urls:
-                parts = urlsplit(url)
-                ctx = cfg.client_tls.server_context() if cfg.client_tls and parts.scheme == "https" else None
-                listener = await grpcapi_mux.serve(
-                    parts.hostname or "127.0.0.1",
-                    parts.port or 2379,
-                    http_factory=self._runner.server,
-                    grpc_port=grpc_port,
-                    ssl_context=ctx,
-                )
-                self._listeners.append(listener)
-                for sock in listener.sockets or ():
-                    host, port = sock.getsockname()[:2]
-                    bound.append(f"{parts.scheme}://{host}:{port}")
+        for url in cfg.listen_client_urls:
+            parts = urlsplit(url)
+            ctx = cfg.client_tls.server_context() if cfg.client_tls and parts.scheme == "https" else None
+            listener = await grpcapi_mux.serve(
+                parts.hostname or "127.0.0.1",
+                parts.port or 2379,
+                # split: gRPC alone on the client URLs (HTTP/1 connections are closed there)
+                http_factory=None if split else self._runner.server,
+                grpc_factory=self._grpc.protocol,
+                ssl_context=ctx,
+            )
+            self._listeners.append(listener)
+            for sock in listener.sockets or ():
+                host, port = sock.getsockname()[:2]
+                bound.append(f"{parts.scheme}://{host}:{port}")
         http_bound: list[str] = []
         for url in cfg.listen_client_http_urls:
             parts = urlsplit(url)
