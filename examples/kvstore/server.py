@@ -116,6 +116,10 @@ class ServerConfig:
     progress_notify_interval: float = 600.0
     watch_queue_limit: int = 1024
     """Messages a watcher may have queued before it is cancelled as too slow."""
+    watch_stream_budget: int = 65536
+    """Messages all the watchers of one gRPC Watch stream may have queued together (then the one
+    that would queue more is cancelled as too slow): bounds a stream's memory, whatever its number
+    of watchers (about 150 bytes a message, plus the events when a watcher strips prev_kv)."""
     lease_check_interval: float = 0.25
     client_tls: ClientTls | None = None
     peer_tls: TlsConfig | None = None
