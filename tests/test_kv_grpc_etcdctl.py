@@ -296,6 +296,63 @@ def test_auth_reader_cannot_write_root_can_then_auth_disable(ctl: Ctl, ns: str) 
             ctl.run(*args)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jwt_auth_token_interoperates_with_etcds_tokens(backend: str, tmp_path: Path, stubs: object) -> None:
+    """``--auth-token jwt,sign-method=HS256,priv-key=FILE,ttl=10m`` on a 2-member cluster of each
+    backend: etcdctl authenticates on one member and uses the token on the other; the token
+    Authenticate answers has etcd's claims (exp = now + ttl, revision, username) and verifies with
+    the store's JWT code and the same key; a token that code signs is accepted by the member (by
+    real etcd too), a token signed with another key is ``invalid auth token``."""
+    import grpc
+
+    from examples.kvstore import auth
+    from examples.kvstore.proto.stubs import rpc_pb2, rpc_pb2_grpc
+
+    reason = backend_unavailable_reason(backend)
+    if reason:
+        pytest.skip(reason)
+    key = tmp_path / "jwt.key"
+    key.write_bytes(b"an HMAC secret shared by the cluster\n")
+    option = f"jwt,sign-method=HS256,priv-key={key},ttl=10m"
+    cluster = KVCluster(backend, tmp_path / backend, size=2, extra_args=["--auth-token", option])
+    cluster.start(timeout=30)
+    try:
+        ctl = Ctl(cluster)
+        root = ("--user", "root:rootpw")
+        ctl.ok("user", "add", "root:rootpw")
+        assert "Authentication Enabled" in ctl.ok("auth", "enable")
+        assert ctl.ok(*root, "put", "/jwt/k", "v", member=0).strip() == "OK"
+        assert ctl.ok(*root, "get", "/jwt/k", "--print-value-only", member=1).strip() == "v"
+        assert "etcdserver: user name is empty" in ctl.fails("get", "/jwt/k", member=1)
+        with _channel(ctl, 0) as ch:
+            before = time.time()
+            token = (
+                rpc_pb2_grpc.AuthStub(ch)
+                .Authenticate(rpc_pb2.AuthenticateRequest(name="root", password="rootpw"), timeout=10)
+                .token
+            )
+        header, claims, _ = token.split(".")
+        decoded = [json.loads(auth._b64url_decode(part)) for part in (header, claims)]
+        assert decoded[0] == {"alg": "HS256", "typ": "JWT"}
+        assert sorted(decoded[1]) == ["exp", "revision", "username"] and decoded[1]["username"] == "root"
+        assert int(before) + 599 <= decoded[1]["exp"] <= time.time() + 601
+        ours = auth.JWTTokens(auth.parse_auth_token(option))  # type: ignore[arg-type]
+        assert ours.info(token, 0) == ("root", decoded[1]["revision"])
+        minted = ours.assign("root", decoded[1]["revision"])
+        foreign = auth.JWTTokens(auth.JWTOptions("HS256", b"another secret")).assign("root", 99)
+        with _channel(ctl, 1) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            got = kv.Range(rpc_pb2.RangeRequest(key=b"/jwt/k"), metadata=(("token", minted),), timeout=10)
+            assert got.kvs[0].value == b"v"
+            with pytest.raises(grpc.RpcError) as forged:
+                kv.Range(rpc_pb2.RangeRequest(key=b"/jwt/k"), metadata=(("token", foreign),), timeout=10)
+            assert (forged.value.code(), forged.value.details()) == (
+                grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")  # fmt: skip
+        assert "Authentication Disabled" in ctl.ok(*root, "auth", "disable")
+    finally:
+        cluster.stop()
+
+
 # ------------------------------------------------------------------------ lock and election
 
 
