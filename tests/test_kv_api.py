@@ -761,6 +761,8 @@ def test_state_snapshot_roundtrip_and_watch_resync() -> None:
             put(behind, i, f"k{i}", "v")
     watcher, created = hub.create(b"k", b"l")
     assert created == 3
+    single, _ = hub.create(b"k4", b"")  # single-key watchers catch up too, and only on their key
+    other, _ = hub.create(b"k2", b"")
     buf = io.BytesIO()
     ahead.snapshot().write(buf)
     behind.restore(buf.getvalue())
@@ -771,6 +773,74 @@ def test_state_snapshot_roundtrip_and_watch_resync() -> None:
     assert got == [(4, [b64("k4")]), (5, [b64("k5")])]
     put(behind, 6, "k6", "v")  # live events continue after the caught-up ones, without a gap
     assert [item[1] for item in watcher.queue] == [4, 5, 6]
+    assert [(item[1], [e["kv"]["key"] for e in item[2]]) for item in single.queue] == [(4, [b64("k4")])]
+    assert not other.queue
+
+
+def test_a_revision_is_offered_only_to_the_watchers_it_may_match() -> None:
+    """Rule: with thousands of single-key watches, a write costs a dict lookup per key it touches
+    plus one offer per range watcher, not one call per watcher on the apply path."""
+    from unittest import mock
+
+    from examples.kvstore.machine import KVMachine
+    from examples.kvstore.watch import Watcher, WatchHub
+
+    machine = KVMachine()
+    hub = WatchHub(machine)
+    hub.attach()
+    singles = [hub.create(f"k{i}".encode(), b"")[0] for i in range(1000)]
+    twin, _ = hub.create(b"k5", b"")
+    ranged, _ = hub.create(b"k", b"l")
+    elsewhere, _ = hub.create(b"x", b"y")
+    offered: list[Watcher] = []
+    original = Watcher.offer
+
+    def counting(self: Watcher, revision: int, events: Any) -> None:
+        offered.append(self)
+        original(self, revision, events)
+
+    with mock.patch.object(Watcher, "offer", counting):
+        machine.apply(machine.prepare_put({"key": b64("k5"), "value": b64("v")}), 1)
+    assert sorted(map(id, offered)) == sorted(map(id, [singles[5], twin, ranged, elsewhere]))
+    assert [len(w.queue) for w in (singles[5], twin, ranged)] == [1, 1, 1]
+    assert not elsewhere.queue and not any(w.queue for i, w in enumerate(singles) if i != 5)
+    for w in (singles[5], twin):  # removing the last watcher of a key drops the key's entry
+        hub.remove(w)
+    assert b"k5" not in hub._by_key and len(hub.watchers) == 1001
+    machine.apply(machine.prepare_put({"key": b64("k5"), "value": b64("w")}), 2)
+    assert len(ranged.queue) == 2 and len(singles[5].queue) == 1
+
+
+def test_watchers_of_one_stream_share_a_queue_budget() -> None:
+    """Rule: a stream's watchers together queue at most the stream budget; the watcher that would
+    queue past it is cancelled as too slow (its queue freed), the others keep their messages."""
+    from examples.kvstore.machine import KVMachine
+    from examples.kvstore.watch import QueueBudget, WatchHub
+
+    machine = KVMachine()
+    hub = WatchHub(machine, queue_limit=4)
+    hub.attach()
+    budget = QueueBudget(5)
+    watchers = [hub.create(b"p/", b"p0", budget=budget)[0] for _ in range(3)]
+    for index, key in enumerate(("p/1", "p/2"), 1):
+        machine.apply(machine.prepare_put({"key": b64(key), "value": b64("v")}), index)
+    cancelled = [w for w in watchers if w.overflowed]
+    kept = [w for w in watchers if not w.overflowed]
+    assert len(cancelled) == 1 and [len(w.queue) for w in kept] == [2, 2]
+    assert list(cancelled[0].queue) == [
+        ("cancel", "watcher is too slow: more than 5 messages of its stream were waiting to be sent", 0)
+    ]
+    assert budget.used == 5 and cancelled[0] not in hub.watchers
+
+    async def drain() -> None:
+        for w in watchers:
+            while w.queue:
+                await w.get(0)
+
+    asyncio.run(drain())
+    assert budget.used == 0
+    with pytest.raises(ValueError):
+        QueueBudget(0)
 
 
 async def test_a_joined_member_restarts_from_its_data_dir_and_catches_up(tmp_path: Any) -> None:

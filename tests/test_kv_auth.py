@@ -11,7 +11,10 @@ same client URL:
 * wrong password, missing token, unknown token, expired token: etcd's codes and messages;
 * a token from one member works on another (Authenticate goes through Raft, as in etcd);
 * the auth store reaches followers, survives a snapshot and a restart; a snapshot without an auth
-  section (an older store) loads with auth disabled.
+  section (an older store) loads with auth disabled;
+* JWT tokens (``--auth-token jwt,...``): etcd's claims and token bytes, forged, tampered, expired
+  and malformed tokens refused, a token minted by one member accepted by the others and after a
+  restart, ``revision of auth store is old`` after an auth change, every bad flag value exits 2.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -464,3 +468,336 @@ async def test_client_certificate_cn_is_the_user_with_client_cert_auth(tmp_path:
     finally:
         for s in servers:
             await s.stop()
+
+
+# -- JWT tokens (--auth-token jwt,...) -------------------------------------------------------------
+
+
+def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The decoded header and claims of a JWT (no verification)."""
+    header, claims, _ = token.split(".")
+    return tuple(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in (header, claims))  # type: ignore[return-value]
+
+
+def forge(key: bytes, header: dict[str, Any], claims: dict[str, Any], method: str = "sha256") -> str:
+    """A JWT with any header and claims, HMAC-signed with ``key``."""
+    import hashlib
+    import hmac
+
+    def enc(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = f"{enc(json.dumps(header).encode())}.{enc(json.dumps(claims).encode())}"
+    signature = hmac.new(key, signing_input.encode(), getattr(hashlib, method)).digest()
+    return f"{signing_input}.{enc(signature)}"
+
+
+def test_jwt_tokens_carry_etcds_claims_and_refuse_forged_expired_or_malformed_ones() -> None:
+    """Rules (etcd's server/auth/jwt.go with golang-jwt v4): a token is ``{"alg","typ":"JWT"}`` and
+    the claims ``exp`` (Unix seconds, now + ttl), ``revision``, ``username``; it is valid while the
+    current second is before ``exp`` (and not before ``nbf``/``iat``), only under the configured
+    method and key, with a string user name and a numeric revision."""
+    key = b"a shared secret\n"  # the whole file, final newline included, as etcd reads it
+    now = [1_700_000_000.7]
+    tokens = auth.JWTTokens(auth.JWTOptions("HS256", key, 300.0), clock=lambda: now[0])
+    token = tokens.assign("alice", 7)
+    header, claims = jwt_parts(token)
+    assert header == {"alg": "HS256", "typ": "JWT"}
+    assert claims == {"exp": 1_700_000_300, "revision": 7, "username": "alice"}
+    assert token.split(".")[0] == "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"  # Go's json.Marshal, sorted keys
+    assert tokens.info(token, 99) == ("alice", 7)  # the token's own revision, not the store's
+    # The jwt.io example token (HS256, secret "your-256-bit-secret"): the same signature.
+    sample = (
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0"
+        "IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+    )
+    jwtio = auth.JWTTokens(auth.JWTOptions("HS256", b"your-256-bit-secret"))
+    signing_input, _, signature = sample.rpartition(".")
+    assert auth._b64url(jwtio._sign(signing_input.encode())) == signature
+    assert jwtio.info(sample, 1) is None  # valid signature, but no username/revision claims
+    # Expiry: valid through the second before exp, refused from exp on.
+    now[0] = 1_700_000_299.99
+    assert tokens.info(token, 7) == ("alice", 7)
+    now[0] = 1_700_000_300.0
+    assert tokens.info(token, 7) is None
+    now[0] = 1_700_000_100.0
+    head, body, sig = token.split(".")
+    flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
+    good = {"username": "alice", "revision": 7, "exp": 1_700_000_200}
+    refused = {
+        "bad signature": f"{head}.{body}.{flipped}",
+        "another key": auth.JWTTokens(auth.JWTOptions("HS256", b"other key"), lambda: now[0]).assign(
+            "alice", 7
+        ),
+        "another method": forge(key, {"alg": "HS512", "typ": "JWT"}, good, "sha512"),
+        "alg none": f"{forge(key, {'alg': 'none'}, good).rpartition('.')[0]}.",
+        "expired": forge(key, {"alg": "HS256"}, {**good, "exp": 1_700_000_100}),
+        "not before": forge(key, {"alg": "HS256"}, {**good, "nbf": 1_700_000_101}),
+        "issued later": forge(key, {"alg": "HS256"}, {**good, "iat": 1_700_000_101}),
+        "exp a string": forge(key, {"alg": "HS256"}, {**good, "exp": "1700000200"}),
+        "no username": forge(key, {"alg": "HS256"}, {"revision": 7, "exp": 1_700_000_200}),
+        "username a number": forge(key, {"alg": "HS256"}, {**good, "username": 5}),
+        "no revision": forge(key, {"alg": "HS256"}, {"username": "alice", "exp": 1_700_000_200}),
+        "revision a string": forge(key, {"alg": "HS256"}, {**good, "revision": "7"}),
+        "revision a bool": forge(key, {"alg": "HS256"}, {**good, "revision": True}),
+        "claims a list": forge(key, {"alg": "HS256"}, [1]),  # type: ignore[arg-type]
+        "two segments": f"{head}.{body}",
+        "four segments": f"{token}.x",
+        "padded base64": f"{head}.{body}=.{sig}",
+        "standard alphabet": f"{head}.{body}.{sig.replace('-', '+').replace('_', '/')}+",
+        "not JSON": f"{auth._b64url(b'{nope')}.{body}.{sig}",
+        "simple token": "abcdefghijklmnop.12",
+        "empty": "",
+    }
+    for why, bad in refused.items():
+        assert tokens.info(bad, 7) is None, why
+    # Optional claims are honoured when valid, an exp of 0 means none (as golang-jwt v4 reads it).
+    fine = forge(key, {"alg": "HS256"}, {**good, "nbf": 1_700_000_000, "iat": 1_700_000_100, "x": [1]})
+    assert tokens.info(fine, 1) == ("alice", 7)
+    assert tokens.info(forge(key, {"alg": "HS256"}, {**good, "exp": 0}), 1) == ("alice", 7)
+    # HS384 and HS512 sign with their own digest; a non-ASCII or HTML-ish name round-trips.
+    for method in ("HS384", "HS512"):
+        other = auth.JWTTokens(auth.JWTOptions(method, key, 60.0), clock=lambda: now[0])
+        minted = other.assign("bö<b>&", 3)
+        assert (
+            jwt_parts(minted)[0]["alg"] == method
+            and "\\u003c" in base64.urlsafe_b64decode(minted.split(".")[1] + "==").decode()
+        )
+        assert other.info(minted, 1) == ("bö<b>&", 3) and tokens.info(minted, 1) is None
+
+
+def test_parse_auth_token_follows_etcds_option_syntax(tmp_path: Path) -> None:
+    """Rules (etcd 3.5's NewTokenProvider / jwtOptions): ``simple`` or ``jwt,name=value,...`` with
+    sign-method, priv-key, pub-key and ttl (a Go duration, default 5m); HMAC methods take the whole
+    priv-key file as the secret; everything else is a clear error (see the flag test for exit 2)."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret\n")
+    pub = tmp_path / "pub"
+    pub.write_bytes(b"ignored for HMAC, but read as etcd does")
+    assert auth.parse_auth_token("simple") is None
+    opts = auth.parse_auth_token(f"jwt,sign-method=HS256,priv-key={secret}")
+    assert opts == auth.JWTOptions("HS256", b"s3cret\n", 300.0)
+    assert "s3cret" not in repr(opts)  # the key stays out of logs
+    opts = auth.parse_auth_token(f"jwt,pub-key={pub},priv-key={secret},sign-method=HS512,ttl=1h30m")
+    assert (opts.method, opts.ttl) == ("HS512", 5400.0) if opts else False
+    for text, seconds in (("300s", 300), ("5m", 300), ("1.5h", 5400), ("250ms", 0.25), ("1m30s", 90)):
+        assert auth.parse_go_duration(text) == seconds
+    for bad in ("", "5", "m", "5 m", "5M", "1d", "--1s"):
+        with pytest.raises(ValueError):
+            auth.parse_go_duration(bad)
+
+
+BAD_AUTH_TOKENS = [
+    ("", "unknown token type ''"),
+    ("bogus", "unknown token type 'bogus'"),
+    ("simple,ttl=5m", "simple takes no options"),
+    ("jwt", "no sign-method"),
+    ("jwt,sign-method", "want name=value"),
+    ("jwt,sign-method=HS256,sign-method=HS256", "given twice"),
+    ("jwt,sign-method=HS256,priv-key={secret},tll=5m", "unknown jwt option(s) tll"),
+    ("jwt,sign-method=XS256,priv-key={secret}", "sign-method 'XS256'"),
+    ("jwt,sign-method=none,priv-key={secret}", "sign-method 'none'"),
+    ("jwt,sign-method=EdDSA,priv-key={secret}", "sign-method 'EdDSA'"),
+    ("jwt,sign-method=RS256,priv-key={secret}", "needs an RSA/ECDSA library (the 'cryptography' package)"),
+    ("jwt,sign-method=PS384,pub-key={secret}", "needs an RSA/ECDSA library"),
+    ("jwt,sign-method=ES512,priv-key={secret}", "needs an RSA/ECDSA library"),
+    ("jwt,sign-method=HS256", "needs priv-key=FILE"),
+    ("jwt,sign-method=HS256,priv-key={empty}", "auth: missing key data"),
+    ("jwt,sign-method=HS256,priv-key={missing}", "cannot read priv-key"),
+    ("jwt,sign-method=HS256,priv-key={secret},pub-key={missing}", "cannot read pub-key"),
+    ("jwt,sign-method=HS256,priv-key={tmp}", "Is a directory"),
+    ("jwt,sign-method=HS256,priv-key={secret},ttl=5", "ttl '5' is not a duration"),
+    ("jwt,sign-method=HS256,priv-key={secret},ttl=0s", "must be positive"),
+    ("jwt,sign-method=HS256,priv-key={secret},ttl=-1m", "must be positive"),
+]
+
+
+@pytest.mark.parametrize("value, message", BAD_AUTH_TOKENS, ids=[v for v, _ in BAD_AUTH_TOKENS])
+def test_a_bad_auth_token_flag_exits_2_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    from examples.kvstore.__main__ import main
+
+    (tmp_path / "secret").write_bytes(b"s3cret")
+    (tmp_path / "empty").write_bytes(b"")
+    files = {
+        "secret": tmp_path / "secret",
+        "empty": tmp_path / "empty",
+        "missing": tmp_path / "nope",
+        "tmp": tmp_path,
+    }
+    assert main(["--auth-token", value.format(**files), "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvstore: --auth-token: ") and message in err, err
+    assert not (tmp_path / "d").exists()  # refused before anything started
+
+
+def test_auth_token_flags_map_onto_the_config_and_a_bad_one_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from examples.kvstore.__main__ import config_from_args
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret")
+    jwt = f"jwt,sign-method=HS384,priv-key={secret},ttl=10m"
+    cfg, _ = config_from_args(["--auth-token", jwt, "--auth-token-ttl", "60"])
+    assert (cfg.auth_token, cfg.auth_token_ttl) == (jwt, 60.0)
+    server = KVServer(cfg)
+    assert isinstance(server.tokens, auth.JWTTokens) and server.tokens.ttl == 600.0
+    default, _ = config_from_args([])
+    assert (default.auth_token, default.auth_token_ttl) == ("simple", 300.0)  # etcd's defaults
+    plain = KVServer(default)
+    assert plain.tokens is plain.machine.tokens and plain.machine.tokens.ttl == 300.0
+    with pytest.raises(Exception, match="needs an RSA/ECDSA library"):  # configured in code: ConfigError
+        KVServer(replace(default, auth_token=f"jwt,sign-method=RS256,priv-key={secret}"))
+    es256 = f"jwt,sign-method=ES256,priv-key={secret}"
+    proc = subprocess.run(  # the real entry point: a message and status 2, as every bad flag
+        [sys.executable, "-m", "examples.kvstore", "--auth-token", es256],
+        capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "needs an RSA/ECDSA library" in proc.stderr, proc.stderr
+
+
+def jwt_cluster(n: int, tmp_path: Path, ttl: str = "", **over: Any) -> Cluster:
+    key = tmp_path / "jwt.key"
+    if not key.exists():
+        key.write_bytes(b"cluster-wide HMAC secret")
+    return Cluster(
+        n, auth_token=f"jwt,sign-method=HS256,priv-key={key}{',ttl=' + ttl if ttl else ''}", **over
+    )
+
+
+async def test_jwt_from_one_member_is_accepted_by_all_and_goes_old_after_an_auth_change(
+    tmp_path: Path,
+) -> None:
+    """Rules (etcd with --auth-token jwt): Authenticate answers a signed token any member verifies
+    with the shared key; a tampered or foreign token is ``invalid auth token``; after any auth
+    change the token's revision is old: key requests answer ``revision of auth store is old``
+    (clientv3 authenticates again), admin requests still pass (etcd's IsAdminPermitted ignores the
+    revision), and a fresh token works."""
+    c = jwt_cluster(3, tmp_path)
+    await c.start()
+    try:
+        await setup_users(c)
+        await c.ok("/v3/auth/enable", {})
+        revision = int((await c.ok("/v3/auth/status", {}))["authRevision"])
+        writer = await token_of(c, "writer", "wpw", 1)
+        reader = await token_of(c, "reader", "rpw", 2)
+        assert jwt_parts(writer)[1]["username"] == "writer" and jwt_parts(writer)[1]["revision"] == revision
+        for s in c.servers:  # nothing is recorded anywhere: the token is the proof
+            assert not s.machine.tokens.tokens
+        put = {"key": b64("app/j"), "value": b64("1")}
+        for i in range(3):
+            assert (await post_as(c, writer, "/v3/kv/put", put, i))[0] == 200
+        assert await post_as(c, reader, "/v3/kv/put", put, 0) == (
+            403,
+            etcd_body(7, auth.MSG_PERMISSION_DENIED),
+        )
+        head, body, sig = writer.split(".")
+        claims = jwt_parts(writer)[1]
+        tampered = {
+            "signature": f"{head}.{body}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}",
+            "claims": f"{head}.{auth._b64url(json.dumps({**claims, 'username': 'root'}).encode())}.{sig}",
+            "foreign key": auth.JWTTokens(auth.JWTOptions("HS256", b"another cluster")).assign(
+                "root", revision
+            ),
+        }
+        for why, token in tampered.items():
+            assert await post_as(c, token, "/v3/kv/put", put, 2) == (
+                401,
+                etcd_body(16, auth.MSG_INVALID_TOKEN),
+            ), why
+        # gRPC: Authenticate on a follower, the token in the metadata, on another member.
+        leader = await c.wait_leader()
+        follower = next(s for s in c.servers if s is not leader)
+        async with grpc.aio.insecure_channel(grpc_target(follower.client_urls[0])) as ch:
+            answer = await rpc_pb2_grpc.AuthStub(ch).Authenticate(
+                rpc_pb2.AuthenticateRequest(name="writer", password="wpw"), timeout=5
+            )
+        assert jwt_parts(answer.token)[1]["username"] == "writer"
+        async with grpc.aio.insecure_channel(grpc_target(leader.client_urls[0])) as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            await kv.Put(
+                rpc_pb2.PutRequest(key=b"app/g", value=b"v"), metadata=(("token", answer.token),), timeout=5
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as forged:
+                await kv.Range(
+                    rpc_pb2.RangeRequest(key=b"app/g"), metadata=(("token", tampered["claims"]),), timeout=5
+                )
+            assert (forged.value.code(), forged.value.details()) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                auth.MSG_INVALID_TOKEN,
+            )
+        # An auth change: every token minted before it is old for key requests...
+        root = await token_of(c, "root", "rootpw")
+        assert (await post_as(c, root, "/v3/auth/role/add", {"name": "extra"}))[0] == 200
+        for i in range(3):
+            status, out = await post_as(c, writer, "/v3/kv/put", put, i)
+            assert (status, out) == (400, etcd_body(3, auth.MSG_OLD_REVISION)), (i, out)
+        assert (await post_as(c, reader, "/v3/kv/range", {"key": b64("app/j")}))[1] == etcd_body(
+            3, auth.MSG_OLD_REVISION
+        )
+        # ...a watch with it is created and canceled, as etcd answers a failed permission check...
+        status, out = await post_as(c, reader, "/v3/watch", {"create_request": {"key": b64("app/j")}})
+        assert status == 200 and out["result"]["cancel_reason"] == auth.WATCH_DENIED_REASON
+        # ...admin calls still pass with it, and a fresh token works for keys again.
+        assert (await post_as(c, root, "/v3/auth/role/delete", {"role": "extra"}))[0] == 200
+        writer = await token_of(c, "writer", "wpw", 2)
+        assert (await post_as(c, writer, "/v3/kv/put", put, 0))[0] == 200
+        # Deleting the user: its token verifies but grants nothing any more.
+        writer_now = writer
+        assert (await post_as(c, root, "/v3/auth/user/delete", {"name": "writer"}))[0] == 200
+        # (its revision is old now: etcd's isOpPermitted checks that before looking the user up)
+        assert await post_as(c, writer_now, "/v3/kv/put", put, 1) == (
+            400,
+            etcd_body(3, auth.MSG_OLD_REVISION),
+        )
+    finally:
+        await c.stop()
+
+
+async def test_jwt_expires_after_its_ttl(tmp_path: Path) -> None:
+    """Rule: a JWT is refused (``invalid auth token``) from its ``exp`` second on; ttl is a Go
+    duration (here 2m); the clock is wall time, as the claim is Unix seconds."""
+    c = jwt_cluster(1, tmp_path, ttl="2m")
+    await c.start()
+    try:
+        await setup_users(c)
+        await c.ok("/v3/auth/enable", {})
+        tokens = c.servers[0].tokens
+        assert isinstance(tokens, auth.JWTTokens) and tokens.ttl == 120.0
+        now = [2_000_000_000.5]
+        tokens.clock = lambda: now[0]
+        reader = await token_of(c, "reader", "rpw")
+        assert jwt_parts(reader)[1]["exp"] == 2_000_000_120
+        now[0] = 2_000_000_119.9
+        assert (await post_as(c, reader, "/v3/kv/range", {"key": b64("app/a")}))[0] == 200
+        now[0] = 2_000_000_120.0
+        status, out = await post_as(c, reader, "/v3/kv/range", {"key": b64("app/a")})
+        assert (status, out) == (401, etcd_body(16, auth.MSG_INVALID_TOKEN))
+    finally:
+        await c.stop()
+
+
+async def test_jwt_survives_a_restart(tmp_path: Path) -> None:
+    """Rule: JWTs are stateless: a token issued before a restart is accepted after it, with no
+    Authenticate replayed (a simple token is gone unless its Authenticate entry is replayed)."""
+    c = jwt_cluster(1, tmp_path, data_dir=str(tmp_path / "m0"))
+    await c.start()
+    try:
+        await setup_users(c)
+        await c.ok("/v3/auth/enable", {})
+        writer = await token_of(c, "writer", "wpw")
+        assert (await post_as(c, writer, "/v3/kv/put", {"key": b64("app/r"), "value": b64("1")}))[0] == 200
+    finally:
+        await c.stop()
+    restarted = KVServer(c.servers[0].config)
+    c.servers = [restarted]
+    await c.start()
+    try:
+        assert not restarted.machine.tokens.tokens
+        status, out = await post_as(c, writer, "/v3/kv/range", {"key": b64("app/r")})
+        assert status == 200 and out["count"] == "1"
+    finally:
+        await c.stop()

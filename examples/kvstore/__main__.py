@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="(extension) file holding the secret every member proves to its peers (>= 16 bytes)",
     )
+    flag(
+        "auth-token",
+        default="simple",
+        help="auth token type and options: simple, or jwt,sign-method=HS256,priv-key=FILE[,ttl=5m] "
+        "(HS256, HS384, HS512; priv-key holds the shared secret)",
+    )
+    flag("auth-token-ttl", type=_positive_int, default=300, help="lifetime in seconds of a simple token")
     flag("unsafe-no-fsync", type=_bool, nargs="?", const=True, default=False, help="disable fsync (unsafe)")
     flag(
         "restore-snapshot",
@@ -234,6 +241,12 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
         )
     if any(u.startswith("https:") for u in listen_peer) and peer_tls is None:
         raise FlagError("https peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file")
+    from examples.kvstore.auth import AuthTokenError, parse_auth_token
+
+    try:
+        parse_auth_token(a.auth_token)  # the member parses it again; refuse it here, with exit 2
+    except AuthTokenError as exc:
+        raise FlagError(str(exc)) from None
     config = ServerConfig(
         name=a.name,
         data_dir=a.data_dir or f"{a.name}.etcd",
@@ -254,6 +267,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, s
         peer_tls=peer_tls,
         peer_secret=read_peer_secret(a.peer_shared_secret_file) if a.peer_shared_secret_file else None,
         fsync=not a.unsafe_no_fsync,
+        auth_token=a.auth_token,
+        auth_token_ttl=float(a.auth_token_ttl),
         restore_snapshot=a.restore_snapshot,
     )
     return config, a.log_level

@@ -1,6 +1,6 @@
-"""etcd's authentication and RBAC for the store: users, roles, permissions, simple tokens.
+"""etcd's authentication and RBAC for the store: users, roles, permissions, simple and JWT tokens.
 
-Owns three things:
+Owns four things:
 
 * :class:`AuthState` -- the *replicated* auth store (enabled flag, auth revision, users with
   hashed passwords and granted roles, roles with READ/WRITE/READWRITE permissions on a key or a
@@ -10,6 +10,9 @@ Owns three things:
 * :class:`TokenTable` -- this member's simple tokens (etcd's ``--auth-token=simple``): random
   strings assigned when an ``authenticate`` command is applied, expiring after
   :data:`TOKEN_TTL` seconds without use on this member's clock. Never in a snapshot.
+* :class:`JWTTokens` -- etcd's ``--auth-token=jwt,...`` (:func:`parse_auth_token`): stateless
+  signed tokens carrying the user name, the auth revision at Authenticate and an expiry, which
+  every member holding the key verifies (HS256/HS384/HS512 with the standard library).
 * :func:`authorize` -- the permission check of every client request, by gateway route name
   (the gRPC layer maps its method names to the same routes), with etcd's exact errors.
 
@@ -25,13 +28,16 @@ import base64
 import contextvars
 import hashlib
 import hmac
+import json
+import math
 import os
+import re
 import secrets
 import string
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from examples.kvstore import codec
 from examples.kvstore.errors import (
@@ -187,12 +193,19 @@ class AuthState:
             self._cache[(name, want)] = found
         return found
 
-    def check_op(self, name: str, key: bytes, range_end: bytes, want: int) -> None:
-        """etcd's isOpPermitted: raise ``permission denied`` unless ``name`` may do ``want``."""
+    def check_op(
+        self, name: str, key: bytes, range_end: bytes, want: int, revision: int | None = None
+    ) -> None:
+        """etcd's isOpPermitted: raise ``permission denied`` unless ``name`` may do ``want``.
+        ``revision``: the auth revision the credentials carry (a JWT's claim); one older than the
+        store's is ``revision of auth store is old``, as in etcd (clientv3 then authenticates
+        again). None skips that check."""
         if not self.enabled:
             return
-        if not name:
+        if not name or revision == 0:
             raise auth_error(MSG_USER_EMPTY)
+        if revision is not None and revision < self.revision:
+            raise auth_error(MSG_OLD_REVISION)
         user = self.users.get(name)
         if user is None:
             raise auth_error(MSG_PERMISSION_DENIED)
@@ -274,14 +287,18 @@ class AuthState:
         return {}
 
     def _apply_authenticate(self, req: dict[str, Any], tokens: TokenTable | None) -> dict[str, Any]:
+        """A simple token (``req["token"]``) is recorded in every member's table; with JWT the
+        command carries no token (``""``) and the answer holds the auth revision the receiving
+        member signs into the token (etcd's Authenticate assigns at apply, at the current revision)."""
         if not self.enabled:
             raise auth_error(MSG_AUTH_NOT_ENABLED)
         name = req["name"]
         if name not in self.users:
             raise auth_error(MSG_AUTH_FAILED)
-        if tokens is not None:
-            tokens.assign(req["token"], name, self.revision)
-        return {"token": req["token"]}
+        token = req.get("token", "")
+        if tokens is not None and token:
+            tokens.assign(token, name, self.revision)
+        return {"token": token, "authRevision": self.revision}
 
     def _apply_user_add(self, req: dict[str, Any], tokens: TokenTable | None) -> dict[str, Any]:
         name = req["name"]
@@ -420,6 +437,15 @@ class AuthState:
         return state
 
 
+class TokenProvider(Protocol):
+    """What :func:`user_of` asks of a token provider (etcd's TokenProvider.info)."""
+
+    def info(self, token: str, revision: int) -> tuple[str, int] | None:
+        """The (user, auth revision) a token stands for, or None when it is unknown, expired or
+        forged. ``revision`` is the store's current auth revision (what a simple token carries)."""
+        ...
+
+
 class TokenTable:
     """This member's simple tokens: token -> (user, auth revision at assignment, expiry)."""
 
@@ -454,12 +480,264 @@ class TokenTable:
         self.tokens[token] = (entry[0], now + self.ttl)
         return entry[0]
 
+    def info(self, token: str, revision: int) -> tuple[str, int] | None:
+        """A live token's user and the current auth revision (as etcd's simple tokens: their
+        staleness is the request's, checked when the command is applied)."""
+        name = self.user_of(token)
+        return None if name is None else (name, revision)
+
     def invalidate_user(self, name: str) -> None:
         for token in [t for t, (n, _) in self.tokens.items() if n == name]:
             del self.tokens[token]
 
     def clear(self) -> None:
         self.tokens.clear()
+
+
+# -- JWT tokens (--auth-token jwt,...) ---------------------------------------------------------------
+
+JWT_TTL = 300.0
+"""Seconds a JWT is valid after Authenticate when ``ttl`` is not given (etcd's DefaultTTL, 5 minutes)."""
+HMAC_METHODS: dict[str, Callable[..., Any]] = {
+    "HS256": hashlib.sha256,
+    "HS384": hashlib.sha384,
+    "HS512": hashlib.sha512,
+}
+"""The sign methods this store implements: HMAC with the shared secret in the priv-key file."""
+KEY_PAIR_METHODS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+"""etcd's public-key methods: they need an RSA/ECDSA library, which this store does not use."""
+JWT_OPTIONS = ("sign-method", "pub-key", "priv-key", "ttl")
+"""etcd's jwt options (server/auth/options.go)."""
+MAX_KEY_FILE = 1 << 20
+"""The largest key file read (a key is far smaller; this refuses a device or a wrong path)."""
+
+MSG_INVALID_AUTH_OPTS = "auth: invalid auth options"
+MSG_INVALID_AUTH_METHOD = "auth: invalid auth signature method"
+MSG_MISSING_KEY = "auth: missing key data"
+
+
+class AuthTokenError(ValueError):
+    """A bad ``--auth-token`` value (the member refuses to start, exit status 2)."""
+
+
+_GO_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration (``time.ParseDuration``: ``300s``, ``5m``, ``1h30m``, ``1.5h``,
+    ``500ms``, ``0``); ValueError otherwise."""
+    rest = text
+    sign = 1.0
+    if rest[:1] in ("+", "-"):
+        sign = -1.0 if rest[0] == "-" else 1.0
+        rest = rest[1:]
+    if rest == "0":
+        return 0.0
+    if not rest:
+        raise ValueError(f"invalid duration {text!r}")
+    total, pos = 0.0, 0
+    while pos < len(rest):
+        m = _GO_DURATION_PART.match(rest, pos)
+        if m is None:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total
+
+
+@dataclass(frozen=True)
+class JWTOptions:
+    """A parsed ``--auth-token jwt,...``: the sign method, its key and the token lifetime."""
+
+    method: str
+    key: bytes = field(repr=False)
+    ttl: float = JWT_TTL
+
+
+def parse_auth_token(text: str) -> JWTOptions | None:
+    """etcd's ``--auth-token``: ``simple`` (None: simple tokens) or
+    ``jwt,sign-method=HS256,priv-key=FILE[,pub-key=FILE][,ttl=DURATION]``. The key files are read
+    here. Raise :class:`AuthTokenError` with a clear message (and etcd's error text) otherwise."""
+    parts = text.split(",")
+    kind = parts[0]
+    options: dict[str, str] = {}
+    for part in parts[1:]:
+        pair = part.split("=")
+        if len(pair) != 2:
+            raise AuthTokenError(
+                f"--auth-token: invalid option {part!r}, want name=value ({MSG_INVALID_AUTH_OPTS})"
+            )
+        if pair[0] in options:
+            raise AuthTokenError(f"--auth-token: option {pair[0]!r} given twice ({MSG_INVALID_AUTH_OPTS})")
+        options[pair[0]] = pair[1]
+    if kind == "simple":
+        if options:
+            raise AuthTokenError(
+                f"--auth-token: simple takes no options (got {', '.join(options)}); "
+                "its lifetime is --auth-token-ttl"
+            )
+        return None
+    if kind != "jwt":
+        raise AuthTokenError(
+            f"--auth-token: unknown token type {kind!r}: want simple or jwt,... ({MSG_INVALID_AUTH_OPTS})"
+        )
+    unknown = [name for name in options if name not in JWT_OPTIONS]
+    if unknown:
+        raise AuthTokenError(
+            f"--auth-token: unknown jwt option(s) {', '.join(unknown)}: "
+            f"the options are {', '.join(JWT_OPTIONS)} ({MSG_INVALID_AUTH_OPTS})"
+        )
+    ttl = JWT_TTL
+    if options.get("ttl"):
+        try:
+            ttl = parse_go_duration(options["ttl"])
+        except ValueError:
+            raise AuthTokenError(
+                f"--auth-token: ttl {options['ttl']!r} is not a duration (Go syntax: 300s, 5m, 1h30m) "
+                f"({MSG_INVALID_AUTH_OPTS})"
+            ) from None
+        if ttl <= 0:
+            raise AuthTokenError(f"--auth-token: ttl {options['ttl']!r} must be positive")
+
+    method = options.get("sign-method", "")
+    supported = ", ".join(HMAC_METHODS)
+    if method in KEY_PAIR_METHODS:
+        raise AuthTokenError(
+            f"--auth-token: sign-method {method} needs an RSA/ECDSA library (the 'cryptography' "
+            f"package), which this store does not use: use {supported} with a shared secret in priv-key"
+        )
+    if method not in HMAC_METHODS:
+        got = f"sign-method {method!r}" if method else "no sign-method"
+        raise AuthTokenError(f"--auth-token: {got}: want one of {supported} ({MSG_INVALID_AUTH_METHOD})")
+
+    def read(option: str) -> bytes:
+        """The whole file, as etcd reads it (a final newline is part of an HMAC secret)."""
+        path = options[option]
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_KEY_FILE + 1)
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise AuthTokenError(
+                f"--auth-token: cannot read {option} {path!r}: {reason} ({MSG_INVALID_AUTH_OPTS})"
+            ) from None
+        if len(data) > MAX_KEY_FILE:
+            raise AuthTokenError(f"--auth-token: {option} {path!r} is larger than {MAX_KEY_FILE} bytes")
+        return data
+
+    keys = {name: read(name) for name in ("pub-key", "priv-key") if options.get(name)}
+    key = keys.get("priv-key", b"")
+    if not key:
+        raise AuthTokenError(
+            f"--auth-token: sign-method {method} needs priv-key=FILE holding the shared secret "
+            f"(a non-empty file; {MSG_MISSING_KEY})"
+        )
+    return JWTOptions(method, key, ttl)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64url_decode(text: str) -> bytes:
+    """Go's base64.RawURLEncoding: the URL alphabet, no padding (ValueError otherwise)."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _go_json(value: dict[str, Any]) -> bytes:
+    """``value`` as Go's json.Marshal writes a map: sorted keys, no spaces, UTF-8, ``<>&`` and
+    U+2028/U+2029 escaped (so tokens are byte for byte etcd's)."""
+    text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):  # fmt: skip
+        text = text.replace(char, escaped)
+    return text.encode()
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number claim (Go decodes numbers to float64; a bool or a string is no number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class JWTTokens:
+    """etcd's JWT token provider (server/auth/jwt.go), HMAC methods only.
+
+    :meth:`assign` signs ``{"exp", "revision", "username"}`` (exp: Unix seconds, now + ttl) with
+    the configured method; :meth:`info` accepts a token whose header names that method, whose
+    signature verifies with the key, whose ``exp`` (and ``nbf``/``iat`` when present) allow the
+    current second, and whose ``username`` is a string and ``revision`` a number. Nothing is
+    stored: every member configured with the same key accepts the token, before and after a
+    restart, until it expires. ``clock`` is wall-clock Unix time (as JWT's ``exp``)."""
+
+    def __init__(self, options: JWTOptions, clock: Callable[[], float] = time.time) -> None:
+        if options.method not in HMAC_METHODS:
+            raise AuthTokenError(f"unsupported JWT sign method {options.method!r}")
+        if not options.key:
+            raise AuthTokenError(MSG_MISSING_KEY)
+        self.method = options.method
+        self.ttl = options.ttl
+        self.clock = clock
+        self._key = options.key
+        self._digest = HMAC_METHODS[options.method]
+        self._header = _b64url(_go_json({"alg": self.method, "typ": "JWT"}))
+
+    def _sign(self, signing_input: bytes) -> bytes:
+        return hmac.new(self._key, signing_input, self._digest).digest()
+
+    def assign(self, name: str, revision: int) -> str:
+        """A signed token for ``name`` at auth ``revision`` (etcd's tokenJWT.assign)."""
+        claims = {"exp": math.floor(self.clock() + self.ttl), "revision": revision, "username": name}
+        signing_input = f"{self._header}.{_b64url(_go_json(claims))}"
+        return f"{signing_input}.{_b64url(self._sign(signing_input.encode()))}"
+
+    def info(self, token: str, revision: int) -> tuple[str, int] | None:
+        """(user, the token's auth revision) of a valid token, else None (etcd's tokenJWT.info).
+        ``revision`` is unused: a JWT carries its own."""
+        try:
+            header_b64, claims_b64, signature_b64 = token.split(".")
+            header = json.loads(_b64url_decode(header_b64))
+            claims = json.loads(_b64url_decode(claims_b64))
+            signature = _b64url_decode(signature_b64)
+        except ValueError:  # segments, base64, JSON, UTF-8 (UnicodeDecodeError is a ValueError)
+            return None
+        if not isinstance(header, dict) or header.get("alg") != self.method or not isinstance(claims, dict):
+            return None
+        now = math.floor(self.clock())
+        for claim, valid in (
+            ("exp", lambda t: now < t),
+            ("nbf", lambda t: now >= t),
+            ("iat", lambda t: now >= t),
+        ):
+            if claim in claims:
+                moment = _number(claims[claim])
+                if moment is None or (moment != 0 and not valid(moment)):
+                    return None
+        expected = self._sign(f"{header_b64}.{claims_b64}".encode())
+        if not hmac.compare_digest(signature, expected):
+            return None
+        name, rev = claims.get("username"), _number(claims.get("revision"))
+        if not isinstance(name, str) or rev is None or rev < 0:
+            return None
+        return name, int(rev)
 
 
 # -- per-request checks ----------------------------------------------------------------------------
@@ -543,16 +821,17 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-def user_of(state: AuthState, tokens: TokenTable, creds: Credentials) -> str:
-    """etcd's AuthInfoFromCtx: the token's user; else the certificate's CN; else
-    ``user name is empty``. An unknown or expired token is ``invalid auth token``."""
+def user_of(state: AuthState, tokens: TokenProvider, creds: Credentials) -> tuple[str, int]:
+    """etcd's AuthInfoFromCtx: (user, auth revision) of the token -- the current revision for a
+    simple token, the signed one for a JWT --; else the certificate's CN at the current revision;
+    else ``user name is empty``. An unknown, expired or forged token is ``invalid auth token``."""
     if creds.token:
-        name = tokens.user_of(creds.token)
-        if name is None:
+        found = tokens.info(creds.token, state.revision)
+        if found is None:
             raise auth_error(MSG_INVALID_TOKEN)
-        return name
+        return found
     if creds.common_name:
-        return creds.common_name
+        return creds.common_name, state.revision
     raise auth_error(MSG_USER_EMPTY)
 
 
@@ -617,7 +896,7 @@ def checks_for(route: str, body: dict[str, Any]) -> list[tuple[bytes, bytes, int
 
 def authorize(
     state: AuthState,
-    tokens: TokenTable,
+    tokens: TokenProvider,
     route: str,
     body: dict[str, Any],
     creds: Credentials,
@@ -629,21 +908,24 @@ def authorize(
         return
     CHECKED.set(None)
     if route in ADMIN_ROUTES:
-        name = user_of(state, tokens, creds)
+        # etcd's IsAdminPermitted does not look at the credentials' auth revision: a JWT from
+        # before an auth change still manages the store (the check at apply uses the current one).
+        name, _ = user_of(state, tokens, creds)
         state.check_admin(name)
         CHECKED.set((name, state.revision))
         return
     if route in ("lease/revoke", "kv/lease/revoke", "lease/timetolive", "kv/lease/timetolive"):
         # etcd checks write (revoke) or read (timetolive) permission on every attached key.
-        name = user_of(state, tokens, creds)
+        name, revision = user_of(state, tokens, creds)
         want = WRITE if route.endswith("revoke") else READ
         try:
             lease_id = int(body.get("ID", 0))
         except (TypeError, ValueError):
             return  # the request's own parsing reports it
-        for key in lease_keys(lease_id) if lease_keys else ():
-            state.check_op(name, key, b"", want)
-        CHECKED.set((name, state.revision))
+        keys = lease_keys(lease_id) if lease_keys else []
+        for key in keys:
+            state.check_op(name, key, b"", want, revision)
+        CHECKED.set((name, revision if keys else state.revision))
         return
     try:
         needed = checks_for(route, body)
@@ -654,19 +936,25 @@ def authorize(
         raise auth_error(MSG_PERMISSION_DENIED) from None
     if needed is None:
         return
-    name = user_of(state, tokens, creds)
+    name, revision = user_of(state, tokens, creds)
     for key, end, want in needed:
-        state.check_op(name, key, end, want)
-    CHECKED.set((name, state.revision))
+        state.check_op(name, key, end, want, revision)
+    CHECKED.set((name, revision))
 
 
 __all__ = [
     "ROOT",
     "AuthState",
+    "AuthTokenError",
     "Credentials",
+    "JWTOptions",
+    "JWTTokens",
+    "TokenProvider",
     "TokenTable",
     "auth_error",
     "authorize",
     "check_password",
     "hash_password",
+    "parse_auth_token",
+    "parse_go_duration",
 ]

@@ -38,6 +38,7 @@ from examples.kvstore.errors import EtcdError
 from examples.kvstore.h2grpc import GrpcServer
 from examples.kvstore.proto.stubs import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from examples.kvstore.service import EtcdService, ForwardToLeader
+from examples.kvstore.watch import QueueBudget
 
 if TYPE_CHECKING:
     from examples.kvstore.server import KVServer
@@ -53,6 +54,10 @@ FORWARD_KEY = "x-kvstore-forwarded"
 MAX_HOPS = 3
 WATCH_OUT_QUEUE = 256
 """Responses a watch stream may hold for the client before its watchers stop being drained."""
+WATCH_IN_QUEUE = 1024
+"""Requests a watch stream reads ahead of the one being handled (then gRPC flow control holds the
+client): while one create waits for its read barrier, the creates behind it arrive and share the
+next barrier."""
 PROGRESS_WATCH_ID = -1
 """etcd's InvalidWatchID: the watch_id of an answer to a progress request."""
 
@@ -622,7 +627,9 @@ class WatchStream:
 
     A pump task per watcher moves its queued messages into the stream's bounded output queue; the
     call's response generator writes that queue. When the client stops reading, the output queue
-    fills, the pumps block, and each watcher's own queue overflows and cancels it (bounded memory).
+    fills, the pumps block, and each watcher's own queue overflows and cancels it; the watchers of
+    the stream also share one :class:`~examples.kvstore.watch.QueueBudget` (``watch_stream_budget``
+    messages), so the stream's memory is bounded however many watchers it has.
     """
 
     def __init__(self, server: KVServer, context: grpc.aio.ServicerContext) -> None:
@@ -631,6 +638,11 @@ class WatchStream:
         self.out: asyncio.Queue[Any] = asyncio.Queue(WATCH_OUT_QUEUE)
         self.watchers: dict[int, tuple[Watcher, asyncio.Task[None]]] = {}
         self.next_id = 0
+        self.budget = QueueBudget(server.config.watch_stream_budget)
+        self.received = 0
+        """Requests read from the client so far (the receiver numbers them 1, 2, ...)."""
+        self.covered = 0
+        """Requests received before the start of the last read barrier: their creates need no other."""
 
     def header(self, revision: int | None) -> Any:
         return header_message(self.server, revision)
@@ -644,10 +656,11 @@ class WatchStream:
             return False
         return True
 
-    async def handle(self, request: Any) -> None:
+    async def handle(self, request: Any, seq: int = 0) -> None:
+        """Answer one request; ``seq`` is its number in the stream (see :attr:`received`)."""
         kind = request.WhichOneof("request_union")
         if kind == "create_request":
-            await self.create(request.create_request)
+            await self.create(request.create_request, seq)
         elif kind == "cancel_request":
             await self.cancel(request.cancel_request.watch_id)
         elif kind == "progress_request":
@@ -657,7 +670,19 @@ class WatchStream:
                 )
             )
 
-    async def create(self, cr: Any) -> None:
+    async def barrier_for(self, seq: int) -> None:
+        """Wait until the watch created by request ``seq`` may start: after every write acknowledged
+        before the client sent it (see watch.serve_watch). One read barrier covers every request
+        received before it started, so creates that arrived while a barrier was under way share
+        the next one instead of taking a round trip each. Without quorum the watch still starts
+        (at the local revision) when the barrier times out, and so do those it covered."""
+        if seq and seq <= self.covered:
+            return
+        self.covered = self.received
+        with contextlib.suppress(EtcdError):
+            await self.server.read_barrier()
+
+    async def create(self, cr: Any, seq: int = 0) -> None:
         from examples.kvstore.watch import parse_create_request
 
         body = {"create_request": to_dict(cr)}
@@ -693,10 +718,8 @@ class WatchStream:
             )
             return
         if not options.get("start_revision"):
-            # Start after every write acknowledged before this request (see watch.serve_watch).
-            with contextlib.suppress(EtcdError):
-                await self.server.read_barrier()
-        watcher, created_at = self.server.hub.create(**options)
+            await self.barrier_for(seq)
+        watcher, created_at = self.server.hub.create(**options, budget=self.budget)
         await self.out.put(rpc_pb2.WatchResponse(header=self.header(created_at), watch_id=wid, created=True))
         task = asyncio.create_task(self.pump(wid, watcher, cr.fragment))
         self.watchers[wid] = (watcher, task)
@@ -779,19 +802,36 @@ class WatchServicer(_Base, rpc_pb2_grpc.WatchServicer):
         stream = WatchStream(self.server, context)
         self.server.metrics.watch_started()  # the stream itself (etcd's watch_stream_total)
         failure: list[BaseException] = []
+        # The receiver reads ahead (at most WATCH_IN_QUEUE requests) while the handler waits on a
+        # create's read barrier; requests are still answered one by one, in order. A failure of
+        # the receive side (a malformed request) is queued behind the requests read before it.
+        inbox: asyncio.Queue[tuple[Any, int] | BaseException] = asyncio.Queue(WATCH_IN_QUEUE)
 
-        async def reader() -> None:
+        async def receiver() -> None:
             try:
                 async for request in request_iterator:
-                    await stream.handle(request)
+                    stream.received += 1
+                    await inbox.put((request, stream.received))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                await inbox.put(exc)
+            # A client that half-closes keeps receiving events, as with etcd.
+
+        async def handler() -> None:
+            try:
+                while True:
+                    item = await inbox.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    await stream.handle(*item)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # the call is failing: let the writer end it
                 failure.append(exc)
                 await stream.out.put(None)
-            # A client that half-closes keeps receiving events, as with etcd.
 
-        task = asyncio.create_task(reader())
+        tasks = (asyncio.create_task(receiver()), asyncio.create_task(handler()))
         try:
             while True:
                 item = await stream.out.get()
@@ -799,7 +839,8 @@ class WatchServicer(_Base, rpc_pb2_grpc.WatchServicer):
                     break
                 yield item
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             stream.close()
             self.server.metrics.watch_ended()
         # The reader failed: end the call from here (an abort in the reader's task would not).

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import raftlib
+from examples.kvstore import auth
 from examples.kvstore.errors import MSG_LEADER_CHANGED, MSG_TIMEOUT_LEADER_FAIL, EtcdError
 from examples.kvstore.machine import KVMachine
 from raftlib.transport import TcpTransport, TlsConfig
@@ -116,12 +117,21 @@ class ServerConfig:
     progress_notify_interval: float = 600.0
     watch_queue_limit: int = 1024
     """Messages a watcher may have queued before it is cancelled as too slow."""
+    watch_stream_budget: int = 65536
+    """Messages all the watchers of one gRPC Watch stream may have queued together (then the one
+    that would queue more is cancelled as too slow): bounds a stream's memory, whatever its number
+    of watchers (about 150 bytes a message, plus the events when a watcher strips prev_kv)."""
     lease_check_interval: float = 0.25
     client_tls: ClientTls | None = None
     peer_tls: TlsConfig | None = None
     peer_secret: bytes | None = field(default=None, repr=False)
     """Shared secret members prove to each other at the peer handshake (--peer-shared-secret-file)."""
     fsync: bool = True
+    auth_token: str = "simple"
+    """etcd's --auth-token: ``simple`` or ``jwt,sign-method=HS256,priv-key=FILE[,ttl=5m]``
+    (see :func:`examples.kvstore.auth.parse_auth_token`)."""
+    auth_token_ttl: float = 300.0
+    """etcd's --auth-token-ttl: seconds a simple token lives without use."""
     restore_snapshot: str | None = None
     """A file from ``/v3/maintenance/snapshot`` to seed a NEW member's state with (--restore-snapshot)."""
 
@@ -263,6 +273,13 @@ class KVServer:
             min_lease_ttl=config.min_lease_ttl, max_request_bytes=config.max_request_bytes
         )
         self.state = ReplicatedState(self.machine)
+        self.machine.tokens.ttl = config.auth_token_ttl
+        try:
+            jwt = auth.parse_auth_token(config.auth_token)
+        except auth.AuthTokenError as exc:
+            raise raftlib.ConfigError(str(exc)) from None
+        self.tokens: auth.TokenProvider = auth.JWTTokens(jwt) if jwt else self.machine.tokens
+        """How this member's tokens are made and checked: the machine's simple-token table, or JWT."""
         self.rng = random.SystemRandom()
         self.node: raftlib.RaftNode | None = None
         self.member_id = 0

@@ -304,7 +304,7 @@ class EtcdService:
             return
         store = machine.store
         auth.authorize(
-            machine.auth, machine.tokens, route, body, creds, lambda lid: list(store.lease_keys(lid))
+            machine.auth, self.server.tokens, route, body, creds, lambda lid: list(store.lease_keys(lid))
         )
 
     def credentials(self, token: str | None, common_name: str | None) -> auth.Credentials:
@@ -415,8 +415,15 @@ class EtcdService:
             raise auth.auth_error(auth.MSG_AUTH_FAILED)
         if not await asyncio.to_thread(auth.check_password, password, user.password):
             raise auth.auth_error(auth.MSG_AUTH_FAILED)
-        token = f"{auth.TokenTable.new_token()}.{self.machine.applied_index + 1}"
-        return await self._auth_propose({"a": "authenticate", "name": name, "token": token})
+        jwt = self.server.tokens if isinstance(self.server.tokens, auth.JWTTokens) else None
+        # A JWT is signed here once the command is applied, with the auth revision of that moment
+        # (etcd assigns it at apply); a simple token is chosen now and recorded by every member.
+        token = "" if jwt else f"{auth.TokenTable.new_token()}.{self.machine.applied_index + 1}"
+        out = await self._auth_propose({"a": "authenticate", "name": name, "token": token})
+        revision = int(out.pop("authRevision", 0))
+        if jwt is not None:
+            out["token"] = jwt.assign(name, revision)
+        return out
 
     # -- maintenance ---------------------------------------------------------------------
 

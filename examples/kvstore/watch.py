@@ -46,6 +46,24 @@ SLOW_GRACE = 5.0
 FILTERS = {"NOPUT": "NOPUT", "NODELETE": "NODELETE", 0: "NOPUT", 1: "NODELETE"}
 
 
+class QueueBudget:
+    """Messages queued, all watchers of one stream together, and the most they may be.
+
+    Each watcher holds at most ``queue_limit`` messages; a gRPC stream may carry thousands of
+    watchers, so the stream's watchers also share this budget: when it is used up, the watcher
+    that would queue one more message is cancelled as too slow (its queue is freed). A stream's
+    memory is then bounded whatever its number of watchers.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"a queue budget must be positive, got {limit}")
+        self.limit = limit
+        self.used = 0
+
+
 class Watcher:
     """One watch: its key range, options and the bounded queue of messages not yet written.
 
@@ -64,8 +82,10 @@ class Watcher:
         progress_notify: bool = False,
         next_rev: int = 0,
         queue_limit: int = 1024,
+        budget: QueueBudget | None = None,
     ) -> None:
         self.hub = hub
+        self.budget = budget
         self.key = key
         self.range_end = range_end
         self.prev_kv = prev_kv
@@ -102,14 +122,23 @@ class Watcher:
             out.append(ev)
         return out
 
+    def _append(self, item: tuple[Any, ...]) -> None:
+        self.queue.append(item)
+        if self.budget is not None:
+            self.budget.used += 1
+        self.wakeup.set()
+
     def push(self, item: tuple[Any, ...]) -> None:
         if self.closed:
             return
         if len(self.queue) >= self.queue_limit:
-            self.overflow()
+            self.overflow(f"more than {self.queue_limit} messages were waiting to be sent")
             return
-        self.queue.append(item)
-        self.wakeup.set()
+        budget = self.budget
+        if budget is not None and budget.used >= budget.limit:
+            self.overflow(f"more than {budget.limit} messages of its stream were waiting to be sent")
+            return
+        self._append(item)
 
     def offer(self, revision: int, events: list[tuple[bytes, bool, dict[str, Any]]]) -> None:
         """Called on the apply path with every revision's events, in order."""
@@ -120,28 +149,22 @@ class Watcher:
         if selected:
             self.push(("events", revision, selected))
 
-    def overflow(self) -> None:
+    def overflow(self, waiting: str) -> None:
         """Too slow: drop what is queued, cancel with a reason and stop receiving events."""
         self.overflowed = True
+        if self.budget is not None:
+            self.budget.used -= len(self.queue)
         self.queue.clear()
-        self.queue.append(
-            (
-                "cancel",
-                f"watcher is too slow: more than {self.queue_limit} messages were waiting to be sent",
-                0,
-            )
-        )
+        self._append(("cancel", f"watcher is too slow: {waiting}", 0))
         self.closed = True
         self.hub.remove(self)
-        self.wakeup.set()
 
     def cancel(self, reason: str = "", compact_revision: int = 0) -> None:
         if self.closed:
             return
-        self.queue.append(("cancel", reason, compact_revision))
+        self._append(("cancel", reason, compact_revision))
         self.closed = True
         self.hub.remove(self)
-        self.wakeup.set()
 
     async def get(self, timeout: float | None) -> tuple[Any, ...] | None:
         """The next queued item, or None when ``timeout`` passed with nothing queued."""
@@ -151,6 +174,8 @@ class Watcher:
                 await asyncio.wait_for(self.wakeup.wait(), timeout)
             except TimeoutError:
                 return None
+        if self.budget is not None:
+            self.budget.used -= 1
         return self.queue.popleft()
 
 
@@ -169,7 +194,13 @@ class WatchHub:
         self.queue_limit = queue_limit
         self.progress_interval = progress_interval
         self.watchers: set[Watcher] = set()
+        """Every live watcher (what ``etcd_debugging_mvcc_watcher_total`` counts)."""
+        self._by_key: dict[bytes, set[Watcher]] = {}
+        """Single-key watchers by key: a revision reaches only those of the keys it touches."""
+        self._ranged: set[Watcher] = set()
+        """Range and prefix watchers: each revision is offered to all of them."""
         self.last_seen = 0
+        """The last revision offered: every watcher registered then has seen every earlier one it matches."""
         self._attached = False
 
     def attach(self) -> None:
@@ -183,18 +214,47 @@ class WatchHub:
         for w in list(self.watchers):
             w.cancel("server shutting down")
 
+    def _add(self, w: Watcher) -> None:
+        self.watchers.add(w)
+        if w.range_end:
+            self._ranged.add(w)
+        else:
+            self._by_key.setdefault(w.key, set()).add(w)
+
     def remove(self, w: Watcher) -> None:
+        if w not in self.watchers:
+            return
         self.watchers.discard(w)
+        if w.range_end:
+            self._ranged.discard(w)
+            return
+        same = self._by_key.get(w.key)
+        if same is not None:
+            same.discard(w)
+            if not same:
+                del self._by_key[w.key]
 
     def _on_apply(self, revision: int, events: list[Any]) -> None:
         if revision > self.last_seen + 1:
             self._catch_up(revision - 1)
         if revision > self.last_seen:
             self.last_seen = revision
-        if self.watchers:
-            decoded = decode_events(events)
-            for w in list(self.watchers):
-                w.offer(revision, decoded)
+        if not self.watchers:
+            return
+        decoded = decode_events(events)
+        # Only the watchers that may match: the single-key watchers of the touched keys (a dict
+        # lookup each) and the range watchers. With thousands of single-key watches a write no
+        # longer costs one call per watcher on the apply path (a watcher offered the same revision
+        # twice ignores the second offer).
+        targets = list(self._ranged)
+        by_key = self._by_key
+        if by_key:
+            for key, _, _ in decoded:
+                same = by_key.get(key)
+                if same:
+                    targets.extend(same)
+        for w in targets:
+            w.offer(revision, decoded)
 
     def resync(self) -> None:
         """After a snapshot restore: queue the revisions the watchers missed (or cancel them)."""
@@ -203,10 +263,13 @@ class WatchHub:
 
     def _catch_up(self, upto: int) -> None:
         for w in list(self.watchers):
-            if w.next_rev > upto:
+            # Revisions up to last_seen were offered to every watcher they match (a watcher not
+            # offered one did not match it), so the catch-up starts after both.
+            start = max(w.next_rev, self.last_seen + 1)
+            if start > upto:
                 continue
             try:
-                batches = self.machine.history(w.key, w.range_end, w.next_rev)
+                batches = self.machine.history(w.key, w.range_end, start)
             except EtcdError as exc:
                 w.cancel("", exc.compact_revision or self.machine.compact_revision)
                 continue
@@ -224,10 +287,12 @@ class WatchHub:
         prev_kv: bool = False,
         filters: frozenset[str] = frozenset(),
         progress_notify: bool = False,
+        budget: QueueBudget | None = None,
     ) -> tuple[Watcher, int]:
         """Register a watcher now (synchronously); returns it and the revision it was created at.
 
         A compacted ``start_revision`` returns a watcher already holding its cancel message.
+        ``budget``: the queue budget of the watcher's stream (see :class:`QueueBudget`).
         """
         current = self.machine.revision
         w = Watcher(
@@ -239,8 +304,9 @@ class WatchHub:
             progress_notify=progress_notify,
             next_rev=current + 1,
             queue_limit=self.queue_limit,
+            budget=budget,
         )
-        self.watchers.add(w)
+        self._add(w)
         if start_revision > current:
             w.next_rev = start_revision
         elif start_revision > 0:
@@ -375,4 +441,4 @@ async def serve_watch(server: KVServer, request: Request, body: dict[str, Any]) 
     return resp
 
 
-__all__ = ["WatchHub", "Watcher", "parse_create_request", "serve_watch"]
+__all__ = ["QueueBudget", "WatchHub", "Watcher", "parse_create_request", "serve_watch"]
