@@ -295,6 +295,33 @@ def test_fast_answer_conversion_equals_json_format() -> None:
     check()
 
 
+def test_fast_request_reading_equals_json_format() -> None:
+    """The hand-written Put/Range request readers give exactly what MessageToDict gives."""
+    from google.protobuf import json_format
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from examples.kvstore.grpcapi import to_dict
+    from examples.kvstore.proto.stubs import rpc_pb2
+
+    i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    puts = st.builds(rpc_pb2.PutRequest, key=st.binary(max_size=8), value=st.binary(max_size=8), lease=i64,
+                     prev_kv=st.booleans(), ignore_value=st.booleans(), ignore_lease=st.booleans())  # fmt: skip
+    ranges = st.builds(
+        rpc_pb2.RangeRequest, key=st.binary(max_size=8), range_end=st.binary(max_size=8), limit=i64,
+        revision=i64, sort_order=st.integers(0, 5), sort_target=st.integers(0, 7), serializable=st.booleans(),
+        keys_only=st.booleans(), count_only=st.booleans(), min_mod_revision=i64, max_mod_revision=i64,
+        min_create_revision=i64, max_create_revision=i64,
+    )  # fmt: skip
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(puts, ranges))
+    def check(request: Any) -> None:
+        assert to_dict(request) == json_format.MessageToDict(request, preserving_proto_field_name=True)
+
+    check()
+
+
 def test_fast_event_conversion_equals_json_format() -> None:
     from google.protobuf import json_format
     from hypothesis import given, settings

@@ -145,8 +145,66 @@ def call_credentials(service: EtcdService, context: grpc.aio.ServicerContext) ->
 
 
 def to_dict(message: Message) -> dict[str, Any]:
-    """A protobuf request as the gateway's JSON object."""
+    """A protobuf request as the gateway's JSON object.
+
+    Put and Range requests (the hot ones) are read field by field, several times faster than
+    ``json_format.MessageToDict``, which reads every other message (same result, see
+    tests/test_kv_grpc_serving.py)."""
+    read = _FAST_REQUEST.get(type(message))
+    if read is not None:
+        return read(message)
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _put_request(m: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if m.key:
+        d["key"] = _b64(m.key)
+    if m.value:
+        d["value"] = _b64(m.value)
+    if m.lease:
+        d["lease"] = str(m.lease)  # proto3 JSON: int64 as a string
+    if m.prev_kv:
+        d["prev_kv"] = True
+    if m.ignore_value:
+        d["ignore_value"] = True
+    if m.ignore_lease:
+        d["ignore_lease"] = True
+    return d
+
+
+_RANGE_ENUMS = (("sort_order", rpc_pb2.RangeRequest.SortOrder), ("sort_target", rpc_pb2.RangeRequest.SortTarget))
+
+
+def _range_request(m: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if m.key:
+        d["key"] = _b64(m.key)
+    if m.range_end:
+        d["range_end"] = _b64(m.range_end)
+    for name in ("limit", "revision", "min_mod_revision", "max_mod_revision", "min_create_revision",
+                 "max_create_revision"):  # fmt: skip
+        value = getattr(m, name)
+        if value:
+            d[name] = str(value)
+    for name, enum in _RANGE_ENUMS:
+        value = getattr(m, name)
+        if value:  # a known value by its name, an unknown one (proto3 keeps it) as its number
+            d[name] = enum.Name(value) if value in enum.values() else value
+    for name in ("serializable", "keys_only", "count_only"):
+        if getattr(m, name):
+            d[name] = True
+    return d
+
+
+_FAST_REQUEST: dict[Any, Callable[[Any], dict[str, Any]]] = {
+    rpc_pb2.PutRequest: _put_request,
+    rpc_pb2.RangeRequest: _range_request,
+}
 
 
 def to_message(obj: dict[str, Any], cls: type[Message]) -> Any:

@@ -9,7 +9,7 @@ owned by this connection (cancelled when the stream is reset or the connection i
 Invariants:
 
 * receive side: the client may never send more than it was granted.  The connection window is
-  granted back as soon as DATA arrives (each stream's window bounds what it may buffer); a stream's
+  granted back once a quarter of it is used (each stream's window bounds what it may buffer); a stream's
   window is granted back only while its parsed-but-unread messages stay under
   ``STREAM_WINDOW`` bytes, and always far enough to complete the message in progress (its length
   was checked against the call's limit), so memory per stream stays bounded and a message that
@@ -202,6 +202,7 @@ class H2Connection(asyncio.Protocol):
         self.continuation: tuple[int, int, bytearray] | None = None
         # flow control
         self.local_stream_window = STREAM_WINDOW
+        self.recv_unacked = 0  # DATA bytes received since the last connection WINDOW_UPDATE
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = DEFAULT_MAX_FRAME
         self.send_window = DEFAULT_WINDOW
@@ -399,9 +400,11 @@ class H2Connection(asyncio.Protocol):
             raise H2Error(PROTOCOL_ERROR, "DATA on stream 0")
         size = len(payload)
         # the whole frame, padding included, counts against flow control (§6.9.1); the connection's
-        # window is given back at once
-        if size:
-            self._write(frame(WINDOW_UPDATE, 0, 0, size.to_bytes(4, "big")))
+        # window is given back once a quarter of it is used (each stream's window bounds its buffer)
+        self.recv_unacked += size
+        if self.recv_unacked >= CONNECTION_WINDOW // 4:
+            self._write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
+            self.recv_unacked = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.ended:
             if stream_id > self.last_stream_id:
