@@ -179,7 +179,9 @@ async def test_aetcd_lock_excludes_a_second_holder_until_released(clients: list[
     await second.release()
 
 
-async def test_aetcd_member_list_and_status_name_every_member(cluster: KVCluster, clients: list[Any]) -> None:
+async def test_aetcd_member_list_status_and_member_update_errors(
+    cluster: KVCluster, clients: list[Any]
+) -> None:
     listed = [m async for m in clients[2].members()]
     assert sorted(m.name for m in listed) == sorted(m.name for m in cluster.members)
     assert sorted(u for m in listed for u in m.client_urls) == sorted(cluster.endpoints)
@@ -187,6 +189,12 @@ async def test_aetcd_member_list_and_status_name_every_member(cluster: KVCluster
     status = await clients[1].status()
     assert status.leader is not None and status.leader.id in {m.id for m in listed}
     assert status.raft_term > 0 and status.raft_index > 0
+    aetcd = _aetcd()
+    with pytest.raises(aetcd.exceptions.ClientError, match="etcdserver: member not found"):
+        await clients[0].update_member(0x1234ABCD, ["http://127.0.0.1:1"])
+    taken = listed[1].peer_urls
+    with pytest.raises(aetcd.exceptions.ClientError, match="etcdserver: Peer URLs already exists"):
+        await clients[0].update_member(listed[0].id, taken)
 
 
 # ------------------------------------------------------------------------------------------ etcd3

@@ -241,6 +241,7 @@ class GatewayAPI:
             "cluster/member/add": self.leader_call(self.service.member_add),
             "cluster/member/remove": self.leader_call(self.service.member_remove),
             "cluster/member/promote": self.leader_call(self.service.member_promote),
+            "cluster/member/update": self.leader_call(self.service.member_update),
             "maintenance/status": self.status,
             "maintenance/snapshot": self.snapshot,
             "maintenance/transfer-leadership": self.leader_call(self.service.move_leader),

@@ -72,6 +72,7 @@ _ROUTES = {
     "MemberAdd": "cluster/member/add",
     "MemberRemove": "cluster/member/remove",
     "MemberPromote": "cluster/member/promote",
+    "MemberUpdate": "cluster/member/update",
     "Status": "maintenance/status",
 }
 
@@ -531,9 +532,13 @@ class ClusterServicer(_Base, rpc_pb2_grpc.ClusterServicer):
         )
 
     async def MemberUpdate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "member update is not supported by this store (remove the member and add it again)",
+        return await self.unary(
+            context,
+            "MemberUpdate",
+            request,
+            self.service.member_update,
+            rpc_pb2.MemberUpdateResponse,
+            "/etcdserverpb.Cluster/MemberUpdate",
         )
 
 

@@ -218,16 +218,9 @@ class EtcdService:
                 raise etcd_error(14, "etcdserver: request timed out") from None
 
     async def member_add(self, body: dict[str, Any]) -> dict[str, Any]:
-        urls = body.get("peerURLs") or []
         learner = codec.parse_bool(body.get("isLearner"))
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-            raise etcd_error(3, "etcdserver: given member URLs are invalid")
-        try:
-            address = url_address(urls[0])
-            for u in urls:
-                url_address(u)
-        except ValueError:
-            raise etcd_error(3, "etcdserver: given member URLs are invalid") from None
+        urls = self._peer_urls(body)
+        address = url_address(urls[0])
         await self.leader_here()
         server = self.server
         node = server._node()
@@ -255,6 +248,39 @@ class EtcdService:
         if learner:
             member["isLearner"] = True
         return {"header": self.header(None), "member": member, "members": server.members()}
+
+    async def member_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        """etcd's MemberUpdate: new peer URLs for a member, set through the log on every member
+        (the raft transports dial the first one from then on; the member itself keeps listening
+        where it listens until it is restarted with the new URLs, as with etcd)."""
+        nid = self._member_nid(body)
+        urls = self._peer_urls(body)
+        await self.leader_here()
+        server = self.server
+        async with server.member_update_lock:
+            # Checked on the leader, against everything committed before (a previous leader's
+            # updates included), one update at a time: etcd's ValidateConfigurationChange.
+            await server.wait_applied_commit()
+            self._member_nid(body)
+            mid = str(int(nid, 16))
+            for m in server.members():
+                if m["ID"] != mid and set(m.get("peerURLs", ())) & set(urls):
+                    raise etcd_error(9, "etcdserver: Peer URLs already exists")
+            await server.propose_attributes(nid, urls)
+        return {"header": self.header(None), "members": server.members()}
+
+    @staticmethod
+    def _peer_urls(body: dict[str, Any]) -> list[str]:
+        """``peerURLs``: a non-empty list of ``http(s)://host:port`` (etcd's ErrGRPCMemberBadURLs)."""
+        urls = body.get("peerURLs") or []
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise etcd_error(3, "etcdserver: given member URLs are invalid")
+        try:
+            for u in urls:
+                url_address(u)
+        except ValueError:
+            raise etcd_error(3, "etcdserver: given member URLs are invalid") from None
+        return list(urls)
 
     def _member_nid(self, body: dict[str, Any]) -> str:
         mid = _uint(body, "ID")
