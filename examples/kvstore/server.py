@@ -293,6 +293,9 @@ class KVServer:
         self._listeners: list[asyncio.Server] = []
         self.http_urls: list[str] = []
         self._stopping = False
+        self.forwarding_tokens: dict[str, str] = {}
+        """Certificate CN -> the token this member forwards the CN's calls to the leader with
+        (see EtcdService.forwarding_token); one per user that has forwarded a call."""
         self.member_update_lock = asyncio.Lock()
         """One member update at a time on the leader (checked, then proposed: see service.py)."""
         from examples.kvstore.metrics import ServerMetrics

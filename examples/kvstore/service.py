@@ -18,7 +18,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import raftlib
 from examples.kvstore import auth, codec
@@ -28,6 +28,8 @@ from examples.kvstore.server import ETCD_VERSION, etcd_error, member_id_for, nod
 
 if TYPE_CHECKING:
     from examples.kvstore.server import KVServer
+
+T = TypeVar("T")
 
 SNAPSHOT_CHUNK = 64 * 1024
 """Bytes of state per Maintenance.Snapshot message."""
@@ -341,6 +343,44 @@ class EtcdService:
         if not token and not common_name:
             return auth.NO_CREDENTIALS
         return auth.Credentials(token or None, common_name)
+
+    async def forwarding_token(self, creds: auth.Credentials) -> str | None:
+        """The token a call this member forwards to the leader carries (None: no credentials).
+
+        The caller ran :meth:`authorize` here first. A client's own token is passed on. A client
+        known only by its certificate's CN (--client-cert-auth) gets a simple token for that
+        user, assigned through Raft like Authenticate's (so the leader knows it), minted here
+        because this member verified the certificate: the leader cannot see the client's
+        certificate (the forwarded call comes over this member's own connection) and trusts no
+        name a connection merely claims. One token per CN is kept and reused while it is live;
+        it never leaves the members."""
+        if creds.token:
+            return creds.token
+        name = creds.common_name
+        if not name or not self.machine.auth.enabled:
+            return None
+        cache = self.server.forwarding_tokens
+        token = cache.get(name)
+        if token is not None and self.machine.tokens.user_of(token) == name:
+            return token
+        token = f"{auth.TokenTable.new_token()}.{self.machine.applied_index + 1}"
+        await self._auth_propose({"a": "authenticate", "name": name, "token": token})
+        cache[name] = token
+        return token
+
+    async def forward_as(self, creds: auth.Credentials, send: Callable[[str | None], Awaitable[T]]) -> T:
+        """``send(token)`` to the leader with :meth:`forwarding_token`'s token; once more with a new
+        one when the leader no longer knows the token minted for a CN (each member expires an idle
+        token on its own clock: a new leader may have dropped one this member kept using)."""
+        token = await self.forwarding_token(creds)
+        try:
+            return await send(token)
+        except EtcdError as err:
+            if creds.token or token is None or err.message != auth.MSG_INVALID_TOKEN:
+                raise
+        if creds.common_name:
+            self.server.forwarding_tokens.pop(creds.common_name, None)
+        return await send(await self.forwarding_token(creds))
 
     async def _auth_propose(self, req: dict[str, Any]) -> dict[str, Any]:
         result = await self.server.propose(self.machine.prepare_auth(req))
