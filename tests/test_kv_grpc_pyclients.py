@@ -1,29 +1,28 @@
 """The unmodified Python gRPC clients ``aetcd`` and ``etcd3`` against the store (and real etcd).
 
-Every check runs once per backend on a 3-member cluster shared by the module (`raftlib`: processes
-of ``python -m examples.kvstore``; `etcd`: the real binary, when installed, started the same way by
-tests/kvcluster.py), with its own key prefix. The rule checked throughout: a client written for
-etcd works unchanged against the store and sees what it sees against etcd -- put/get/range by
-prefix, delete, a transaction, a watch that sees a put, a lease whose revoke deletes its key, a
-lock, the member list.
+Every check runs once per backend (`raftlib`: 3 processes of ``python -m examples.kvstore``;
+`etcd`: the real binary, when installed, started the same way by tests/kvcluster.py) and once per
+client. The rule checked throughout: a client written for etcd works unchanged against the store
+and sees what it sees against etcd -- put/get/range by prefix, delete, a transaction, a watch
+that sees a put, a lease whose revoke deletes its key, a lock, the member list, MemberUpdate's
+errors.
 
-* ``aetcd`` (asyncio) runs in the test process.
-* ``etcd3`` (python-etcd3 0.12) runs in a child process (tests/pyclient_etcd3.py): its generated
-  protobuf modules load only with protobuf's pure-Python implementation, which is chosen per
-  process before protobuf is first imported.
-
-A client that is not installed, or does not import, skips its tests with the reason.
+Each client runs in a child process (tests/pyclient_aetcd.py, tests/pyclient_etcd3.py) that
+writes through the leader, reads and watches through a follower, and prints one JSON object of
+observations, which the tests below check: a client's generated protobuf modules register etcd's
+message names in protobuf's default pool, where they collide with the store's own modules in one
+process; etcd3 0.12's modules also need protobuf's pure-Python implementation. A client that is
+not installed, or does not import, skips its tests with the reason.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from kvcluster import BACKENDS, KVCluster, backend_unavailable_reason
 
-ETCD3_SCRIPT = Path(__file__).with_name("pyclient_etcd3.py")
+CLIENTS = ("aetcd", "etcd3")
+HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -48,206 +48,99 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         c.stop()
 
 
-@pytest.fixture
-def ns(request: pytest.FixtureRequest) -> str:
-    return f"/pyclients/{request.node.originalname}/"
-
-
-# ------------------------------------------------------------------------------------------ aetcd
-
-
-def _aetcd() -> Any:
-    return pytest.importorskip("aetcd", reason="aetcd is not installed (pip install -e '.[test]')")
-
-
-@pytest.fixture
-async def clients(cluster: KVCluster) -> AsyncIterator[list[Any]]:
-    """One aetcd client per member (index = member index)."""
-    aetcd = _aetcd()
-    opened = [aetcd.Client("127.0.0.1", m.client_port, timeout=10) for m in cluster.members]
-    for c in opened:
-        await c.connect()
-    try:
-        yield opened
-    finally:
-        for c in opened:
-            await c.close()
-
-
-async def test_aetcd_put_get_range_by_prefix_and_delete_through_any_member(
-    clients: list[Any], ns: str
-) -> None:
-    put = await clients[0].put(f"{ns}a".encode(), b"1")
-    assert put.header.revision > 0
-    await clients[1].put(f"{ns}b".encode(), b"2")
-    got = await clients[2].get(f"{ns}a".encode())
-    assert (got.key, got.value, got.version) == (f"{ns}a".encode(), b"1", 1)
-    assert await clients[2].get(f"{ns}missing".encode()) is None
-    listed = await clients[1].get_prefix(ns.encode())
-    assert [(kv.key, kv.value) for kv in listed] == [(f"{ns}a".encode(), b"1"), (f"{ns}b".encode(), b"2")]
-    ranged = await clients[0].get_range(f"{ns}a".encode(), f"{ns}b".encode())
-    assert [kv.key for kv in ranged] == [f"{ns}a".encode()]
-    deleted = await clients[2].delete(f"{ns}a".encode(), prev_kv=True)
-    assert deleted.deleted == 1 and deleted.prev_kv.value == b"1"
-    assert await clients[0].delete(f"{ns}a".encode()) is None  # nothing left to delete
-    assert (await clients[0].delete_prefix(ns.encode())).deleted == 1
-    assert len(await clients[1].get_prefix(ns.encode())) == 0
-
-
-async def test_aetcd_transaction_takes_the_branch_its_compare_selects(clients: list[Any], ns: str) -> None:
-    c = clients[1]
-    key = f"{ns}k".encode()
-    await c.put(key, b"v1")
-    t = c.transactions
-
-    async def txn() -> tuple[bool, list[Any]]:
-        result: tuple[bool, list[Any]] = await c.transaction(
-            compare=[t.value(key) == b"v1", t.version(key) > 0],
-            success=[t.put(key, b"v2"), t.get(key)],
-            failure=[t.put(key, b"other")],
-        )
-        return result
-
-    ok, responses = await txn()
-    assert ok is True and len(responses) == 2
-    assert [value for value, _ in responses[1]] == [b"v2"]  # the range in the branch sees the put
-    ok, responses = await txn()
-    assert ok is False and len(responses) == 1
-    assert (await clients[2].get(key)).value == b"other"
-    assert await c.replace(key, b"other", b"r") is True
-    assert await c.replace(key, b"other", b"r2") is False
-
-
-async def test_aetcd_watch_on_a_follower_sees_a_put_through_another_member(
-    cluster: KVCluster, clients: list[Any], ns: str
-) -> None:
-    follower = cluster.followers()[0]
-    writer = clients[(follower + 1) % len(clients)]
-    watch = await clients[follower].watch_prefix(f"{ns}w/".encode(), prev_kv=True)
-    try:
-        await writer.put(f"{ns}w/x".encode(), b"one")
-        await writer.put(f"{ns}w/x".encode(), b"two")
-        events: list[Any] = []
-
-        async def collect() -> None:
-            async for event in watch:
-                events.append(event)
-                if len(events) == 2:
-                    return
-
-        await asyncio.wait_for(collect(), 10)
-    finally:
-        await watch.cancel()
-    assert [(str(e.kind), e.kv.key, e.kv.value) for e in events] == [
-        ("PUT", f"{ns}w/x".encode(), b"one"),
-        ("PUT", f"{ns}w/x".encode(), b"two"),
-    ]
-    assert events[1].prev_kv.value == b"one"
-
-
-async def test_aetcd_lease_grant_put_with_lease_and_revoke_removes_the_key(
-    clients: list[Any], ns: str
-) -> None:
-    aetcd = _aetcd()
-    lease = await clients[0].lease(30)
-    assert lease.ttl == 30 and lease.id > 0
-    key = f"{ns}leased".encode()
-    await clients[0].put(key, b"v", lease=lease)
-    assert (await clients[1].get(key)).lease == lease.id
-    info = await clients[2].get_lease_info(lease.id)  # a follower relays it to the leader's clock
-    assert info.grantedTTL == 30 and 0 < info.TTL <= 30 and list(info.keys) == [key]
-    refreshed = await clients[1].refresh_lease(lease.id)
-    answered = (refreshed.ID, refreshed.TTL)
-    assert answered == (lease.id, 30)
-    await lease.revoke()
-    assert await clients[1].get(key) is None
-    assert (await clients[2].get_lease_info(lease.id)).TTL == -1
-    with pytest.raises(aetcd.exceptions.ClientError, match="etcdserver: requested lease not found"):
-        await clients[0].revoke_lease(lease.id)
-
-
-async def test_aetcd_lock_excludes_a_second_holder_until_released(clients: list[Any], ns: str) -> None:
-    first = clients[0].lock(f"{ns}lock".encode(), ttl=20)
-    second = clients[1].lock(f"{ns}lock".encode(), ttl=20)
-    assert await first.acquire(timeout=5) is True
-    assert await second.acquire(timeout=1) is False  # held by the first
-    waiting = asyncio.ensure_future(second.acquire(timeout=10))
-    await asyncio.sleep(0.3)
-    assert not waiting.done()
-    await first.release()
-    assert await asyncio.wait_for(waiting, 10) is True  # woken by the delete of the first's key
-    await second.release()
-
-
-async def test_aetcd_member_list_status_and_member_update_errors(
-    cluster: KVCluster, clients: list[Any]
-) -> None:
-    listed = [m async for m in clients[2].members()]
-    assert sorted(m.name for m in listed) == sorted(m.name for m in cluster.members)
-    assert sorted(u for m in listed for u in m.client_urls) == sorted(cluster.endpoints)
-    assert sorted(u for m in listed for u in m.peer_urls) == sorted(m.peer_url for m in cluster.members)
-    status = await clients[1].status()
-    assert status.leader is not None and status.leader.id in {m.id for m in listed}
-    assert status.raft_term > 0 and status.raft_index > 0
-    aetcd = _aetcd()
-    with pytest.raises(aetcd.exceptions.ClientError, match="etcdserver: member not found"):
-        await clients[0].update_member(0x1234ABCD, ["http://127.0.0.1:1"])
-    taken = listed[1].peer_urls
-    with pytest.raises(aetcd.exceptions.ClientError, match="etcdserver: Peer URLs already exists"):
-        await clients[0].update_member(listed[0].id, taken)
-
-
-# ------------------------------------------------------------------------------------------ etcd3
-
-
 @functools.cache
-def _etcd3_unusable() -> str | None:
-    """Why etcd3 cannot be used here (the probe's error), or None."""
+def unusable(client: str) -> str | None:
+    """Why ``client`` cannot be used here (its import error), or None."""
     probe = subprocess.run(
-        [sys.executable, str(ETCD3_SCRIPT), "--probe"], capture_output=True, text=True, timeout=60
-    )
+        [sys.executable, str(HERE / f"pyclient_{client}.py"), "--probe"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     if probe.returncode == 0:
         return None
-    return f"etcd3 does not import: {probe.stderr.strip()}"
+    return f"{client} is not usable here ({probe.stderr.strip() or 'probe failed'}); pip install -e '.[test]'"
 
 
-def test_etcd3_kv_txn_watch_lease_lock_and_members(cluster: KVCluster, ns: str) -> None:
-    reason = _etcd3_unusable()
+@pytest.fixture(scope="module", params=CLIENTS)
+def seen(request: pytest.FixtureRequest, cluster: KVCluster) -> dict[str, Any]:
+    """What the client saw, run once per (backend, client)."""
+    client = request.param
+    reason = unusable(client)
     if reason:
         pytest.skip(reason)
     leader = cluster.leader()
     follower = cluster.followers()[0]
-    endpoints = ",".join(cluster.endpoints[i].removeprefix("http://") for i in (leader, follower))
+    writer, reader = (cluster.endpoints[i].removeprefix("http://") for i in (leader, follower))
+    ns = f"/pyclients/{client}/"
     run = subprocess.run(
-        [sys.executable, str(ETCD3_SCRIPT), endpoints, ns], capture_output=True, text=True, timeout=90
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
-    expected = {
+        [sys.executable, str(HERE / f"pyclient_{client}.py"), writer, reader, ns],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, f"[{cluster.backend}] {client} failed:\n{run.stderr[-4000:]}"
+    out: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    out["ns"], out["backend"] = ns, cluster.backend
+    out["expected_members"] = sorted([m.name, [m.client_url], [m.peer_url]] for m in cluster.members)
+    return out
+
+
+def check(seen: dict[str, Any], expected: dict[str, Any]) -> None:
+    got = {k: seen.get(k) for k in expected}
+    assert got == expected, f"[{seen['backend']}, {seen['client']}] saw {got}"
+
+
+def test_put_get_range_by_prefix_and_delete(seen: dict[str, Any]) -> None:
+    ns = seen["ns"]
+    assert isinstance(seen["put_revision"], int) and seen["put_revision"] > 0, seen["put_revision"]
+    check(seen, {
         "put_prev": "1",
         "get": "2",
-        "get_missing": [None, None],
+        "get_missing": None,
         "prefix": [[f"{ns}a", "2"], [f"{ns}b", "3"]],
         "range": [f"{ns}a"],
-        "delete": True,
-        "delete_again": False,
+        "delete_prev": ["2"],
+        "delete_again": 0,
         "after_delete": [f"{ns}b"],
+    })  # fmt: skip
+
+
+def test_transaction_takes_the_branch_its_compare_selects(seen: dict[str, Any]) -> None:
+    check(seen, {
         "txn_success": [True, 2],
         "txn_failure": [False, 1],
         "txn_value": "from-failure",
         "replace": True,
         "replace_stale": False,
-        "watch": ["PutEvent", f"{ns}w/k", "watched"],
-        "lease_put": True,
-        "lease_keys": [f"{ns}leased"],
+    })  # fmt: skip
+
+
+def test_watch_on_a_follower_sees_a_put_through_the_leader(seen: dict[str, Any]) -> None:
+    check(seen, {"watch": ["PUT", f"{seen['ns']}w/k", "watched"]})
+
+
+def test_lease_grant_put_with_lease_and_revoke_removes_the_key(seen: dict[str, Any]) -> None:
+    check(seen, {
+        "lease_ttl": 30,
+        "lease_put_lease": True,
+        "lease_keys": [f"{seen['ns']}leased"],  # time-to-live through a follower: the leader's clock
         "lease_granted_ttl": 30,
         "lease_refresh_ttl": [30],
-        "lease_revoke": None,
-        "lease_key_after_revoke": [None, None],
+        "lease_revoke": True,
+        "lease_key_after_revoke": None,
         "lease_ttl_after_revoke": -1,
-        "lock": [True, True, True, False],
-        "members": sorted([m.name, [m.client_url]] for m in cluster.members),
-        "status_leader_listed": True,
-    }
-    assert {k: seen.get(k) for k in expected} == expected, f"[{cluster.backend}] {seen}"
-    assert isinstance(seen["put_revision"], int) and seen["put_revision"] > 0
+    })  # fmt: skip
+    assert "etcdserver: requested lease not found" in str(seen["lease_revoke_again"])
+
+
+def test_lock_is_held_until_released(seen: dict[str, Any]) -> None:
+    check(seen, {"lock": [True, True, True, False]})
+
+
+def test_a_second_lock_contender_waits_until_the_first_releases(seen: dict[str, Any]) -> None:
+    if seen["client"] == "etcd3":
+        pytest.skip(seen["lock_contended"])
+    check(seen, {"lock_contended": [True, False, True, True]})
+
+
+def test_member_list_status_and_member_update_errors(seen: dict[str, Any]) -> None:
+    check(seen, {"members": seen["expected_members"], "status_leader_listed": True})
+    assert "etcdserver: member not found" in str(seen["member_update_unknown"])
+    assert "etcdserver: Peer URLs already exists" in str(seen["member_update_taken"])
