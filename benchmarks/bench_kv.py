@@ -419,7 +419,8 @@ async def run_h2load(
     method = GRPC_METHOD[op]
 
     def argv(duration: float, log_to: Path | None) -> list[str]:
-        cmd = [h2load, "-t1", f"-c{concurrency}", "-m1", f"-D{duration:g}", "-d", str(body)]
+        # -N: a connection silent for 10 s is closed and its requests count as failed (no hang)
+        cmd = [h2load, "-t1", f"-c{concurrency}", "-m1", f"-D{duration:g}", "-N10", "-d", str(body)]
         cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
         cmd += [f"--log-file={log_to}"] if log_to is not None else []
         return [*cmd, f"{url}/etcdserverpb.KV/{method}"]

@@ -675,6 +675,89 @@ async def test_member_add_promote_remove() -> None:
         await c.stop()
 
 
+async def test_member_update_sets_peer_urls_through_the_log_and_raft_dials_them(tmp_path: Any) -> None:
+    """cluster/member/update: etcd's errors (unknown ID, another member's URL, bad URLs); the new
+    peer URLs are listed by every member and every member's raft transport dials the first one,
+    so the member restarted there catches up, and keeps being listed with them although its flags
+    still advertise the old URL."""
+    c = Cluster(3)
+    for i, s in enumerate(c.servers):
+        s.config = replace(s.config, data_dir=str(tmp_path / f"m{i}"))
+    await c.start()
+    try:
+        leader = await c.wait_leader()
+        mi = next(i for i, s in enumerate(c.servers) if s is not leader)
+        ai = next(i for i in range(3) if i not in (mi, c.servers.index(leader)))
+        moving = c.servers[mi]
+        mid = str(moving.member_id)
+        taken = c.servers[ai].config.initial_advertise_peer_urls
+        await assert_error(c, "/v3/cluster/member/update", 404, 5, "etcdserver: member not found",
+                           body={"ID": "12345", "peerURLs": ["http://127.0.0.1:1"]}, i=ai)  # fmt: skip
+        await assert_error(c, "/v3/cluster/member/update", 404, 5, "etcdserver: member not found",
+                           body={"peerURLs": ["http://127.0.0.1:1"]})  # fmt: skip
+        await assert_error(c, "/v3/cluster/member/update", 412, 9, "etcdserver: Peer URLs already exists",
+                           body={"ID": mid, "peerURLs": taken}, i=ai)  # fmt: skip
+        for bad in ([], ["127.0.0.1:1"], ["http://127.0.0.1"], "http://127.0.0.1:1", [7]):
+            await assert_error(c, "/v3/cluster/member/update", 400, 3,
+                               "etcdserver: given member URLs are invalid",
+                               body={"ID": mid, "peerURLs": bad})  # fmt: skip
+        old_urls = moving.config.initial_advertise_peer_urls
+        same = await c.ok("/v3/cluster/member/update", {"ID": mid, "peerURLs": old_urls}, i=mi)
+        assert {"ID": mid, "name": f"m{mi}", "peerURLs": old_urls,
+                "clientURLs": moving.client_urls} in same["members"]  # fmt: skip
+        new_url = f"http://127.0.0.1:{free_ports(1)[0]}"
+        out = await c.ok("/v3/cluster/member/update", {"ID": mid, "peerURLs": [new_url]}, i=ai)  # forwarded
+        assert set(out) == {"header", "members"} and "revision" not in out["header"]
+        assert out["header"]["member_id"] == str(c.servers[ai].member_id)
+        assert [m["peerURLs"] for m in out["members"] if m["ID"] == mid] == [[new_url]]
+        address = new_url.removeprefix("http://")
+        for s in (leader, c.servers[ai]):
+            listed = (await c.ok("/v3/cluster/member/list", {}, i=c.servers.index(s)))["members"]
+            assert [m["peerURLs"] for m in listed if m["ID"] == mid] == [[new_url]]
+            assert s.node is not None and s.node.address_of(moving.node_id) == address
+        await moving.stop()
+        await c.put("while-away", "1", i=ai)
+        # Restarted listening on the new URL, but still advertising the old one in its flags.
+        again = KVServer(replace(moving.config, listen_peer_urls=[new_url]))
+        c.servers[mi] = again
+        await again.start()
+        out = await c.ok("/v3/kv/range", {"key": b64("while-away")}, i=mi)
+        assert out["kvs"][0]["value"] == b64("1")
+        publishing = [t for t in again._tasks if t.get_name() == "kv-publish"]
+        await asyncio.wait_for(asyncio.gather(*publishing), 5)  # its name and URLs are in the log
+        await c.put("published", "1", i=mi)
+        await c.wait_leader()
+        for i in range(3):
+            listed = (await c.ok("/v3/cluster/member/list", {}, i=i))["members"]
+            assert [m["peerURLs"] for m in listed if m["ID"] == mid] == [[new_url]], i
+    finally:
+        await c.stop()
+
+
+def test_peer_urls_change_only_through_member_add_or_update() -> None:
+    """The replicated attributes: a member's own publication fills its peer URLs in only while none
+    are recorded; a ``raft`` command (member add/update) sets them and tells ``on_peer_urls``, the
+    hook that points the raft transport at the new URL (etcd: raft attributes change only by a
+    configuration change, a restarted member publishes name and client URLs only)."""
+    from examples.kvstore.machine import KVMachine
+    from examples.kvstore.server import ATTR_TAG, ReplicatedState
+
+    state = ReplicatedState(KVMachine())
+    moved: list[tuple[str, list[str]]] = []
+    state.on_peer_urls = lambda nid, urls: moved.append((nid, urls))
+
+    def apply(index: int, **attrs: Any) -> None:
+        state.apply(ATTR_TAG + json.dumps({"id": "0a", **attrs}).encode(), index)
+
+    apply(1, name="m0", clientURLs=["http://c:1"], peerURLs=["http://p:1"])
+    assert state.attributes["0a"]["peerURLs"] == ["http://p:1"] and moved == []
+    apply(2, peerURLs=["http://p:2"], raft=True)
+    assert state.attributes["0a"]["peerURLs"] == ["http://p:2"] and moved == [("0a", ["http://p:2"])]
+    apply(3, name="m0", clientURLs=["http://c:2"], peerURLs=["http://p:1"])  # restarted, old flags
+    assert state.attributes["0a"] == {"name": "m0", "clientURLs": ["http://c:2"], "peerURLs": ["http://p:2"]}
+    assert len(moved) == 1
+
+
 # ============================================================================ TLS, snapshots
 
 

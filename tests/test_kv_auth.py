@@ -801,3 +801,126 @@ async def test_jwt_survives_a_restart(tmp_path: Path) -> None:
         assert status == 200 and out["count"] == "1"
     finally:
         await c.stop()
+
+@pytest.mark.parametrize("split", [False, True], ids=["shared-url", "split-urls"])
+async def test_calls_a_follower_forwards_keep_a_cn_only_users_identity(tmp_path: Path, split: bool) -> None:
+    """With --client-cert-auth, a CN-only user's LeaseTimeToLive, member changes and MoveLeader
+    sent to a follower work as on the leader (as in etcd): the follower checks the permission
+    and forwards with a token it has assigned to that CN through Raft, never with a name the
+    leader would have to take on trust. The forwarding marker gives a client nothing: a
+    forwarded call counts by its token only, so a client that sets it loses its own CN."""
+    import shutil
+    import ssl
+
+    from tests.test_kv_grpc_serving import _cert, configs, started, target
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    from examples.kvstore.grpcapi import FORWARD_KEY
+    from examples.kvstore.server import ClientTls, member_id_for
+
+    _cert(tmp_path, "ca", None)
+    for n in ("g0", "g1", "g2", "client", "root"):
+        _cert(tmp_path, n, "ca")
+    ca = str(tmp_path / "ca.crt")
+
+    def tls(i: int, name: str) -> ClientTls:
+        key, crt = str(tmp_path / f"{name}.key"), str(tmp_path / f"{name}.crt")
+        return ClientTls(crt, key, ca, client_cert_auth=True)
+
+    def creds(name: str) -> Any:
+        return grpc.ssl_channel_credentials(
+            root_certificates=(tmp_path / "ca.crt").read_bytes(),
+            private_key=(tmp_path / f"{name}.key").read_bytes(),
+            certificate_chain=(tmp_path / f"{name}.crt").read_bytes(),
+        )
+
+    servers, leader, follower = await started(configs("https", split=split, client_tls=tls))
+    try:
+        async with grpc.aio.secure_channel(target(follower), creds("root")) as root_ch:
+            a = rpc_pb2_grpc.AuthStub(root_ch)
+            await a.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="pw"), timeout=10)
+            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+            await a.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="rw"), timeout=10)
+            grant = rpc_pb2.AuthRoleGrantPermissionRequest(name="rw")
+            grant.perm.permType, grant.perm.key, grant.perm.range_end = 2, b"app/", b"app0"  # READWRITE
+            await a.RoleGrantPermission(grant, timeout=10)
+            add = rpc_pb2.AuthUserAddRequest(name="client")
+            add.options.no_password = True
+            await a.UserAdd(add, timeout=10)
+            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="client", role="rw"), timeout=10)
+            await a.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=10)
+
+            async with grpc.aio.secure_channel(target(follower), creds("client")) as ch:
+                leases = rpc_pb2_grpc.LeaseStub(ch)
+                lease = (await leases.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=30), timeout=10)).ID
+                put = rpc_pb2.PutRequest(key=b"app/leased", value=b"v", lease=lease)
+                await rpc_pb2_grpc.KVStub(ch).Put(put, timeout=10)
+                for _ in range(2):  # forwarded to the leader's lease clock, as the CN's user
+                    ask = rpc_pb2.LeaseTimeToLiveRequest(ID=lease, keys=True)
+                    ttl = await leases.LeaseTimeToLive(ask, timeout=10)
+                    assert ttl.grantedTTL == 30 and list(ttl.keys) == [b"app/leased"]
+                    assert ttl.header.member_id == follower.member_id
+                assert list(follower.forwarding_tokens) == ["client"], "one token per CN, reused"
+                # A leader that expired the token on its own clock: the follower assigns a new one.
+                minted = follower.forwarding_tokens["client"]
+                assert leader.machine.tokens.user_of(minted) == "client"
+                del leader.machine.tokens.tokens[minted]
+                ttl = await leases.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lease), timeout=10)
+                assert ttl.grantedTTL == 30 and follower.forwarding_tokens["client"] != minted
+                with pytest.raises(grpc.aio.AioRpcError) as denied:  # checked on the follower
+                    await rpc_pb2_grpc.MaintenanceStub(ch).MoveLeader(
+                        rpc_pb2.MoveLeaderRequest(targetID=follower.member_id), timeout=10
+                    )
+                assert (denied.value.code(), denied.value.details()) == (
+                    grpc.StatusCode.PERMISSION_DENIED, auth.MSG_PERMISSION_DENIED)  # fmt: skip
+
+            cluster = rpc_pb2_grpc.ClusterStub(root_ch)
+            peer = f"https://127.0.0.1:{free_port()}"
+            learner = rpc_pb2.MemberAddRequest(peerURLs=[peer], isLearner=True)
+            added = await cluster.MemberAdd(learner, timeout=10)
+            new_id = member_id_for([peer], follower.config.initial_cluster_token)
+            assert new_id == added.member.ID
+            moved = f"https://127.0.0.1:{free_port()}"
+            update = rpc_pb2.MemberUpdateRequest(ID=added.member.ID, peerURLs=[moved])
+            updated = await cluster.MemberUpdate(update, timeout=10)
+            assert [m.peerURLs for m in updated.members if m.ID == added.member.ID] == [[moved]]
+            await cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=added.member.ID), timeout=10)
+            await rpc_pb2_grpc.MaintenanceStub(root_ch).MoveLeader(
+                rpc_pb2.MoveLeaderRequest(targetID=follower.member_id), timeout=10
+            )
+            assert follower.is_leader
+
+        # The gateway forwards the same way (to the new leader now, from the old one).
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(tmp_path / "client.crt"), str(tmp_path / "client.key"))
+        url = (leader.http_urls or leader.client_urls)[0] + "/v3/lease/timetolive"
+        async with aiohttp.ClientSession() as session:
+            for attempt in range(2):
+                if attempt:  # the new leader expired the token: the old one assigns another
+                    del follower.machine.tokens.tokens[leader.forwarding_tokens["client"]]
+                async with session.post(url, json={"ID": str(lease), "keys": True}, ssl=ctx) as r:
+                    out = await r.json(content_type=None)
+                assert r.status == 200, out
+                assert out["grantedTTL"] == "30" and out["keys"] == [b64("app/leased")]
+                assert out["header"]["member_id"] == str(leader.member_id)
+
+        # A client that marks its own call as forwarded is left with its token, i.e. none.
+        async with grpc.aio.secure_channel(target(follower), creds("root")) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as claimed:
+                await rpc_pb2_grpc.MaintenanceStub(ch).MoveLeader(
+                    rpc_pb2.MoveLeaderRequest(targetID=leader.member_id),
+                    metadata=((FORWARD_KEY, "1"),),
+                    timeout=10,
+                )
+            assert claimed.value.details() == auth.MSG_USER_EMPTY
+    finally:
+        for s in servers:
+            await s.stop()
+
+
+def free_port() -> int:
+    from raftlib.testing.proccluster import free_ports
+
+    return free_ports(1)[0]

@@ -243,6 +243,57 @@ def test_member_add_learner_promote_refused_then_remove(ctl: Ctl) -> None:
     assert len(ctl.ok("member", "list").strip().splitlines()) == 3
 
 
+def test_member_update_moves_a_members_peer_url_and_the_others_follow(ctl: Ctl, ns: str) -> None:
+    """etcd's runbook for a member that moves: ``member update ID --peer-urls=NEW`` (every member
+    lists NEW), then restart the member listening on NEW: the others dial it there, so it catches
+    up with writes made while it was away. Unknown IDs and another member's URL are refused."""
+    from raftlib.testing.proccluster import free_ports
+
+    cluster = ctl.cluster
+    moving = cluster.followers()[0]
+    others = [i for i in range(len(cluster.members)) if i != moving]
+    listed = {line.split(", ")[2]: line.split(", ")[0] for line in ctl.ok("member", "list").splitlines()}
+    mid = listed[cluster.members[moving].name]
+    taken = cluster.members[others[0]].peer_url
+    assert "etcdserver: member not found" in ctl.fails("member", "update", "1234abcd", f"--peer-urls={taken}")
+    assert "etcdserver: Peer URLs already exists" in ctl.fails(
+        "member", "update", mid, f"--peer-urls={taken}", member=others[1]
+    )
+    port = free_ports(1)[0]
+    new_url = f"http://127.0.0.1:{port}"
+    out = ctl.ok("member", "update", mid, f"--peer-urls={new_url}", member=moving)
+    cid = int(ctl.json("member", "list")["header"]["cluster_id"])  # type: ignore[index]
+    assert out.strip() == f"Member {int(mid, 16):16x} updated in cluster {cid:16x}"
+
+    def lists_new_url(members: list[int]) -> None:
+        deadline = time.monotonic() + 10
+        for i in members:
+            while True:  # member list is answered from each member's applied state
+                rows = ctl.ok("member", "list", member=i).splitlines()
+                lines = [x for x in rows if x.startswith(mid + ",")]
+                if lines and lines[0].split(", ")[3] == new_url:
+                    break
+                assert time.monotonic() < deadline, f"member {i} still lists {lines}"
+                time.sleep(0.1)
+
+    # The moved member itself may miss the update: the others already send to the new URL.
+    lists_new_url(others)
+    cluster.kill(moving)
+    ctl.ok("put", ns + "while-away", "1", member=others[0])
+    cluster.members[moving].peer_port = port  # --listen-peer-urls and --initial-advertise-peer-urls
+    cluster.restart(moving)
+    got = ctl.ok("get", ns + "while-away", "--consistency=s", "--print-value-only", member=moving)
+    deadline = time.monotonic() + 10
+    while got.strip() != "1":  # serializable: the member's own state, filled by the leader over raft
+        assert time.monotonic() < deadline, "the moved member did not catch up"
+        time.sleep(0.1)
+        got = ctl.ok("get", ns + "while-away", "--consistency=s", "--print-value-only", member=moving)
+    ctl.ok("put", ns + "after", "2", member=moving)
+    assert ctl.ok("get", ns + "after", "--print-value-only", member=others[1]).strip() == "2"
+    lists_new_url([moving])
+    cluster.wait_ready(30)
+
+
 def test_snapshot_save_writes_a_checksummed_file(ctl: Ctl, tmp_path: Path) -> None:
     path = tmp_path / "snap.db"
     out = ctl.run("snapshot", "save", str(path), member=0)

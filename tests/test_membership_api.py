@@ -1,13 +1,15 @@
 """Membership from RaftNode: several changes in one step, from any member, leader moved first.
 
-Scenarios over 3-5 in-process RaftNodes (memory transport and storage), each naming the rule of
-``raftlib/runtime/membership.py`` (docs/runtime.md, "Membership changes") it checks.
+Scenarios over 3-5 in-process RaftNodes (memory transport and storage; TCP and disk for a member
+that moves), each naming the rule of ``raftlib/runtime/membership.py`` or ``RaftNode`` (docs/runtime.md,
+"Membership changes") it checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -424,3 +426,80 @@ async def test_removing_the_only_voter_is_refused() -> None:
             await leader.remove_member(leader.id)
     finally:
         await c.stop()
+
+
+# -- a member's address moves (set_peer_address) ----------------------------------------------------
+
+
+async def test_set_peer_address_makes_the_transport_dial_the_moved_member_and_snapshots_keep_it(
+    tmp_path: Path,
+) -> None:
+    """A member restarted on another port is unreachable until every node records its new address
+    (``set_peer_address``); then the leader's transport dials it there and it catches up. The new
+    address is in ``status()`` and in the snapshots taken after, so a restarted node has it too."""
+    from test_node import KV
+
+    from raftlib import NodeConfig
+    from raftlib.testing.proccluster import free_ports
+    from raftlib.transport.tcp import TcpTransport
+
+    ports = free_ports(4)
+    members = {f"n{i}": f"127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3)}
+    moved = f"127.0.0.1:{ports[3]}"
+    cfg = NodeConfig(tick_interval=0.02, election_tick=10, heartbeat_tick=1, cluster_id="moves")
+    sms: dict[str, KV] = {}
+    nodes: dict[str, RaftNode] = {}
+
+    async def start(nid: str, listen: str) -> RaftNode:
+        sms[nid] = KV()
+        peers = {k: v for k, v in members.items() if k != nid}
+        transport = TcpTransport(nid, listen, peers, cluster_id="moves")
+        node = RaftNode(nid, members, sms[nid], config=cfg, transport=transport, data_dir=tmp_path / nid)
+        await node.start()
+        nodes[nid] = node
+        return node
+
+    async def eventually(check: Any, seconds: float = 5.0) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if check():
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    try:
+        for nid, address in members.items():
+            await start(nid, address)
+        assert await eventually(lambda: any(n.is_leader for n in nodes.values()))
+        if nodes["n3"].is_leader:
+            await nodes["n3"].transfer_leadership("n1", timeout=5)
+        assert await eventually(lambda: nodes["n1"].is_leader or nodes["n2"].is_leader)
+        leader = nodes["n1"] if nodes["n1"].is_leader else nodes["n2"]
+        other = "n2" if leader.id == "n1" else "n1"
+        await leader.propose(put("before", "1"), timeout=5)
+        assert await eventually(lambda: sms["n3"].data.get("before") == "1")
+        await nodes["n3"].stop()
+        await start("n3", moved)  # same log, new port; the others still dial the old one
+        await leader.propose(put("while-unknown", "1"), timeout=5)
+        assert not await eventually(lambda: "while-unknown" in sms["n3"].data, 0.6)
+
+        with pytest.raises(UnknownMember):
+            leader.set_peer_address("nobody", moved)
+        with pytest.raises(ValueError):
+            leader.set_peer_address("n3", "no port here")  # the TCP transport refuses it
+        assert leader.address_of("n3") == members["n3"], "a refused address changes nothing"
+
+        for node in nodes.values():
+            node.set_peer_address("n3", moved)
+        assert leader.status()["members"]["n3"] == moved
+        assert await eventually(lambda: sms["n3"].data.get("while-unknown") == "1")
+        await leader.propose(put("after", "1"), timeout=5)
+        assert await eventually(lambda: sms["n3"].data.get("after") == "1")
+
+        await nodes[other].snapshot()
+        await nodes[other].stop()
+        restarted = await start(other, members[other])  # started from the bootstrap map: old address
+        assert restarted.address_of("n3") == moved, "the snapshot carries the new address"
+    finally:
+        for node in nodes.values():
+            await node.stop()

@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from examples.kvstore import codec, errors
-from examples.kvstore.auth import WATCH_DENIED_REASON, Credentials
+from examples.kvstore.auth import MSG_INVALID_TOKEN, WATCH_DENIED_REASON, Credentials, auth_error
 from examples.kvstore.errors import EtcdError
 from examples.kvstore.grpcapi_election import Recipes, missing_leader_key
 from examples.kvstore.grpcapi_mux import common_name
@@ -214,6 +214,15 @@ def check_size(raw: bytes, body: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------- the API
 
 
+def _says_invalid_token(data: bytes) -> bool:
+    """Whether a gateway error body is ``invalid auth token``."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("message") == MSG_INVALID_TOKEN
+
+
 class GatewayAPI:
     """The request handlers, bound to one :class:`~examples.kvstore.server.KVServer`."""
 
@@ -241,6 +250,7 @@ class GatewayAPI:
             "cluster/member/add": self.leader_call(self.service.member_add),
             "cluster/member/remove": self.leader_call(self.service.member_remove),
             "cluster/member/promote": self.leader_call(self.service.member_promote),
+            "cluster/member/update": self.leader_call(self.service.member_update),
             "maintenance/status": self.status,
             "maintenance/snapshot": self.snapshot,
             "maintenance/transfer-leadership": self.leader_call(self.service.move_leader),
@@ -316,9 +326,11 @@ class GatewayAPI:
 
     def credentials(self, request: Request) -> Credentials:
         """The request's ``Authorization`` token (as etcd's gateway passes it on) and, with
-        --client-cert-auth, its client certificate's CN."""
+        --client-cert-auth, its client certificate's CN (not for a forwarded request)."""
         cn = None
-        if request.transport is not None:
+        # A forwarded request (X-Kvstore-Forwarded) counts by its token only: the certificate of
+        # its connection is the forwarding member's.
+        if request.transport is not None and not self.hops(request):
             cn = common_name(request.transport.get_extra_info("peercert"))
         return self.service.credentials(request.headers.get("Authorization"), cn)
 
@@ -348,9 +360,20 @@ class GatewayAPI:
         hops = self.hops(request)
         if hops >= MAX_HOPS:
             raise errors.leader_changed()
-        status, ctype, data = await self.server.forward(
-            request.path, raw, hops, authorization=request.headers.get("Authorization")
-        )
+        # The caller's token, or one for its certificate's CN (checked here already): see
+        # EtcdService.forwarding_token. A keepalive (stream) needs no credentials.
+        creds = self.credentials(request)
+
+        async def send(token: str | None) -> tuple[int, str, bytes]:
+            answer = await self.server.forward(request.path, raw, hops, authorization=token)
+            if answer[0] == 401 and token and not creds.token and _says_invalid_token(answer[2]):
+                raise auth_error(MSG_INVALID_TOKEN)  # EtcdService.forward_as mints a new one
+            return answer
+
+        if stream:
+            status, ctype, data = await send(creds.token)
+        else:
+            status, ctype, data = await self.service.forward_as(creds, send)
         if status != 200:
             return web.Response(status=status, body=data, content_type=ctype.split(";")[0])
         objects = iter_json_objects(data)

@@ -768,6 +768,7 @@ ADMIN_ROUTES = frozenset(
         "cluster/member/add",
         "cluster/member/remove",
         "cluster/member/promote",
+        "cluster/member/update",
         "maintenance/snapshot",
         "maintenance/transfer-leadership",
         "maintenance/defragment",

@@ -12,6 +12,7 @@ Lease and member IDs are written and read in hexadecimal, as etcdctl does.
     ctl compaction 42
     ctl lease grant 60 | revoke ID | timetolive ID [--keys] | keep-alive ID [--once]
     ctl member list | add NAME --peer-urls URL[,URL] [--learner] | remove ID | promote ID
+    ctl member update ID --peer-urls URL[,URL]
     ctl endpoint status | health                     # every --endpoints member
     ctl snapshot save FILE
 
@@ -368,6 +369,13 @@ def cmd_member(c: Client, a: argparse.Namespace, out: TextIO) -> Any:
             print('ETCD_INITIAL_CLUSTER_STATE="existing"', file=out)
         return res
     mid = int(a.id, 16)
+    if a.member_cmd == "update":
+        urls = [u for u in a.peer_urls.split(",") if u]
+        res = c.call("/v3/cluster/member/update", {"ID": mid, "peerURLs": urls})
+        if simple:
+            cid = int(res.get("header", {}).get("cluster_id", 0))
+            print(f"Member {mid:16x} updated in cluster {cid:16x}", file=out)
+        return res
     path = "/v3/cluster/member/remove" if a.member_cmd == "remove" else "/v3/cluster/member/promote"
     res = c.call(path, {"ID": mid})
     if simple:
@@ -501,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--learner", action="store_true")
     for name in ("remove", "promote"):
         member.add_parser(name).add_argument("id")
+    s = member.add_parser("update")
+    s.add_argument("id")
+    s.add_argument("--peer-urls", required=True)
     sub.choices["member"].set_defaults(func=cmd_member)
 
     endpoint = sub.add_parser("endpoint").add_subparsers(dest="endpoint_cmd", required=True)

@@ -10,7 +10,10 @@ the response message. Errors leave as etcd sends them: the gRPC status code and 
 Calls only the leader can answer (lease keepalive/timetolive on the lease clock, membership
 changes, MoveLeader) are forwarded over gRPC to the leader's advertised client URL and the answer's
 header is relabelled with this member's, like etcd's ``hdr.fill``. A hop counter in the metadata
-(``x-kvstore-forwarded``) stops forwarding loops during leader changes.
+(``x-kvstore-forwarded``) stops forwarding loops during leader changes. This member checks the
+caller's permission first; the forwarded call carries the caller's token, or one assigned through
+Raft to the caller's certificate CN (:meth:`EtcdService.forwarding_token`), and the leader counts
+a forwarded call by its token only.
 
 Invariants: every request is validated before anything is proposed; a call that cannot finish
 without quorum ends after ``--request-timeout`` with ``etcdserver: request timed out``; the watch
@@ -78,6 +81,7 @@ _ROUTES = {
     "MemberAdd": "cluster/member/add",
     "MemberRemove": "cluster/member/remove",
     "MemberPromote": "cluster/member/promote",
+    "MemberUpdate": "cluster/member/update",
     "Status": "maintenance/status",
 }
 
@@ -138,9 +142,15 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def call_credentials(service: EtcdService, context: grpc.aio.ServicerContext) -> auth.Credentials:
-    """The credentials a call presents (token, and the certificate CN with --client-cert-auth)."""
+    """The credentials a call presents (token, and the certificate CN with --client-cert-auth).
+
+    A call forwarded by another member (``x-kvstore-forwarded``) counts by its token only: its
+    connection's certificate is the forwarding member's, not the client's (a client that sets
+    the header only loses its own CN)."""
     tls = service.server.config.client_tls
-    cn = peer_common_name(context) if tls is not None and tls.client_cert_auth else None
+    cn = None
+    if tls is not None and tls.client_cert_auth and not Forwarder.hops(context):
+        cn = peer_common_name(context)
     return service.credentials(call_token(context), cn)
 
 
@@ -348,28 +358,37 @@ class Forwarder:
                     return MAX_HOPS
         return 0
 
-    def metadata(self, context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+    def metadata(
+        self, context: grpc.aio.ServicerContext, token: str | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """The forwarded call's metadata: the hop count and ``token`` (default: the caller's own),
+        with which the leader checks the caller's permission again."""
         hops = self.hops(context)
         if hops >= MAX_HOPS:
             raise errors.leader_changed()
-        token = call_token(context)
-        if token:  # the leader checks the caller's permission again
+        token = token or call_token(context)
+        if token:
             return ((FORWARD_KEY, str(hops + 1)), ("token", token))
         return ((FORWARD_KEY, str(hops + 1)),)
 
     async def unary(
-        self, context: grpc.aio.ServicerContext, path: str, request: Message, response_cls: type[Message]
+        self,
+        context: grpc.aio.ServicerContext,
+        path: str,
+        request: Message,
+        response_cls: type[Message],
+        token: str | None = None,
     ) -> Any:
-        """Send ``request`` to the leader's ``path`` (``/etcdserverpb.Lease/LeaseTimeToLive``)."""
+        """Send ``request`` to the leader's ``path`` (``/etcdserverpb.Lease/LeaseTimeToLive``),
+        as the user of ``token`` (see :meth:`EtcdService.forwarding_token`)."""
+        metadata = self.metadata(context, token)
         call = self.channel().unary_unary(
             path,
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_cls.FromString,
         )
         try:
-            answer = await call(
-                request, metadata=self.metadata(context), timeout=self.server.config.request_timeout
-            )
+            answer = await call(request, metadata=metadata, timeout=self.server.config.request_timeout)
         except grpc.aio.AioRpcError as exc:
             raise as_etcd_error(exc) from None
         self.relabel(answer)
@@ -445,7 +464,12 @@ class _Base:
             except ForwardToLeader:
                 if forward_path is None:
                     raise errors.not_leader() from None
-                return await self.forwarder.unary(context, forward_path, request, response_cls)
+                path = forward_path
+
+                async def send(token: str | None) -> Any:
+                    return await self.forwarder.unary(context, path, request, response_cls, token)
+
+                return await self.service.forward_as(call_credentials(self.service, context), send)
 
         return await self.run(context, method, call, request)
 
@@ -589,9 +613,13 @@ class ClusterServicer(_Base, rpc_pb2_grpc.ClusterServicer):
         )
 
     async def MemberUpdate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "member update is not supported by this store (remove the member and add it again)",
+        return await self.unary(
+            context,
+            "MemberUpdate",
+            request,
+            self.service.member_update,
+            rpc_pb2.MemberUpdateResponse,
+            "/etcdserverpb.Cluster/MemberUpdate",
         )
 
 

@@ -70,6 +70,7 @@ GRPC_METHODS: dict[str, tuple[str, str]] = {
     "cluster/member/add": ("etcdserverpb.Cluster", "MemberAdd"),
     "cluster/member/remove": ("etcdserverpb.Cluster", "MemberRemove"),
     "cluster/member/promote": ("etcdserverpb.Cluster", "MemberPromote"),
+    "cluster/member/update": ("etcdserverpb.Cluster", "MemberUpdate"),
     "maintenance/status": ("etcdserverpb.Maintenance", "Status"),
     "maintenance/snapshot": ("etcdserverpb.Maintenance", "Snapshot"),
 }

@@ -201,7 +201,12 @@ class ReplicatedState(raftlib.StateMachine):
     """The raftlib state machine of a member: KVMachine commands and member attributes.
 
     A command is one tag byte and a payload: ``K`` + a KVMachine command, or
-    ``A`` + JSON ``{"id": <hex>, "name", "clientURLs", "peerURLs", "cluster_id"?}``.
+    ``A`` + JSON ``{"id": <hex>, "name", "clientURLs", "peerURLs", "cluster_id"?, "raft"?}``.
+
+    Peer URLs are etcd's "raft attributes": a member's own publication only fills them in when
+    none are recorded; a command flagged ``"raft": true`` (member add, member update) sets them
+    and calls ``on_peer_urls(id, urls)``, so the raft transport follows at the same point of
+    the log on every member.
     """
 
     def __init__(self, kv: KVMachine) -> None:
@@ -209,6 +214,7 @@ class ReplicatedState(raftlib.StateMachine):
         self.attributes: dict[str, dict[str, Any]] = {}
         self.cluster_id = 0
         self.on_restore: Callable[[], None] | None = None
+        self.on_peer_urls: Callable[[str, list[str]], None] | None = None
 
     def apply(self, command: bytes, index: int) -> Any:
         tag = command[:1]
@@ -225,8 +231,14 @@ class ReplicatedState(raftlib.StateMachine):
             cid = attrs.pop("cluster_id", 0)
             if not self.cluster_id and isinstance(cid, int):
                 self.cluster_id = cid
+            authoritative = attrs.pop("raft", False) is True
             entry = self.attributes.setdefault(mid, {})
+            if not authoritative and entry.get("peerURLs"):
+                attrs.pop("peerURLs", None)  # set by member add/update: a publication keeps them
             entry.update({k: v for k, v in attrs.items() if k in _ATTRIBUTE_KEYS})
+            urls = attrs.get("peerURLs")
+            if authoritative and self.on_peer_urls is not None and isinstance(urls, list) and urls:
+                self.on_peer_urls(mid, urls)
             return None
         return None  # unknown tag: ignored the same way on every member
 
@@ -298,6 +310,11 @@ class KVServer:
         self._listeners: list[asyncio.Server] = []
         self.http_urls: list[str] = []
         self._stopping = False
+        self.forwarding_tokens: dict[str, str] = {}
+        """Certificate CN -> the token this member forwards the CN's calls to the leader with
+        (see EtcdService.forwarding_token); one per user that has forwarded a call."""
+        self.member_update_lock = asyncio.Lock()
+        """One member update at a time on the leader (checked, then proposed: see service.py)."""
         from examples.kvstore.metrics import ServerMetrics
         from examples.kvstore.watch import WatchHub
 
@@ -393,6 +410,7 @@ class KVServer:
         )
         raft_dir = os.path.join(cfg.data_dir, "member") if cfg.data_dir else None
         self.state.on_restore = self._on_restore_threadsafe
+        self.state.on_peer_urls = self._on_peer_urls
         self.hub.attach()
         self.node = raftlib.RaftNode(
             self.node_id,
@@ -627,7 +645,10 @@ class KVServer:
         delay = 0.05
         while True:
             current = self.state.attributes.get(self.node_id, {})
-            if all(current.get(k) == v for k, v in mine.items()) and (
+            # Recorded peer URLs stay (etcd: only member add/update set them): once there, they
+            # are not this member's to publish, even when its flags name others.
+            wanted = {k: v for k, v in mine.items() if k != "peerURLs" or not current.get("peerURLs")}
+            if all(current.get(k) == v for k, v in wanted.items()) and (
                 self.state.cluster_id or cfg.initial_cluster_state != "new"
             ):
                 return
@@ -639,6 +660,20 @@ class KVServer:
                 log.debug("publishing attributes: %r", exc)
             await asyncio.sleep(delay)
             delay = min(1.0, delay * 2)
+
+    def _on_peer_urls(self, nid: str, urls: list[str]) -> None:
+        """A member's peer URLs were set through the log (member update): raft dials the first.
+
+        Called from apply, in log order on every member; a member raft does not know yet (a
+        member add records its URLs before its configuration change, which carries the address
+        itself) is left alone."""
+        node = self.node
+        if node is None or node.address_of(nid) is None:
+            return
+        try:
+            node.set_peer_address(nid, url_address(urls[0]))
+        except (ValueError, raftlib.RaftError) as exc:  # checked before proposing; never fatal here
+            log.warning("member %s: cannot dial peer URL %r: %s", nid, urls[0], exc)
 
     def _on_restore_threadsafe(self) -> None:
         """The state was replaced by a snapshot (worker thread): watchers catch up from history."""
@@ -823,8 +858,9 @@ class KVServer:
         return False
 
     async def propose_attributes(self, nid: str, peer_urls: list[str]) -> None:
-        """Record the peer URLs of a member being added (its name and client URLs come when it starts)."""
-        command = ATTR_TAG + json.dumps({"id": nid, "peerURLs": peer_urls}).encode()
+        """Set the peer URLs of a member being added or updated (its name and client URLs come when
+        it starts); once applied, every member's raft transport dials a known member there."""
+        command = ATTR_TAG + json.dumps({"id": nid, "peerURLs": peer_urls, "raft": True}).encode()
         try:
             await self._node().propose(command, timeout=self.config.request_timeout)
         except TimeoutError:

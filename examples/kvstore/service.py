@@ -18,7 +18,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import raftlib
 from examples.kvstore import auth, codec
@@ -28,6 +28,8 @@ from examples.kvstore.server import ETCD_VERSION, etcd_error, member_id_for, nod
 
 if TYPE_CHECKING:
     from examples.kvstore.server import KVServer
+
+T = TypeVar("T")
 
 SNAPSHOT_CHUNK = 64 * 1024
 """Bytes of state per Maintenance.Snapshot message."""
@@ -218,16 +220,9 @@ class EtcdService:
                 raise etcd_error(14, "etcdserver: request timed out") from None
 
     async def member_add(self, body: dict[str, Any]) -> dict[str, Any]:
-        urls = body.get("peerURLs") or []
         learner = codec.parse_bool(body.get("isLearner"))
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-            raise etcd_error(3, "etcdserver: given member URLs are invalid")
-        try:
-            address = url_address(urls[0])
-            for u in urls:
-                url_address(u)
-        except ValueError:
-            raise etcd_error(3, "etcdserver: given member URLs are invalid") from None
+        urls = self._peer_urls(body)
+        address = url_address(urls[0])
         await self.leader_here()
         server = self.server
         node = server._node()
@@ -255,6 +250,39 @@ class EtcdService:
         if learner:
             member["isLearner"] = True
         return {"header": self.header(None), "member": member, "members": server.members()}
+
+    async def member_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        """etcd's MemberUpdate: new peer URLs for a member, set through the log on every member
+        (the raft transports dial the first one from then on; the member itself keeps listening
+        where it listens until it is restarted with the new URLs, as with etcd)."""
+        nid = self._member_nid(body)
+        urls = self._peer_urls(body)
+        await self.leader_here()
+        server = self.server
+        async with server.member_update_lock:
+            # Checked on the leader, against everything committed before (a previous leader's
+            # updates included), one update at a time: etcd's ValidateConfigurationChange.
+            await server.wait_applied_commit()
+            self._member_nid(body)
+            mid = str(int(nid, 16))
+            for m in server.members():
+                if m["ID"] != mid and set(m.get("peerURLs", ())) & set(urls):
+                    raise etcd_error(9, "etcdserver: Peer URLs already exists")
+            await server.propose_attributes(nid, urls)
+        return {"header": self.header(None), "members": server.members()}
+
+    @staticmethod
+    def _peer_urls(body: dict[str, Any]) -> list[str]:
+        """``peerURLs``: a non-empty list of ``http(s)://host:port`` (etcd's ErrGRPCMemberBadURLs)."""
+        urls = body.get("peerURLs") or []
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise etcd_error(3, "etcdserver: given member URLs are invalid")
+        try:
+            for u in urls:
+                url_address(u)
+        except ValueError:
+            raise etcd_error(3, "etcdserver: given member URLs are invalid") from None
+        return list(urls)
 
     def _member_nid(self, body: dict[str, Any]) -> str:
         mid = _uint(body, "ID")
@@ -315,6 +343,44 @@ class EtcdService:
         if not token and not common_name:
             return auth.NO_CREDENTIALS
         return auth.Credentials(token or None, common_name)
+
+    async def forwarding_token(self, creds: auth.Credentials) -> str | None:
+        """The token a call this member forwards to the leader carries (None: no credentials).
+
+        The caller ran :meth:`authorize` here first. A client's own token is passed on. A client
+        known only by its certificate's CN (--client-cert-auth) gets a simple token for that
+        user, assigned through Raft like Authenticate's (so the leader knows it), minted here
+        because this member verified the certificate: the leader cannot see the client's
+        certificate (the forwarded call comes over this member's own connection) and trusts no
+        name a connection merely claims. One token per CN is kept and reused while it is live;
+        it never leaves the members."""
+        if creds.token:
+            return creds.token
+        name = creds.common_name
+        if not name or not self.machine.auth.enabled:
+            return None
+        cache = self.server.forwarding_tokens
+        token = cache.get(name)
+        if token is not None and self.machine.tokens.user_of(token) == name:
+            return token
+        token = f"{auth.TokenTable.new_token()}.{self.machine.applied_index + 1}"
+        await self._auth_propose({"a": "authenticate", "name": name, "token": token})
+        cache[name] = token
+        return token
+
+    async def forward_as(self, creds: auth.Credentials, send: Callable[[str | None], Awaitable[T]]) -> T:
+        """``send(token)`` to the leader with :meth:`forwarding_token`'s token; once more with a new
+        one when the leader no longer knows the token minted for a CN (each member expires an idle
+        token on its own clock: a new leader may have dropped one this member kept using)."""
+        token = await self.forwarding_token(creds)
+        try:
+            return await send(token)
+        except EtcdError as err:
+            if creds.token or token is None or err.message != auth.MSG_INVALID_TOKEN:
+                raise
+        if creds.common_name:
+            self.server.forwarding_tokens.pop(creds.common_name, None)
+        return await send(await self.forwarding_token(creds))
 
     async def _auth_propose(self, req: dict[str, Any]) -> dict[str, Any]:
         result = await self.server.propose(self.machine.prepare_auth(req))

@@ -641,6 +641,40 @@ class RaftNode:
     def address_of(self, node_id: str) -> str | None:
         return self._addresses.get(node_id)
 
+    def set_peer_address(self, node_id: str, address: str) -> None:
+        """Record that member ``node_id`` is now reached at ``address`` (``"host:port"``).
+
+        The transport drops its connection to the old address and dials the new one from now
+        on; :meth:`status`, :meth:`address_of` and every snapshot taken later carry the new
+        address. For this node's own id only the record changes (the listener stays where it
+        is: restart the node to listen elsewhere).
+
+        The change is local: it is not replicated. An application that moves a member
+        replicates the new address itself -- typically as a command of its state machine --
+        and calls this from ``StateMachine.apply`` of that command, so every node (and a node
+        replaying its log after a restart) switches at the same point of the log. A later
+        configuration change that carries an address for the node (an add) overrides it.
+        Under a :class:`~raftlib.RaftHost` the host's peers decide where hosts are dialled;
+        the group only records the address.
+
+        Raises :class:`~raftlib.runtime.membership.UnknownMember` when ``node_id`` has no
+        address here (not a member of the configuration this node knows), ValueError for an
+        address the transport refuses (TCP: not ``host:port``); nothing changes then.
+        """
+        if node_id not in self._addresses:
+            raise _membership.UnknownMember(node_id)
+        if not isinstance(address, str) or not address:
+            raise ValueError(f"address must be a non-empty string, got {address!r}")
+        if self._addresses[node_id] == address:
+            return
+        addresses = {**self._addresses, node_id: address}
+        if self._transport is not None and node_id != self.id:
+            # The transport validates the address (TCP: ValueError unless host:port) before
+            # anything is recorded.
+            self._transport.set_peers({k: v for k, v in addresses.items() if k != self.id})
+        self._addresses = addresses
+        log.info("node %s: member %s is now at %s", self.id, node_id, address)
+
     async def leader_changes(self) -> AsyncIterator[LeaderChange]:
         """Iterate over leadership changes as this node observes them, until it stops."""
         q: asyncio.Queue[LeaderChange] = asyncio.Queue()
