@@ -671,7 +671,10 @@ def main() -> int:
                             load = run(
                                 urls[system], op, conc, args.warmup, args.value_bytes, measure, workdir
                             )
-                            res = asyncio.run(load)
+                            try:
+                                res = asyncio.run(load)
+                            except RuntimeError as exc:
+                                raise RuntimeError(f"{system} {api} {op} c={conc}: {exc}") from exc
                             if system not in row or res["ops_per_s"] > row[system]["ops_per_s"]:
                                 row[system] = {
                                     "system": system,

@@ -38,6 +38,10 @@ def common_name(peercert: Any) -> str | None:
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SNIFF_TIMEOUT = 10.0
+LISTEN_BACKLOG = 4096
+"""The accept queue (the kernel caps it at net.core.somaxconn), as Go's listeners (etcd) use:
+asyncio's default of 100 drops the SYNs of a burst of new clients (256 at once in bench_kv.py),
+and a dropped SYN is retried after 1, 3, 7... seconds."""
 
 
 class SniffProtocol(asyncio.Protocol):
@@ -112,7 +116,8 @@ async def serve(
         ssl_context.set_alpn_protocols(["http/1.1", "h2"] if http_factory is not None else ["h2"])
     loop = asyncio.get_running_loop()
     server: Any = await loop.create_server(
-        lambda: SniffProtocol(http_factory, grpc_factory), host, port, ssl=ssl_context, reuse_address=True
+        lambda: SniffProtocol(http_factory, grpc_factory), host, port, ssl=ssl_context, reuse_address=True,
+        backlog=LISTEN_BACKLOG,
     )
     return server  # type: ignore[no-any-return]
 

@@ -526,7 +526,7 @@ class KVServer:
             ctx = cfg.client_tls.server_context() if cfg.client_tls and parts.scheme == "https" else None
             site = web.TCPSite(
                 self._runner, parts.hostname or "127.0.0.1", parts.port or 2379, ssl_context=ctx,
-                reuse_address=True,
+                reuse_address=True, backlog=grpcapi_mux.LISTEN_BACKLOG,
             )  # fmt: skip
             await site.start()
             server: Any = getattr(site, "_server", None)  # aiohttp keeps the asyncio server private
