@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections import deque
@@ -106,7 +107,7 @@ class Stream:
         "send_window",
         "sent_headers",
         "task",
-        "waiter",
+        "waiters",
     )  # fmt: skip
 
     def __init__(self, conn: H2Connection, stream_id: int, headers: list[tuple[str, str]]) -> None:
@@ -121,28 +122,34 @@ class Stream:
         self.closed = False  # this server sent END_STREAM (or RST_STREAM)
         self.recv_window = conn.local_stream_window
         self.send_window = conn.peer_initial_window
-        self.waiter: asyncio.Future[None] | None = None
+        # one future per waiting coroutine: a call may wait in two tasks at once (a handler reading
+        # its requests in a task of its own while its generator waits for a window)
+        self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
         self.limit = conn.server.max_receive_message_length
         self.failure: tuple[int, str] | None = None  # (grpc status, message) found while receiving
         self.sent_headers = False
 
     def wake(self) -> None:
-        """Something the stream's task may wait for happened (a message, END_STREAM, a window, a reset)."""
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        """Something the stream's waiters may wait for happened (a message, END_STREAM, a window, a
+        reset): every one of them re-checks its condition."""
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     async def wait(self) -> None:
         """Until :meth:`wake` (the caller re-checks its condition, raising StreamReset after a reset)."""
         if self.reset:
             raise StreamReset()
-        loop = asyncio.get_running_loop()
-        self.waiter = loop.create_future()
+        w = asyncio.get_running_loop().create_future()
+        self.waiters.append(w)
         try:
-            await self.waiter
+            await w
         finally:
-            self.waiter = None
+            if w.cancelled():  # (a wake removed it otherwise)
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(w)
         if self.reset:
             raise StreamReset()
 
