@@ -449,8 +449,15 @@ class GrpcServer:
             return
         result = call(arg, ctx)
         if hasattr(result, "__aiter__"):
-            async for item in result:
-                await ctx.send(serialize(item))
+            try:
+                async for item in result:
+                    await ctx.send(serialize(item))
+            finally:
+                # the handler's own cleanup (its finally blocks) belongs to the call: run it here,
+                # when the call ends or is cancelled, not later in a task of the garbage collector
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         else:  # a coroutine writing with context.write()
             await _maybe_await(result)
 
