@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
 import re
 import zlib
@@ -341,8 +342,9 @@ class GrpcServer:
         path = method = content_type = encoding = None
         timeout: float | None = None
         metadata: list[tuple[str, Any]] = []
+        malformed: str | None = None
         for name, value in stream.headers:
-            if name[0] == ":":
+            if name.startswith(":"):
                 if name == ":path":
                     path = value
                 elif name == ":method":
@@ -357,7 +359,10 @@ class GrpcServer:
                 elif name == "grpc-encoding":
                     encoding = value
             elif name.endswith("-bin"):
-                metadata.append((name, base64.b64decode(value + "=" * (-len(value) % 4))))
+                try:
+                    metadata.append((name, base64.b64decode(value + "=" * (-len(value) % 4), validate=True)))
+                except binascii.Error as exc:  # grpc-go's answer: the call fails with INTERNAL
+                    malformed = f'malformed binary metadata "{value}" in header "{name}": {exc}'
             else:
                 metadata.append((name, value))
         if method != "POST" or path is None:
@@ -381,6 +386,8 @@ class GrpcServer:
 
             timer = loop.call_at(deadline, expire)
         try:
+            if malformed is not None:
+                raise CallFailure(INTERNAL, malformed)
             handler = self.lookup(path, md)
             if handler is None:
                 service, _, name = path.lstrip("/").rpartition("/")
