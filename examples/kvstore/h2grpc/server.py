@@ -307,6 +307,15 @@ class GrpcServer:
             self.methods[path] = found
         return found
 
+    def _has_service(self, service: str) -> bool:
+        """Whether a registered handler serves ``service``: by its name when it says (grpc's
+        ServiceRpcHandler, what generated code and method_handlers_generic_handler register), else
+        by a method of it found before."""
+        for handler in self.handlers:
+            if isinstance(handler, grpc.ServiceRpcHandler) and handler.service_name() == service:
+                return True
+        return any(p.lstrip("/").rpartition("/")[0] == service for p, h in self.methods.items() if h)
+
     def protocol(self) -> H2Connection:
         """A protocol for one accepted connection (its first bytes must be the HTTP/2 preface)."""
         return H2Connection(self)
@@ -391,9 +400,10 @@ class GrpcServer:
             handler = self.lookup(path, md)
             if handler is None:
                 service, _, name = path.lstrip("/").rpartition("/")
-                known = any(p.lstrip("/").rpartition("/")[0] == service for p, h in self.methods.items() if h)
                 msg = (
-                    f"unknown method {name} for service {service}" if known else f"unknown service {service}"
+                    f"unknown method {name} for service {service}"
+                    if self._has_service(service)
+                    else f"unknown service {service}"
                 )
                 raise CallFailure(UNIMPLEMENTED, msg)
             await self._dispatch(handler, stream, ctx, encoding)
