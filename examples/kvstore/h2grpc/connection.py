@@ -66,6 +66,9 @@ STREAM_WINDOW = 1 << 20
 buffers in messages its call has not read yet."""
 CONNECTION_WINDOW = 16 << 20
 MAX_HEADER_LIST = 64 * 1024
+RESET_MEMORY = 256
+"""How many of the streams this server reset it remembers, to ignore what the client had already
+sent on them (§5.1, "closed")."""
 
 _HEADER = struct.Struct(">I B I")  # (length << 8 | type) packed as 3+1 bytes, flags, stream id
 
@@ -202,6 +205,8 @@ class H2Connection(asyncio.Protocol):
         self.decoder = Decoder(max_list_size=MAX_HEADER_LIST)
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
+        # the last RESET_MEMORY streams this server sent RST_STREAM on (an ordered set)
+        self.reset_ids: dict[int, None] = {}
         self.goaway_sent = False
         self.goaway_received = False
         self.closed = False
@@ -336,8 +341,8 @@ class H2Connection(asyncio.Protocol):
         elif kind == PRIORITY:
             if stream_id == 0:
                 raise H2Error(PROTOCOL_ERROR, "PRIORITY on stream 0")
-            if len(payload) != 5:
-                self._reset(stream_id, FRAME_SIZE_ERROR)
+            if len(payload) != 5:  # §6.3: a stream error
+                self._stream_error(stream_id, FRAME_SIZE_ERROR)
         elif kind == PUSH_PROMISE:
             raise H2Error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # other types are ignored (§4.1, §5.5)
@@ -380,13 +385,16 @@ class H2Connection(asyncio.Protocol):
         headers = self.decoder.decode(block)  # always, to keep the dynamic table in step (§4.1 of 7541)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they may only end the stream
-            if not end_stream:
-                self._reset(stream_id, PROTOCOL_ERROR)
-                self._drop(stream, cancel=True)
-                return
-            stream.ended = True
-            stream.wake()
+            if stream.ended:  # §5.1: the stream is half-closed (remote)
+                self.reset_stream(stream, STREAM_CLOSED)
+            elif not end_stream:
+                self.reset_stream(stream, PROTOCOL_ERROR)
+            else:
+                stream.ended = True
+                stream.wake()
             return
+        if stream_id in self.reset_ids:
+            return  # §5.1: sent before the client saw this server's RST_STREAM: ignored
         if stream_id % 2 == 0 or stream_id <= self.last_stream_id:
             raise H2Error(PROTOCOL_ERROR, f"stream {stream_id} cannot be opened by the client")  # §5.1.1
         self.last_stream_id = stream_id
@@ -410,10 +418,14 @@ class H2Connection(asyncio.Protocol):
         if size:
             self._write(frame(WINDOW_UPDATE, 0, 0, size.to_bytes(4, "big")))
         stream = self.streams.get(stream_id)
-        if stream is None or stream.ended:
+        if stream is None:
             if stream_id > self.last_stream_id:
                 raise H2Error(PROTOCOL_ERROR, "DATA on an idle stream")
-            self._reset(stream_id, STREAM_CLOSED)
+            if stream_id not in self.reset_ids:  # §5.1: else sent before the client saw the reset
+                self._reset(stream_id, STREAM_CLOSED)
+            return
+        if stream.ended:  # §5.1: half-closed (remote): a stream error, which ends the call
+            self.reset_stream(stream, STREAM_CLOSED)
             return
         stream.recv_window -= size
         if stream.recv_window < 0:
@@ -573,6 +585,17 @@ class H2Connection(asyncio.Protocol):
 
     def _reset(self, stream_id: int, code: int) -> None:
         self._write(frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big")))
+        self.reset_ids[stream_id] = None
+        if len(self.reset_ids) > RESET_MEMORY:
+            del self.reset_ids[next(iter(self.reset_ids))]
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """§5.4.2: RST_STREAM, and the stream's call ends when it has one."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self.reset_stream(stream, code)
+        else:
+            self._reset(stream_id, code)
 
     def reset_stream(self, stream: Stream, code: int = CANCEL) -> None:
         """End the stream from this side without a gRPC status (e.g. the server is stopping)."""
