@@ -14,6 +14,8 @@ Invariants:
   ``STREAM_WINDOW`` bytes, and always far enough to complete the message in progress (its length
   was checked against the call's limit), so memory per stream stays bounded and a message that
   fits the limit can always arrive;
+* the write buffer stays bounded: while the transport is over its high-water mark nothing more is
+  read from the client (every answer is to something read), and senders of DATA wait;
 * send side: DATA never exceeds the peer's connection window, the stream's window or the peer's
   SETTINGS_MAX_FRAME_SIZE; a sender waits (awaiting its stream's wake-up) until a WINDOW_UPDATE or
   SETTINGS opens it, and stops waiting when the stream is reset or the connection closes;
@@ -263,10 +265,17 @@ class H2Connection(asyncio.Protocol):
         self.drain_waiters.clear()
 
     def pause_writing(self) -> None:
+        # Stop reading too: what the client sends may call for answers (PING, SETTINGS, RST_STREAM,
+        # WINDOW_UPDATE for its DATA, unary replies), which would otherwise pile up in the write
+        # buffer of a client that sends without reading (RFC 9113 §10.5).
         self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
         waiters, self.drain_waiters = self.drain_waiters, []
         for w in waiters:
             if not w.done():
