@@ -224,6 +224,7 @@ class H2Connection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.peer: tuple[Any, ...] | None = None
         self.ssl_object: Any = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # connection_lost
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -256,6 +257,8 @@ class H2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
         for stream in list(self.streams.values()):
             self._drop(stream, cancel=True)
         self.streams.clear()

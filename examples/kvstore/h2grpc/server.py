@@ -331,7 +331,8 @@ class GrpcServer:
 
     async def stop(self, grace: float = 0.5) -> None:
         """GOAWAY to every connection, let the calls in progress finish for ``grace`` seconds, cancel
-        the rest, close the connections."""
+        the rest, close the connections: those that have not flushed what was written to them
+        within a second (a client that does not read) are aborted."""
         self.stopping = True
         for conn in list(self.connections):
             conn.goaway()
@@ -343,6 +344,13 @@ class GrpcServer:
             await asyncio.wait(set(self.tasks), timeout=1.0)
         for conn in list(self.connections):
             conn.close_with(0, "")
+        if self.connections:
+            await asyncio.wait({conn.lost for conn in self.connections}, timeout=1.0)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.connections:
+            await asyncio.wait({conn.lost for conn in self.connections}, timeout=1.0)
 
     # -- one call -------------------------------------------------------------------------------
 
