@@ -340,7 +340,7 @@ class H2Connection(asyncio.Protocol):
                 raise H2Error(PROTOCOL_ERROR, "RST_STREAM on stream 0")
             if len(payload) != 4:
                 raise H2Error(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
-            if stream_id > self.last_stream_id:
+            if self._idle(stream_id):
                 raise H2Error(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -358,6 +358,10 @@ class H2Connection(asyncio.Protocol):
         elif kind == PUSH_PROMISE:
             raise H2Error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # other types are ignored (§4.1, §5.5)
+
+    def _idle(self, stream_id: int) -> bool:
+        """§5.1: a stream never opened: above the client's last, or even (this server opens none)."""
+        return stream_id > self.last_stream_id or stream_id % 2 == 0
 
     def _unpad(self, flags: int, payload: bytes) -> bytes:
         if flags & PADDED:
@@ -431,7 +435,7 @@ class H2Connection(asyncio.Protocol):
             self._write(frame(WINDOW_UPDATE, 0, 0, size.to_bytes(4, "big")))
         stream = self.streams.get(stream_id)
         if stream is None:
-            if stream_id > self.last_stream_id:
+            if self._idle(stream_id):
                 raise H2Error(PROTOCOL_ERROR, "DATA on an idle stream")
             if stream_id not in self.reset_ids:  # §5.1: else sent before the client saw the reset
                 self._reset(stream_id, STREAM_CLOSED)
