@@ -14,6 +14,8 @@ Invariants:
   ``STREAM_WINDOW`` bytes, and always far enough to complete the message in progress (its length
   was checked against the call's limit), so memory per stream stays bounded and a message that
   fits the limit can always arrive;
+* the write buffer stays bounded: while the transport is over its high-water mark nothing more is
+  read from the client (every answer is to something read), and senders of DATA wait;
 * send side: DATA never exceeds the peer's connection window, the stream's window or the peer's
   SETTINGS_MAX_FRAME_SIZE; a sender waits (awaiting its stream's wake-up) until a WINDOW_UPDATE or
   SETTINGS opens it, and stops waiting when the stream is reset or the connection closes;
@@ -24,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections import deque
@@ -65,6 +68,9 @@ STREAM_WINDOW = 1 << 20
 buffers in messages its call has not read yet."""
 CONNECTION_WINDOW = 16 << 20
 MAX_HEADER_LIST = 64 * 1024
+RESET_MEMORY = 256
+"""How many of the streams this server reset it remembers, to ignore what the client had already
+sent on them (§5.1, "closed")."""
 
 _HEADER = struct.Struct(">I B I")  # (length << 8 | type) packed as 3+1 bytes, flags, stream id
 
@@ -106,7 +112,7 @@ class Stream:
         "send_window",
         "sent_headers",
         "task",
-        "waiter",
+        "waiters",
     )  # fmt: skip
 
     def __init__(self, conn: H2Connection, stream_id: int, headers: list[tuple[str, str]]) -> None:
@@ -121,28 +127,34 @@ class Stream:
         self.closed = False  # this server sent END_STREAM (or RST_STREAM)
         self.recv_window = conn.local_stream_window
         self.send_window = conn.peer_initial_window
-        self.waiter: asyncio.Future[None] | None = None
+        # one future per waiting coroutine: a call may wait in two tasks at once (a handler reading
+        # its requests in a task of its own while its generator waits for a window)
+        self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
         self.limit = conn.server.max_receive_message_length
         self.failure: tuple[int, str] | None = None  # (grpc status, message) found while receiving
         self.sent_headers = False
 
     def wake(self) -> None:
-        """Something the stream's task may wait for happened (a message, END_STREAM, a window, a reset)."""
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        """Something the stream's waiters may wait for happened (a message, END_STREAM, a window, a
+        reset): every one of them re-checks its condition."""
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     async def wait(self) -> None:
         """Until :meth:`wake` (the caller re-checks its condition, raising StreamReset after a reset)."""
         if self.reset:
             raise StreamReset()
-        loop = asyncio.get_running_loop()
-        self.waiter = loop.create_future()
+        w = asyncio.get_running_loop().create_future()
+        self.waiters.append(w)
         try:
-            await self.waiter
+            await w
         finally:
-            self.waiter = None
+            if w.cancelled():  # (a wake removed it otherwise)
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(w)
         if self.reset:
             raise StreamReset()
 
@@ -195,6 +207,8 @@ class H2Connection(asyncio.Protocol):
         self.decoder = Decoder(max_list_size=MAX_HEADER_LIST)
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
+        # the last RESET_MEMORY streams this server sent RST_STREAM on (an ordered set)
+        self.reset_ids: dict[int, None] = {}
         self.goaway_sent = False
         self.goaway_received = False
         self.closed = False
@@ -211,6 +225,7 @@ class H2Connection(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.peer: tuple[Any, ...] | None = None
         self.ssl_object: Any = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # connection_lost
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -243,6 +258,8 @@ class H2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
         for stream in list(self.streams.values()):
             self._drop(stream, cancel=True)
         self.streams.clear()
@@ -252,10 +269,17 @@ class H2Connection(asyncio.Protocol):
         self.drain_waiters.clear()
 
     def pause_writing(self) -> None:
+        # Stop reading too: what the client sends may call for answers (PING, SETTINGS, RST_STREAM,
+        # WINDOW_UPDATE for its DATA, unary replies), which would otherwise pile up in the write
+        # buffer of a client that sends without reading (RFC 9113 §10.5).
         self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
         waiters, self.drain_waiters = self.drain_waiters, []
         for w in waiters:
             if not w.done():
@@ -317,7 +341,7 @@ class H2Connection(asyncio.Protocol):
                 raise H2Error(PROTOCOL_ERROR, "RST_STREAM on stream 0")
             if len(payload) != 4:
                 raise H2Error(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
-            if stream_id > self.last_stream_id:
+            if self._idle(stream_id):
                 raise H2Error(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -330,11 +354,15 @@ class H2Connection(asyncio.Protocol):
         elif kind == PRIORITY:
             if stream_id == 0:
                 raise H2Error(PROTOCOL_ERROR, "PRIORITY on stream 0")
-            if len(payload) != 5:
-                self._reset(stream_id, FRAME_SIZE_ERROR)
+            if len(payload) != 5:  # §6.3: a stream error
+                self._stream_error(stream_id, FRAME_SIZE_ERROR)
         elif kind == PUSH_PROMISE:
             raise H2Error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         # other types are ignored (§4.1, §5.5)
+
+    def _idle(self, stream_id: int) -> bool:
+        """§5.1: a stream never opened: above the client's last, or even (this server opens none)."""
+        return stream_id > self.last_stream_id or stream_id % 2 == 0
 
     def _unpad(self, flags: int, payload: bytes) -> bytes:
         if flags & PADDED:
@@ -374,13 +402,16 @@ class H2Connection(asyncio.Protocol):
         headers = self.decoder.decode(block)  # always, to keep the dynamic table in step (§4.1 of 7541)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they may only end the stream
-            if not end_stream:
-                self._reset(stream_id, PROTOCOL_ERROR)
-                self._drop(stream, cancel=True)
-                return
-            stream.ended = True
-            stream.wake()
+            if stream.ended:  # §5.1: the stream is half-closed (remote)
+                self.reset_stream(stream, STREAM_CLOSED)
+            elif not end_stream:
+                self.reset_stream(stream, PROTOCOL_ERROR)
+            else:
+                stream.ended = True
+                stream.wake()
             return
+        if stream_id in self.reset_ids:
+            return  # §5.1: sent before the client saw this server's RST_STREAM: ignored
         if stream_id % 2 == 0 or stream_id <= self.last_stream_id:
             raise H2Error(PROTOCOL_ERROR, f"stream {stream_id} cannot be opened by the client")  # §5.1.1
         self.last_stream_id = stream_id
@@ -406,10 +437,14 @@ class H2Connection(asyncio.Protocol):
             self._write(frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
             self.recv_unacked = 0
         stream = self.streams.get(stream_id)
-        if stream is None or stream.ended:
-            if stream_id > self.last_stream_id:
+        if stream is None:
+            if self._idle(stream_id):
                 raise H2Error(PROTOCOL_ERROR, "DATA on an idle stream")
-            self._reset(stream_id, STREAM_CLOSED)
+            if stream_id not in self.reset_ids:  # §5.1: else sent before the client saw the reset
+                self._reset(stream_id, STREAM_CLOSED)
+            return
+        if stream.ended:  # §5.1: half-closed (remote): a stream error, which ends the call
+            self.reset_stream(stream, STREAM_CLOSED)
             return
         stream.recv_window -= size
         if stream.recv_window < 0:
@@ -569,6 +604,17 @@ class H2Connection(asyncio.Protocol):
 
     def _reset(self, stream_id: int, code: int) -> None:
         self._write(frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big")))
+        self.reset_ids[stream_id] = None
+        if len(self.reset_ids) > RESET_MEMORY:
+            del self.reset_ids[next(iter(self.reset_ids))]
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """§5.4.2: RST_STREAM, and the stream's call ends when it has one."""
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            self.reset_stream(stream, code)
+        else:
+            self._reset(stream_id, code)
 
     def reset_stream(self, stream: Stream, code: int = CANCEL) -> None:
         """End the stream from this side without a gRPC status (e.g. the server is stopping)."""

@@ -12,6 +12,7 @@ dynamic table is connection state); a block that does not decode is a connection
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from functools import lru_cache
 
@@ -87,35 +88,53 @@ for _idx, (_len, _first, _offset) in enumerate(_PER_LENGTH):
     _LIMITS.append(((_first + _count) << (_MAX_BITS - _len), _len, _first, _offset))
 
 
-@lru_cache(maxsize=4096)
+_LIMIT_KEYS = [entry[0] for entry in _LIMITS]
+
+
 def huffman_decode(data: bytes) -> bytes:
-    """The octets a Huffman-coded string literal stands for (§5.2).
+    """The octets a Huffman-coded string literal stands for (§5.2), in time linear in its length.
 
     Raises :class:`HpackError` for EOS inside the string, padding longer than 7 bits, or padding that
     is not the most significant bits of EOS (all ones)."""
-    total = len(data) * 8
-    # Followed by 30 one-bits: a window past the end reads as the (all-ones) EOS prefix.
-    bits = (int.from_bytes(data, "big") << _MAX_BITS) | ((1 << _MAX_BITS) - 1)
     out = bytearray()
+    acc = 0  # the ``have`` bits read and not decoded yet (never more than 37)
+    have = 0
     pos = 0
-    mask = (1 << _MAX_BITS) - 1
-    while pos < total:
-        window = (bits >> (total - pos)) & mask
-        # the last limit is 2^30, above every window: this always finds a length
-        _, length, first, offset = next(entry for entry in _LIMITS if window < entry[0])
-        if pos + length > total:  # only padding is left (no code is a run of fewer than 8 ones)
+    n = len(data)
+    while True:
+        while have < _MAX_BITS and pos < n:
+            acc = (acc << 8) | data[pos]
+            pos += 1
+            have += 8
+        if not have:
+            break
+        if have >= _MAX_BITS:
+            window = acc >> (have - _MAX_BITS)
+        else:  # the end: followed by one-bits, which read as the (all-ones) EOS prefix
+            pad = _MAX_BITS - have
+            window = (acc << pad) | ((1 << pad) - 1)
+        # the first length whose limit exceeds the window (the last limit, 2^30, exceeds them all)
+        _, length, first, offset = _LIMITS[bisect_right(_LIMIT_KEYS, window)]
+        if length > have:  # only padding is left (no code is a run of fewer than 8 ones)
             break
         sym = _SYMBOLS[offset + (window >> (_MAX_BITS - length)) - first]
         if sym == EOS:
             raise HpackError("EOS in a Huffman-coded string")
         out.append(sym)
-        pos += length
-    rest = total - pos
-    if rest > 7:
+        have -= length
+        acc &= (1 << have) - 1
+    if have > 7:
         raise HpackError("Huffman padding longer than 7 bits")
-    if rest and (bits >> _MAX_BITS) & ((1 << rest) - 1) != (1 << rest) - 1:
+    if acc != (1 << have) - 1:
         raise HpackError("Huffman padding is not the EOS prefix")
     return bytes(out)
+
+
+_CACHED_LENGTH = 128
+"""Huffman strings up to this many octets are decoded through a cache (values clients repeat
+without indexing them); longer ones are not kept, so the cache's 4096 entries hold at most about
+1.5 MB (128 octets coded, 204 decoded, each)."""
+_huffman_cached = lru_cache(maxsize=4096)(huffman_decode)
 
 
 def huffman_encode(data: bytes) -> bytes:
@@ -233,7 +252,7 @@ class Decoder:
             raise HpackError("truncated string")
         raw = block[pos:end]
         if huffman:
-            raw = huffman_decode(raw)
+            raw = _huffman_cached(raw) if length <= _CACHED_LENGTH else huffman_decode(raw)
         return raw.decode("latin-1"), end
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:

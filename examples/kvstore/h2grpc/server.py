@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
 import re
 import zlib
@@ -306,6 +307,15 @@ class GrpcServer:
             self.methods[path] = found
         return found
 
+    def _has_service(self, service: str) -> bool:
+        """Whether a registered handler serves ``service``: by its name when it says (grpc's
+        ServiceRpcHandler, what generated code and method_handlers_generic_handler register), else
+        by a method of it found before."""
+        for handler in self.handlers:
+            if isinstance(handler, grpc.ServiceRpcHandler) and handler.service_name() == service:
+                return True
+        return any(p.lstrip("/").rpartition("/")[0] == service for p, h in self.methods.items() if h)
+
     def protocol(self) -> H2Connection:
         """A protocol for one accepted connection (its first bytes must be the HTTP/2 preface)."""
         return H2Connection(self)
@@ -321,7 +331,8 @@ class GrpcServer:
 
     async def stop(self, grace: float = 0.5) -> None:
         """GOAWAY to every connection, let the calls in progress finish for ``grace`` seconds, cancel
-        the rest, close the connections."""
+        the rest, close the connections: those that have not flushed what was written to them
+        within a second (a client that does not read) are aborted."""
         self.stopping = True
         for conn in list(self.connections):
             conn.goaway()
@@ -333,6 +344,13 @@ class GrpcServer:
             await asyncio.wait(set(self.tasks), timeout=1.0)
         for conn in list(self.connections):
             conn.close_with(0, "")
+        if self.connections:
+            await asyncio.wait({conn.lost for conn in self.connections}, timeout=1.0)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.connections:
+            await asyncio.wait({conn.lost for conn in self.connections}, timeout=1.0)
 
     # -- one call -------------------------------------------------------------------------------
 
@@ -341,8 +359,9 @@ class GrpcServer:
         path = method = content_type = encoding = None
         timeout: float | None = None
         metadata: list[tuple[str, Any]] = []
+        malformed: str | None = None
         for name, value in stream.headers:
-            if name[0] == ":":
+            if name.startswith(":"):
                 if name == ":path":
                     path = value
                 elif name == ":method":
@@ -357,7 +376,10 @@ class GrpcServer:
                 elif name == "grpc-encoding":
                     encoding = value
             elif name.endswith("-bin"):
-                metadata.append((name, base64.b64decode(value + "=" * (-len(value) % 4))))
+                try:
+                    metadata.append((name, base64.b64decode(value + "=" * (-len(value) % 4), validate=True)))
+                except binascii.Error as exc:  # grpc-go's answer: the call fails with INTERNAL
+                    malformed = f'malformed binary metadata "{value}" in header "{name}": {exc}'
             else:
                 metadata.append((name, value))
         if method != "POST" or path is None:
@@ -381,12 +403,15 @@ class GrpcServer:
 
             timer = loop.call_at(deadline, expire)
         try:
+            if malformed is not None:
+                raise CallFailure(INTERNAL, malformed)
             handler = self.lookup(path, md)
             if handler is None:
                 service, _, name = path.lstrip("/").rpartition("/")
-                known = any(p.lstrip("/").rpartition("/")[0] == service for p, h in self.methods.items() if h)
                 msg = (
-                    f"unknown method {name} for service {service}" if known else f"unknown service {service}"
+                    f"unknown method {name} for service {service}"
+                    if self._has_service(service)
+                    else f"unknown service {service}"
                 )
                 raise CallFailure(UNIMPLEMENTED, msg)
             await self._dispatch(handler, stream, ctx, encoding)
@@ -449,8 +474,15 @@ class GrpcServer:
             return
         result = call(arg, ctx)
         if hasattr(result, "__aiter__"):
-            async for item in result:
-                await ctx.send(serialize(item))
+            try:
+                async for item in result:
+                    await ctx.send(serialize(item))
+            finally:
+                # the handler's own cleanup (its finally blocks) belongs to the call: run it here,
+                # when the call ends or is cancelled, not later in a task of the garbage collector
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         else:  # a coroutine writing with context.write()
             await _maybe_await(result)
 
