@@ -401,27 +401,20 @@ async def test_auth_survives_a_snapshot_and_a_restart(tmp_path: Path) -> None:
         await c.stop()
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["shared-url", "split-urls"])
-async def test_client_certificate_cn_is_the_user_with_client_cert_auth(tmp_path: Path, split: bool) -> None:
-    """With --client-cert-auth and no token, the certificate's CN names the user (as etcd does),
-    both behind the client-URL multiplexer (TLS ended there) and with grpc on its own URL."""
-    import shutil
-
-    from tests.test_kv_grpc_serving import _cert, configs, started, target
-
-    if shutil.which("openssl") is None:
-        pytest.skip("needs openssl")
+def _client_cert_auth(tmp_path: Path, clients: tuple[str, ...]) -> tuple[Any, Any]:
+    """A CA, certificates for the members g0-g2 and ``clients`` (each CN its name): the members'
+    ClientTls maker (``--client-cert-auth`` on) and a client's gRPC channel credentials by name."""
     from examples.kvstore.server import ClientTls
+    from tests.test_kv_grpc_serving import _cert
 
     _cert(tmp_path, "ca", None)
-    for n in ("g0", "g1", "g2", "client", "stranger"):
+    for n in ("g0", "g1", "g2", *clients):
         _cert(tmp_path, n, "ca")
     ca = str(tmp_path / "ca.crt")
 
     def tls(i: int, name: str) -> ClientTls:
-        return ClientTls(
-            str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"), ca, client_cert_auth=True
-        )
+        crt, key = str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key")
+        return ClientTls(crt, key, ca, client_cert_auth=True)
 
     def creds(name: str) -> Any:
         return grpc.ssl_channel_credentials(
@@ -429,6 +422,22 @@ async def test_client_certificate_cn_is_the_user_with_client_cert_auth(tmp_path:
             private_key=(tmp_path / f"{name}.key").read_bytes(),
             certificate_chain=(tmp_path / f"{name}.crt").read_bytes(),
         )
+
+    return tls, creds
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["shared-url", "split-urls"])
+async def test_client_certificate_cn_is_the_user_with_client_cert_auth(tmp_path: Path, split: bool) -> None:
+    """With --client-cert-auth and no token, the certificate's CN names the user (as etcd does),
+    both behind the client-URL multiplexer (TLS ended there) and with grpc on its own URL."""
+    import shutil
+
+    from tests.test_kv_grpc_serving import configs, started, target
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+
+    tls, creds = _client_cert_auth(tmp_path, ("client", "stranger"))
 
     servers, _, follower = await started(configs("https", split=split, client_tls=tls))
     try:
@@ -812,28 +821,14 @@ async def test_calls_a_follower_forwards_keep_a_cn_only_users_identity(tmp_path:
     import shutil
     import ssl
 
-    from tests.test_kv_grpc_serving import _cert, configs, started, target
+    from tests.test_kv_grpc_serving import configs, started, target
 
     if shutil.which("openssl") is None:
         pytest.skip("needs openssl")
     from examples.kvstore.grpcapi import FORWARD_KEY
-    from examples.kvstore.server import ClientTls, member_id_for
+    from examples.kvstore.server import member_id_for
 
-    _cert(tmp_path, "ca", None)
-    for n in ("g0", "g1", "g2", "client", "root"):
-        _cert(tmp_path, n, "ca")
-    ca = str(tmp_path / "ca.crt")
-
-    def tls(i: int, name: str) -> ClientTls:
-        key, crt = str(tmp_path / f"{name}.key"), str(tmp_path / f"{name}.crt")
-        return ClientTls(crt, key, ca, client_cert_auth=True)
-
-    def creds(name: str) -> Any:
-        return grpc.ssl_channel_credentials(
-            root_certificates=(tmp_path / "ca.crt").read_bytes(),
-            private_key=(tmp_path / f"{name}.key").read_bytes(),
-            certificate_chain=(tmp_path / f"{name}.crt").read_bytes(),
-        )
+    tls, creds = _client_cert_auth(tmp_path, ("client", "root"))
 
     servers, leader, follower = await started(configs("https", split=split, client_tls=tls))
     try:
@@ -892,7 +887,7 @@ async def test_calls_a_follower_forwards_keep_a_cn_only_users_identity(tmp_path:
             assert follower.is_leader
 
         # The gateway forwards the same way (to the new leader now, from the old one).
-        ctx = ssl.create_default_context(cafile=ca)
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
         ctx.check_hostname = False
         ctx.load_cert_chain(str(tmp_path / "client.crt"), str(tmp_path / "client.key"))
         url = (leader.http_urls or leader.client_urls)[0] + "/v3/lease/timetolive"

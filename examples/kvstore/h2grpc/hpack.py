@@ -255,6 +255,16 @@ class Decoder:
             raw = _huffman_cached(raw) if length <= _CACHED_LENGTH else huffman_decode(raw)
         return raw.decode("latin-1"), end
 
+    def _literal(self, block: bytes, pos: int, prefix_bits: int) -> tuple[str, str, int]:
+        """§6.2: a literal field's name (by index, or a string when the index is 0) and value."""
+        index, pos = _decode_int(block, pos, prefix_bits)
+        if index:
+            name = self._get(index)[0]
+        else:
+            name, pos = self._string(block, pos)
+        value, pos = self._string(block, pos)
+        return name, value, pos
+
     def decode(self, block: bytes) -> list[tuple[str, str]]:
         """The header fields of one complete header block, in order."""
         fields: list[tuple[str, str]] = []
@@ -268,12 +278,7 @@ class Decoder:
                 index, pos = _decode_int(block, pos, 7)
                 name, value = self._get(index)
             elif b & 0x40:  # §6.2.1 literal with incremental indexing
-                index, pos = _decode_int(block, pos, 6)
-                if index:
-                    name = self._get(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
+                name, value, pos = self._literal(block, pos, 6)
                 self._add(name, value)
             elif b & 0x20:  # §6.3 dynamic table size update: only at the start of a block (§4.2)
                 if seen_field:
@@ -282,12 +287,7 @@ class Decoder:
                 self._resize(size)
                 continue
             else:  # §6.2.2 without indexing (0000) / §6.2.3 never indexed (0001)
-                index, pos = _decode_int(block, pos, 4)
-                if index:
-                    name = self._get(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
+                name, value, pos = self._literal(block, pos, 4)
             seen_field = True
             listed += len(name) + len(value) + 32
             if listed > self.max_list_size:
