@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from raftlib.errors import NodeStopped, NotLeader, ProposalDropped
+from raftlib.runtime.tasks import cancel_and_wait
 from raftlib.statemachine import SnapshotWriter, StateMachine
 from raftlib.valuecodec import CodecError, CommandError, decode, encode
 
@@ -442,11 +443,7 @@ class LogClock:
 
     async def stop(self) -> None:
         """Cancel the clock's tasks and wait for them."""
-        for task in (self._task, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait((self._task, self._watcher))
         self._task = self._watcher = None
 
     async def _watch(self) -> None:
@@ -569,10 +566,7 @@ class Session:
         """Close the session through the log (best effort, for at most ``CLOSE_TIMEOUT`` seconds:
         a session that could not be closed expires after the session timeout)."""
         task, self._keepalive_task = self._keepalive_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait((task,))
         sid, self.session_id = self.session_id, None
         if sid is not None:
             with contextlib.suppress(CommandError, TimeoutError, NodeStopped):

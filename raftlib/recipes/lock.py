@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from raftlib.errors import NodeStopped
 from raftlib.recipes.replicated import RecipeError, Replicated, replicated
+from raftlib.runtime.tasks import cancel_and_wait
 from raftlib.valuecodec import CommandError
 
 log = logging.getLogger(__name__)
@@ -401,9 +402,7 @@ class Election(Locks):
             raise CampaignLost(candidate, token, reason)
         finally:
             if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await cancel_and_wait((task,))
 
 
 __all__ = [

@@ -45,6 +45,7 @@ from raftlib.observe import Observer
 from raftlib.runtime.config import NodeConfig
 from raftlib.runtime.node import GroupServices, RaftNode
 from raftlib.runtime.persist import WriteQueue
+from raftlib.runtime.tasks import cancel_and_wait
 from raftlib.statemachine import StateMachine
 
 log = logging.getLogger("raftlib.host")
@@ -217,11 +218,7 @@ class RaftHost:
             return
         self._running = False
         tasks = [*self._tasks, *([self._transfer] if self._transfer else [])]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(tasks)
         self._tasks, self._transfer = [], None
         for node in list(self._groups.values()):
             with contextlib.suppress(Exception):

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import itertools
 import logging
 import math
@@ -82,6 +81,7 @@ from raftlib.runtime.membership import MemberChange
 from raftlib.runtime.persist import StorageStage, TransferRejected, WriteQueue
 from raftlib.runtime.requests import Requests, await_request
 from raftlib.runtime.snapshots import restore_snapshot, write_snapshot
+from raftlib.runtime.tasks import cancel_and_wait
 from raftlib.statemachine import SnapshotWriter, StateMachine
 from raftlib.transport.peerauth import check_peer_secret
 
@@ -300,11 +300,7 @@ class RaftNode:
             await admin.stop()
         tasks = self._main_tasks + list(self._tasks)
         self._main_tasks = []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(tasks)
         self._tasks.clear()
         if self._transport is not None and was_running:
             await self._transport.stop()
