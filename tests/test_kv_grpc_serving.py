@@ -305,8 +305,10 @@ def test_fast_request_reading_equals_json_format() -> None:
     from examples.kvstore.proto.stubs import rpc_pb2
 
     i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    puts = st.builds(rpc_pb2.PutRequest, key=st.binary(max_size=8), value=st.binary(max_size=8), lease=i64,
-                     prev_kv=st.booleans(), ignore_value=st.booleans(), ignore_lease=st.booleans())  # fmt: skip
+    puts = st.builds(
+        rpc_pb2.PutRequest, key=st.binary(max_size=8), value=st.binary(max_size=8), lease=i64,
+        prev_kv=st.booleans(), ignore_value=st.booleans(), ignore_lease=st.booleans(),
+    )  # fmt: skip
     ranges = st.builds(
         rpc_pb2.RangeRequest, key=st.binary(max_size=8), range_end=st.binary(max_size=8), limit=i64,
         revision=i64, sort_order=st.integers(0, 5), sort_target=st.integers(0, 7), serializable=st.booleans(),
