@@ -401,6 +401,23 @@ async def test_auth_survives_a_snapshot_and_a_restart(tmp_path: Path) -> None:
         await c.stop()
 
 
+async def _enable_auth_with_a_cn_only_client(a: Any) -> None:
+    """Through the Auth stub ``a``: root (with the root role), a role ``rw`` with READWRITE on the
+    prefix ``app/``, a user ``client`` without a password (its certificate CN is how it logs in)
+    holding ``rw``; then auth enabled."""
+    await a.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="pw"), timeout=10)
+    await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
+    await a.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="rw"), timeout=10)
+    grant = rpc_pb2.AuthRoleGrantPermissionRequest(name="rw")
+    grant.perm.permType, grant.perm.key, grant.perm.range_end = 2, b"app/", b"app0"  # READWRITE on app/
+    await a.RoleGrantPermission(grant, timeout=10)
+    add = rpc_pb2.AuthUserAddRequest(name="client")
+    add.options.no_password = True
+    await a.UserAdd(add, timeout=10)
+    await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="client", role="rw"), timeout=10)
+    await a.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=10)
+
+
 def _client_cert_auth(tmp_path: Path, clients: tuple[str, ...]) -> tuple[Any, Any]:
     """A CA, certificates for the members g0-g2 and ``clients`` (each CN its name): the members'
     ClientTls maker (``--client-cert-auth`` on) and a client's gRPC channel credentials by name."""
@@ -443,21 +460,7 @@ async def test_client_certificate_cn_is_the_user_with_client_cert_auth(tmp_path:
     try:
         async with grpc.aio.secure_channel(target(follower), creds("client")) as ch:
             a = rpc_pb2_grpc.AuthStub(ch)
-            await a.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="pw"), timeout=10)
-            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
-            await a.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="rw"), timeout=10)
-            grant = rpc_pb2.AuthRoleGrantPermissionRequest(name="rw")
-            grant.perm.permType, grant.perm.key, grant.perm.range_end = (
-                2,
-                b"app/",
-                b"app0",
-            )  # READWRITE, prefix
-            await a.RoleGrantPermission(grant, timeout=10)
-            add = rpc_pb2.AuthUserAddRequest(name="client")
-            add.options.no_password = True
-            await a.UserAdd(add, timeout=10)
-            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="client", role="rw"), timeout=10)
-            await a.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=10)
+            await _enable_auth_with_a_cn_only_client(a)
             kv = rpc_pb2_grpc.KVStub(ch)
             await kv.Put(rpc_pb2.PutRequest(key=b"app/cn", value=b"yes"), timeout=10)
             with pytest.raises(grpc.aio.AioRpcError) as denied:
@@ -834,17 +837,7 @@ async def test_calls_a_follower_forwards_keep_a_cn_only_users_identity(tmp_path:
     try:
         async with grpc.aio.secure_channel(target(follower), creds("root")) as root_ch:
             a = rpc_pb2_grpc.AuthStub(root_ch)
-            await a.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="pw"), timeout=10)
-            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"), timeout=10)
-            await a.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="rw"), timeout=10)
-            grant = rpc_pb2.AuthRoleGrantPermissionRequest(name="rw")
-            grant.perm.permType, grant.perm.key, grant.perm.range_end = 2, b"app/", b"app0"  # READWRITE
-            await a.RoleGrantPermission(grant, timeout=10)
-            add = rpc_pb2.AuthUserAddRequest(name="client")
-            add.options.no_password = True
-            await a.UserAdd(add, timeout=10)
-            await a.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="client", role="rw"), timeout=10)
-            await a.AuthEnable(rpc_pb2.AuthEnableRequest(), timeout=10)
+            await _enable_auth_with_a_cn_only_client(a)
 
             async with grpc.aio.secure_channel(target(follower), creds("client")) as ch:
                 leases = rpc_pb2_grpc.LeaseStub(ch)

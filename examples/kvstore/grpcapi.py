@@ -187,7 +187,10 @@ def _put_request(m: Any) -> dict[str, Any]:
     return d
 
 
-_RANGE_ENUMS = (("sort_order", rpc_pb2.RangeRequest.SortOrder), ("sort_target", rpc_pb2.RangeRequest.SortTarget))
+_RANGE_ENUMS = (
+    ("sort_order", rpc_pb2.RangeRequest.SortOrder),
+    ("sort_target", rpc_pb2.RangeRequest.SortTarget),
+)
 
 
 def _range_request(m: Any) -> dict[str, Any]:

@@ -24,6 +24,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from examples.kvstore.h2grpc.connection import PREFACE  # the one definition of the preface
+
 log = logging.getLogger("kvstore.mux")
 
 
@@ -36,7 +38,6 @@ def common_name(peercert: Any) -> str | None:
     return None
 
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SNIFF_TIMEOUT = 10.0
 LISTEN_BACKLOG = 4096
 """The accept queue (the kernel caps it at net.core.somaxconn), as Go's listeners (etcd) use:

@@ -239,10 +239,7 @@ class CallContext:
         stream.sent_headers = True
 
     async def send(self, data: bytes) -> None:
-        limit = self._server.max_send_message_length
-        if len(data) > limit:
-            message = f"grpc: trying to send message larger than max ({len(data)} vs. {limit})"
-            raise CallFailure(RESOURCE_EXHAUSTED, message)
+        self._server.check_send_size(data)
         if not self._stream.sent_headers:
             self._send_headers()
         await self._stream.conn.send_data(self._stream, _frame_message(data))
@@ -315,6 +312,13 @@ class GrpcServer:
             if isinstance(handler, grpc.ServiceRpcHandler) and handler.service_name() == service:
                 return True
         return any(p.lstrip("/").rpartition("/")[0] == service for p, h in self.methods.items() if h)
+
+    def check_send_size(self, data: bytes) -> None:
+        """Refuse an answer over ``max_send_message_length`` (RESOURCE_EXHAUSTED, grpc-go's words)."""
+        limit = self.max_send_message_length
+        if len(data) > limit:
+            message = f"grpc: trying to send message larger than max ({len(data)} vs. {limit})"
+            raise CallFailure(RESOURCE_EXHAUSTED, message)
 
     def protocol(self) -> H2Connection:
         """A protocol for one accepted connection (its first bytes must be the HTTP/2 preface)."""
@@ -459,8 +463,7 @@ class GrpcServer:
             if ctx._code not in (None, OK):
                 return  # set_code() without abort(): the status alone, as grpc.aio does
             data = serialize(response)
-            if len(data) > self.max_send_message_length:
-                raise CallFailure(RESOURCE_EXHAUSTED, "grpc: trying to send message larger than max")
+            self.check_send_size(data)
             conn = stream.conn
             if not stream.sent_headers and not ctx._initial and not ctx._trailing and ctx._code is None:
                 # the common case: HEADERS, DATA and trailers in one write
