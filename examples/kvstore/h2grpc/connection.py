@@ -72,8 +72,6 @@ RESET_MEMORY = 256
 """How many of the streams this server reset it remembers, to ignore what the client had already
 sent on them (§5.1, "closed")."""
 
-_HEADER = struct.Struct(">I B I")  # (length << 8 | type) packed as 3+1 bytes, flags, stream id
-
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One frame: 9-byte header (§4.1) then the payload."""

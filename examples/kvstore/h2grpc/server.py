@@ -456,7 +456,7 @@ class GrpcServer:
             call = handler.stream_stream if handler.response_streaming else handler.stream_unary
             arg: Any = requests
         else:
-            arg = deserialize(await self._receive(stream, encoding, single=True))
+            arg = deserialize(await self._receive(stream, encoding))
             call = handler.unary_stream if handler.response_streaming else handler.unary_unary
         if not handler.response_streaming:
             response = await _maybe_await(call(arg, ctx))
@@ -489,8 +489,8 @@ class GrpcServer:
         else:  # a coroutine writing with context.write()
             await _maybe_await(result)
 
-    async def _receive(self, stream: Stream, encoding: str | None, single: bool) -> bytes:
-        """The next request message of the stream (decompressed)."""
+    async def _next_message(self, stream: Stream, encoding: str | None) -> bytes | None:
+        """The stream's next request message (decompressed), or None once the client ended it."""
         while True:
             if stream.failure is not None:
                 raise CallFailure(*stream.failure)
@@ -500,24 +500,21 @@ class GrpcServer:
             if stream.ended:
                 if stream.buffer:
                     raise CallFailure(INTERNAL, "grpc: request ended inside a message")
-                raise CallFailure(INTERNAL, "grpc: error unmarshalling request: no request message")
+                return None
             await stream.wait()
+
+    async def _receive(self, stream: Stream, encoding: str | None) -> bytes:
+        """The request message of a unary-request call."""
+        message = await self._next_message(stream, encoding)
+        if message is None:
+            raise CallFailure(INTERNAL, "grpc: error unmarshalling request: no request message")
+        return message
 
     async def _requests(
         self, stream: Stream, deserialize: Callable[[bytes], Any], encoding: str | None
     ) -> AsyncIterator[Any]:
-        while True:
-            if stream.failure is not None:
-                raise CallFailure(*stream.failure)
-            item = stream.take()
-            if item is not None:
-                yield deserialize(self._decompress(item, encoding))
-                continue
-            if stream.ended:
-                if stream.buffer:
-                    raise CallFailure(INTERNAL, "grpc: request ended inside a message")
-                return
-            await stream.wait()
+        while (message := await self._next_message(stream, encoding)) is not None:
+            yield deserialize(message)
 
     def _decompress(self, item: tuple[int, bytes], encoding: str | None) -> bytes:
         flag, payload = item
