@@ -709,6 +709,8 @@ class Raft:
             return False
         log = self.log
         last = log.last_index()
+        if pr.next > last and not send_if_empty:
+            return False  # nothing new for this peer (and pr.next - 1 >= last is never compacted)
         prev = pr.next - 1
         if prev < log.log.snapshot_index:
             # The entries this follower needs are compacted: send a snapshot.

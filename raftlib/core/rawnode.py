@@ -260,7 +260,7 @@ class RawNode:
             return False
         r = self.raft
         r.flush()
-        return bool(
+        if (
             r.msgs
             or r.msgs_after_persist
             or r.read_states
@@ -269,8 +269,18 @@ class RawNode:
             or r.pending_install is not None
             or r.log.has_unstable_entries()
             or r.log.has_next_committed_entries(self._async)
-            or r.hard_state() != self._prev_hard
-            or r.soft_state() != self._prev_soft
+        ):
+            return True
+        # The hard and soft states compared field by field: called after every message,
+        # this must not build two objects to find that nothing changed.
+        hard = self._prev_hard
+        soft = self._prev_soft
+        return (
+            r.term != hard.term
+            or r.vote != hard.vote
+            or r.log.committed != hard.commit
+            or r.lead != soft.leader
+            or r.role is not soft.role
         )
 
     def ready(self) -> Ready:
@@ -279,38 +289,64 @@ class RawNode:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
         r = self.raft
         r.flush()
-        rd = Ready()
-        soft = r.soft_state()
-        if soft != self._prev_soft:
-            rd.soft_state = soft
-            self._prev_soft = soft
-        hard = r.hard_state()
-        if hard != self._prev_hard:
-            rd.hard_state = hard
-            rd.sync = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
-            self._prev_hard = hard
-        rd.snapshot_chunks, r.snapshot_chunks = r.snapshot_chunks, []
-        rd.snapshot, r.pending_install = r.pending_install, None
-        rd.read_states, r.read_states = r.read_states, []
-        rd.proposal_results, r.proposal_results = r.proposal_results, []
-        rd.entries = r.log.unstable_entries()
-        rd.sync = rd.sync or bool(rd.entries) or rd.snapshot is not None
-        rd.messages = r.msgs
-        r.msgs = []
+        soft_state: SoftState | None = None
+        prev_soft = self._prev_soft
+        if r.lead != prev_soft.leader or r.role is not prev_soft.role:
+            soft_state = self._prev_soft = r.soft_state()
+        hard_state: HardState | None = None
+        sync = False
+        prev_hard = self._prev_hard
+        if r.term != prev_hard.term or r.vote != prev_hard.vote or r.log.committed != prev_hard.commit:
+            hard_state = self._prev_hard = r.hard_state()
+            sync = r.term != prev_hard.term or r.vote != prev_hard.vote
+        entries = r.log.unstable_entries()
+        snapshot, r.pending_install = r.pending_install, None
+        messages, r.msgs = r.msgs, []
         after = r.msgs_after_persist
-        r.msgs_after_persist = []
-        rd.persisted_messages = [m for m in after if m.to != r.id]
-        rd.self_messages = [m for m in after if m.to == r.id]
-        if rd.entries and r.role is Role.LEADER:
+        persisted: list[Message] = []
+        self_messages: list[Message] = []
+        if after:
+            r.msgs_after_persist = []
+            for m in after:
+                (self_messages if m.to == r.id else persisted).append(m)
+        if entries and r.role is Role.LEADER:
             # The leader counts its own entries only once they are durable.
-            last = rd.entries[-1]
+            last = entries[-1]
             if last.term == r.term:
-                rd.self_messages.append(
-                    Message(MessageType.APPEND_RESP, r.id, r.id, r.term, index=last.index)
-                )
-        rd.committed_entries = r.log.next_committed_entries(r.config.max_apply_bytes, self._async)
-        if rd.committed_entries:
-            r.log.applying_to(rd.committed_entries[-1].index)
+                self_messages.append(Message(MessageType.APPEND_RESP, r.id, r.id, r.term, index=last.index))
+        committed = r.log.next_committed_entries(r.config.max_apply_bytes, self._async)
+        if committed:
+            r.log.applying_to(committed[-1].index)
+        # The rarely used outputs are handed over only when there is something in them.
+        chunks: list[SnapshotChunk] = r.snapshot_chunks
+        if chunks:
+            r.snapshot_chunks = []
+        else:
+            chunks = []
+        read_states: list[ReadState] = r.read_states
+        if read_states:
+            r.read_states = []
+        else:
+            read_states = []
+        results: list[ProposalResult] = r.proposal_results
+        if results:
+            r.proposal_results = []
+        else:
+            results = []
+        rd = Ready(
+            soft_state,
+            hard_state,
+            entries,
+            messages,
+            persisted,
+            committed,
+            chunks,
+            snapshot,
+            read_states,
+            results,
+            sync or bool(entries) or snapshot is not None,
+            self_messages,
+        )
         self._outstanding = rd
         return rd
 
