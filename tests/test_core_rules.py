@@ -225,7 +225,7 @@ def test_5_3_follower_commit_is_min_of_leader_commit_and_last_new_entry() -> Non
 
 
 def test_heartbeat_never_commits_beyond_what_the_follower_matches() -> None:
-    h = Harness(ABC)
+    h = Harness(ABC, skip_redundant_heartbeats=False)  # etcd's rule: every follower, every interval
     a = h.elect("a")
     h.down = {"c"}
     for i in range(3):
@@ -240,6 +240,57 @@ def test_heartbeat_never_commits_beyond_what_the_follower_matches() -> None:
     hb = [m for m in rd.messages if m.type is MessageType.HEARTBEAT]
     a.advance(rd)
     assert {m.to: m.commit for m in hb} == {"b": 4, "c": 1}
+
+
+def _heartbeats_after_tick(a: RawNode) -> dict[str, int]:
+    a.tick()
+    rd = a.ready()
+    a.advance(rd)
+    return {m.to: m.commit for m in rd.messages if m.type is MessageType.HEARTBEAT}
+
+
+def test_5_2_no_periodic_heartbeat_to_a_follower_just_sent_an_append() -> None:
+    """§5.2: any AppendEntries maintains the leader's authority. A follower in steady
+    replication that was sent one since the last heartbeat, carrying the commit index a
+    heartbeat would, gets no heartbeat. The appends to c were lost: c gets its heartbeat one
+    interval later, with commit <= its match, as after any lost heartbeat."""
+    h = Harness(ABC)
+    a = h.elect("a")
+    h.run()
+    h.down = {"c"}
+    for i in range(3):
+        a.propose(b"v%d" % i)
+    h.run()
+    assert a.commit_index == 4
+    h.down = set()
+    assert _heartbeats_after_tick(a) == {}
+    assert _heartbeats_after_tick(a) == {"b": 4, "c": 1}
+
+
+def test_5_2_heartbeats_resume_after_an_interval_without_appends() -> None:
+    h = Harness(ABC)
+    a = h.elect("a")
+    a.propose(b"x")
+    h.run()
+    assert _heartbeats_after_tick(a) == {}  # both were just sent appends carrying commit 2
+    h.run()
+    assert _heartbeats_after_tick(a) == {"b": 2, "c": 2}  # a quiet interval: heartbeats again
+
+
+def test_6_4_read_rounds_and_leases_keep_every_heartbeat() -> None:
+    """A ReadIndex round (§6.4) needs a quorum's answers, and lease mode renews the lease
+    with every heartbeat: neither leaves a follower out."""
+    h = Harness(ABC)
+    a = h.elect("a")
+    a.propose(b"x")
+    h.run()
+    a.read_index(b"ctx")
+    assert set(_heartbeats_after_tick(a)) == {"b", "c"}
+    h2 = Harness(ABC, read_only="lease")
+    a2 = h2.elect("a")
+    a2.propose(b"x")
+    h2.run()
+    assert set(_heartbeats_after_tick(a2)) == {"b", "c"}
 
 
 def test_leader_counts_itself_only_after_its_own_write_is_durable() -> None:

@@ -124,7 +124,9 @@ def test_concurrent_proposals_5_3(seed: int) -> None:
         assert term < final_term and log.get(idx, (None,))[0] != term, (idx, term, data, log.get(idx))
     data = [d for d in c.committed_data()]
     assert len(data) == len(set(data))
-    assert len(accepted) > 40 and sum(1 for i, t, d in accepted if log.get(i) == (t, d)) > 30
+    # Liveness: the leader is cut off for 15 of the 60 steps, so what it accepted then is lost,
+    # but more than half of all accepted proposals commit.
+    assert len(accepted) > 40 and sum(1 for i, t, d in accepted if log.get(i) == (t, d)) > len(accepted) // 2
     ref = c.state_machine(c.ids[0]).data
     assert all(c.state_machine(i).data == ref for i in c.ids)
 

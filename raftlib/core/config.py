@@ -44,6 +44,11 @@ class Config:
     """Thesis §9.6: ask whether an election could be won before raising the term."""
     check_quorum: bool = True
     """A leader steps down when it has not heard from a quorum within an election timeout."""
+    skip_redundant_heartbeats: bool = True
+    """A leader leaves out the periodic heartbeat to a follower in steady replication that it
+    sent an AppendEntries since the last heartbeat, carrying at least the commit index the
+    heartbeat would (§5.2: any AppendEntries maintains its authority). Heartbeats of read
+    rounds, and every heartbeat in lease mode, still go out. Off: etcd's behaviour."""
     read_only: str = "safe"
     """How ``read_index`` confirms leadership: "safe" (a heartbeat round with a quorum,
     thesis §6.4) or "lease" (no round trip while the leader's lease holds; needs

@@ -36,6 +36,8 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "sent_commit",
+        "sent_since_heartbeat",
         "snapshot_meta",
         "snapshot_offset",
         "snapshot_wait",
@@ -55,6 +57,10 @@ class Progress:
         self.max_inflight = max_inflight
         self.recent_active = False
         """CheckQuorum: heard from this peer during the current election timeout."""
+        self.sent_since_heartbeat = False
+        """An AppendEntries went to the peer since the leader's last periodic heartbeat."""
+        self.sent_commit = 0
+        """The commit index carried by the last AppendEntries sent to the peer."""
         self.pending_snapshot = 0
         """SNAPSHOT only: index of the snapshot being sent."""
         self.snapshot_meta: Any = None

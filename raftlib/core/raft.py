@@ -306,7 +306,7 @@ class Raft:
                     self._send_snapshot_chunk(peer, pr.snapshot_offset)
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat()
+            self._broadcast_heartbeat(periodic=True)
 
     # -- elections ------------------------------------------------------------------
 
@@ -739,6 +739,8 @@ class Raft:
             )
         )
         pr.sent_entries(entries[-1].index if entries else prev, len(entries))
+        pr.sent_since_heartbeat = True
+        pr.sent_commit = log.committed
         return True
 
     def broadcast_append(self) -> None:
@@ -759,18 +761,31 @@ class Raft:
                 self._broadcast_heartbeat()
         self._broadcast_pending = False
 
-    def _broadcast_heartbeat(self) -> None:
+    def _broadcast_heartbeat(self, periodic: bool = False) -> None:
         self.heartbeat_elapsed = 0
         lease = self.config.read_only == "lease"
         read_round = self.read_only.send_round(always=lease)
         if lease:
             self._round_sent_at[read_round] = self.lease_clock
+        # §5.2: any AppendEntries maintains the leader's authority, so a periodic heartbeat
+        # is redundant for a follower that was sent one since the last heartbeat, in steady
+        # replication, carrying at least the commit index the heartbeat would. Heartbeats of
+        # read rounds (and every heartbeat in lease mode, which extends the lease) always go.
+        skip_fresh = periodic and not read_round and self.config.skip_redundant_heartbeats
         for peer in sorted(self.tracker.progress):
             if peer == self.id:
                 continue
             pr = self.tracker.progress[peer]
             # Never tell a follower to commit beyond what it is known to match.
             commit = min(pr.match, self.log.committed)
+            fresh, pr.sent_since_heartbeat = pr.sent_since_heartbeat, False
+            if (
+                skip_fresh
+                and fresh
+                and pr.state is ProgressState.REPLICATE
+                and pr.sent_commit >= commit
+            ):
+                continue
             self.msgs.append(
                 Message(MessageType.HEARTBEAT, self.id, peer, self.term, commit=commit, index=read_round)
             )

@@ -30,6 +30,8 @@ class NodeConfig:
     heartbeat_tick: int = 1
     pre_vote: bool = True
     check_quorum: bool = True
+    skip_redundant_heartbeats: bool = True
+    """No periodic heartbeat to a follower that was just sent an AppendEntries (``raftlib.core.Config``)."""
     read_only: str = "safe"
     forward_proposals: bool = False
     """Proposals on a follower travel to the leader instead of raising NotLeader."""
@@ -119,6 +121,7 @@ class NodeConfig:
             heartbeat_tick=self.heartbeat_tick,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
+            skip_redundant_heartbeats=self.skip_redundant_heartbeats,
             read_only=self.read_only,
             forward_proposals=self.forward_proposals,
             async_storage_writes=self.async_storage_writes,
