@@ -171,6 +171,11 @@ class RaftNode:
         self._running = False
         self._failure: BaseException | None = None
         self._wake = asyncio.Event()
+        """Wakes the ready-loop task (the slow path: Readies that await; see :meth:`_kick`)."""
+        self._kick_scheduled = False
+        """A :meth:`_drain` is scheduled for this loop turn."""
+        self._loop_busy = False
+        """The ready-loop task is handling Readies (not parked on ``_wake``)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main_tasks: list[asyncio.Task[Any]] = []
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
@@ -405,7 +410,7 @@ class RaftNode:
             self._requests.add_forwarded(ctx, fut, loop.time(), deadline)
         else:
             raise self._not_leader()
-        self._wake.set()
+        self._kick()
         try:
             if swept:
                 return await fut
@@ -480,7 +485,7 @@ class RaftNode:
                         raise RequestTimeout("read_barrier", limit or 0.0) from None
                 continue
             self._requests.add_read(ctx, fut)
-            self._wake.set()
+            self._kick()
             try:
                 index, ok = await await_request(fut, remaining(), "read_barrier")
             finally:
@@ -710,7 +715,7 @@ class RaftNode:
         except (ValueError, RaftError) as exc:
             log.warning("node %s dropped message %r: %s", self.id, m, exc)
             return
-        self._wake.set()
+        self._kick()
 
     async def _ticker(self) -> None:
         interval = self.config.tick_interval
@@ -734,7 +739,8 @@ class RaftNode:
             if requests.forwarded and requests.expire_forwards(now):
                 self.metrics["proposals_failed"] = requests.failed
             requests.expire_deadlines(now, self._default_timeout)
-        self._wake.set()
+        if core.has_ready():  # most ticks of a follower change nothing: no wake-up for them
+            self._kick()
 
     def quiescable(self) -> bool:
         """Leader with nothing in flight: everything replicated, committed, applied and durable, no
@@ -746,15 +752,52 @@ class RaftNode:
             and not self._requests
             and (self._stage is None or self._stage.writes_in_flight == 0)
             and not self._wake.is_set()
+            and not self._kick_scheduled
             and core.quiescable()
         )
+
+    def _kick(self) -> None:
+        """The core may have a Ready: handle it this loop turn, without waking a task.
+
+        One :meth:`_drain` per node per loop turn, so every message and proposal of the
+        turn shares one Ready. The common Ready (asynchronous writes, no snapshot) needs no
+        await and is handled right there; any other, or a ready-loop task already at work,
+        goes to the task through ``_wake``.
+        """
+        if self._kick_scheduled or self._wake.is_set():
+            return
+        self._kick_scheduled = True
+        asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._kick_scheduled = False
+        core = self._core
+        if core is None or not self._running:
+            return
+        if self._loop_busy or not self._pipelined:
+            self._wake.set()
+            return
+        try:
+            while core.has_ready():
+                raft = core.raft
+                if raft.pending_install is not None or raft.snapshot_chunks:
+                    self._wake.set()  # a snapshot: the task's path, which awaits
+                    return
+                rd = core.ready()
+                self._handle_ready_now(rd)
+                core.advance(rd)
+                self._after_advance()
+        except BaseException as exc:  # as the ready loop: a failure stops the node
+            self._fatal(exc)
 
     async def _ready_loop(self) -> None:
         core = self._core
         assert core is not None
         try:
             while True:
+                self._loop_busy = False
                 await self._wake.wait()
+                self._loop_busy = True
                 self._wake.clear()
                 while core.has_ready():
                     rd = core.ready()
@@ -794,29 +837,27 @@ class RaftNode:
             if t is not asyncio.current_task():
                 t.cancel()
 
+    def _handle_ready_now(self, rd: Ready) -> None:
+        """A Ready without a snapshot, with asynchronous writes: nothing in it awaits."""
+        assert self._stage is not None
+        deferred = self._send_before_write(rd)
+        # Thesis §10.2.1: the write goes on while this Ready's committed entries (durable
+        # here already) are applied and the next Ready is taken; its acknowledgements
+        # leave from _on_durable.
+        self._stage.submit(rd)
+        self._finish_ready(rd, deferred)
+
     async def _handle_ready(self, rd: Ready) -> None:
         assert self._transport is not None and self._core is not None and self._stage is not None
-        requests = self._requests
-        if rd.soft_state is not None:
-            self._observe_leader(rd.soft_state.leader)
-        # Appends without entries (a leader announcing its commit index, a probe) wait until
-        # the committed entries are applied: nobody waits on them, while the callers of those
-        # entries would otherwise have their answers queued behind two socket writes.
-        now: list[Message] = []
-        deferred: list[Message] = []
-        for m in rd.messages:
-            (deferred if m.type is MessageType.APPEND and not m.entries else now).append(m)
-        self._send(now)
         snapshot = rd.snapshot is not None or bool(rd.snapshot_chunks)
         if self._pipelined and not snapshot:
-            # Thesis §10.2.1: the write goes on while this Ready's committed entries (durable
-            # here already) are applied and the next Ready is taken; its acknowledgements
-            # leave from _on_durable.
-            self._stage.submit(rd)
-        else:
-            if self._pipelined:
-                await self._stage.drain()  # a snapshot replaces the log: no write may be in flight
-            await self._stage.persist(rd, self._flush_transport)
+            self._handle_ready_now(rd)
+            return
+        requests = self._requests
+        deferred = self._send_before_write(rd)
+        if self._pipelined:
+            await self._stage.drain()  # a snapshot replaces the log: no write may be in flight
+        await self._stage.persist(rd, self._flush_transport)
         if self._observer is not None:
             for chunk in rd.snapshot_chunks:
                 self._observer.on_snapshot_received(self.id, chunk.meta.index, chunk.offset, len(chunk.data))
@@ -833,13 +874,33 @@ class RaftNode:
                 self._observer.on_snapshot_installed(self.id, rd.snapshot.index, seconds)
             self._transport.set_peers(self._peer_addresses())
             requests.covered_by_snapshot(rd.snapshot.index)
-        if self._pipelined and snapshot:
+        if self._pipelined:
             self._on_durable(rd)
             self._flush()
-        elif not self._pipelined and rd.persisted_messages:
+        elif rd.persisted_messages:
             # Acknowledgements of what was just made durable: the leader is waiting on them.
             self._send(rd.persisted_messages)
             self._flush()
+        self._finish_ready(rd, deferred)
+
+    def _send_before_write(self, rd: Ready) -> list[Message]:
+        """Observe the leader and send what may leave before the write; return the deferred rest."""
+        if rd.soft_state is not None:
+            self._observe_leader(rd.soft_state.leader)
+        # Appends without entries (a leader announcing its commit index, a probe) wait until
+        # the committed entries are applied: nobody waits on them, while the callers of those
+        # entries would otherwise have their answers queued behind two socket writes.
+        now: list[Message] = []
+        deferred: list[Message] = []
+        for m in rd.messages:
+            (deferred if m.type is MessageType.APPEND and not m.entries else now).append(m)
+        self._send(now)
+        return deferred
+
+    def _finish_ready(self, rd: Ready, deferred: list[Message]) -> None:
+        """Answer forwards, apply the committed entries, send the deferred appends, answer reads."""
+        assert self._core is not None
+        requests = self._requests
         for res in rd.proposal_results:
             requests.forward_answered(res, self._applied, self._addresses.get(res.leader or ""))
         if self._observer is not None and rd.committed_entries:
@@ -860,7 +921,7 @@ class RaftNode:
         core.persisted(rd)
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
-        self._wake.set()
+        self._kick()
 
     def _flush(self) -> None:
         if self._flush_transport is not None:
