@@ -99,6 +99,19 @@ def test_codec_refuses_unknown_versions_oversize_payloads_and_foreign_types() ->
         decode(b"\x01{not json")
 
 
+def test_codec_parses_exactly_what_the_json_parser_accepts() -> None:
+    # decode's one-value fast path must agree with the full parser: whitespace around the value
+    # is accepted, trailing data, a missing value, a truncated one and a lone surrogate are not.
+    assert decode(b'\x01 [1, {"a": []}] \n') == [1, {"a": []}]
+    assert decode(b"\x01{}") == {} and decode(b"\x01[{}]") == [{}]
+    for bad in (b"\x01[1] [2]", b"\x01[1]x", b"\x01", b"\x01 ", b"\x01[1,", b"\x01\xff"):
+        with pytest.raises(CodecError):
+            decode(bad)
+    with pytest.raises(CodecError, match="not valid Unicode"):
+        encode(["ok", "\ud800"])  # UTF-8 has no lone surrogates: refused as a codec error
+    assert encode({}) == b"\x01{}" and encode({"$x": 1}) == b'\x01{"$d":[["$x",1]]}'
+
+
 def test_recorded_errors_travel_as_their_own_class() -> None:
     err = decode(encode(LockNotHeld("nope", "k", "o", 3)))
     assert type(err) is LockNotHeld and err.details == ("k", "o", 3)
