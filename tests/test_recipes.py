@@ -421,10 +421,14 @@ def test_decorated_methods_become_commands_and_failures_are_recorded() -> None:
 async def test_calling_a_command_checks_arguments_and_needs_a_connection() -> None:
     g = ReplicatedStateMachine()
     inv = g.add(Inventory("inv"))
-    with pytest.raises(TypeError, match="ship"):
-        await inv.ship()  # type: ignore[call-arg]
-    with pytest.raises(RecipeError, match="not connected"):
-        await inv.ship("apple")
+    # Arguments are checked against the signature before anything is sent: too few, too many,
+    # an unknown keyword; then valid calls (positional or keyword) get as far as the connection.
+    for args, kwargs in (((), {}), (("apple", 1, 2), {}), (("apple",), {"m": 1}), (("apple", 1), {"n": 1})):
+        with pytest.raises(TypeError, match=r"Inventory\.ship"):
+            await inv.ship(*args, **kwargs)
+    for args, kwargs in ((("apple",), {}), (("apple", 2), {}), ((), {"item": "apple", "n": 2})):
+        with pytest.raises(RecipeError, match="not connected"):
+            await inv.ship(*args, **kwargs)
     with pytest.raises(RecipeError, match="already registered"):
         g.add(Inventory("inv"))
 
