@@ -565,6 +565,8 @@ class Session:
         self.session_id: int | None = None
         self._next_seq = 1
         self._outstanding: set[int] = set()
+        self._ack = 1
+        """The lowest sequence number still awaited: min(outstanding), or the next one if none."""
         self._slots = asyncio.Semaphore(max_outstanding)
         self._last_activity = 0.0
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -618,20 +620,28 @@ class Session:
         sid = self.session_id
         if sid is None:
             raise RuntimeError("the session is not open: await session.open() first")
-        async with self._slots:
-            seq = self._next_seq
-            self._next_seq += 1
-            self._outstanding.add(seq)
-            try:
+        slots = self._slots
+        await slots.acquire()
+        outstanding = self._outstanding
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        outstanding.add(seq)
+        try:
 
-                def entry(node: RaftNode) -> bytes:
-                    ack = min(self._outstanding)
-                    return _CMD.pack(ENVELOPE_VERSION, COMMAND, stamp_for(node), sid, seq, ack) + payload
+            def entry(node: RaftNode) -> bytes:
+                stamp = time.time() if node.is_leader else -time.time()
+                return _CMD.pack(ENVELOPE_VERSION, COMMAND, stamp, sid, seq, self._ack) + payload
 
-                return await self._submit(entry, timeout)
-            finally:
-                self._outstanding.discard(seq)
-                self._last_activity = time.monotonic()
+            return await self._submit(entry, timeout)
+        finally:
+            outstanding.discard(seq)
+            if seq == self._ack:  # the lowest awaited one is answered: find the next (amortized O(1))
+                ack, end = seq + 1, self._next_seq
+                while ack < end and ack not in outstanding:
+                    ack += 1
+                self._ack = ack
+            self._last_activity = time.monotonic()
+            slots.release()
 
     async def _submit(self, entry: Callable[[RaftNode], bytes], timeout: float | None = None) -> Any:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from typing import Any
 
 import pytest
@@ -317,6 +318,55 @@ def test_a_result_that_cannot_be_encoded_is_recorded_as_a_command_error_on_every
     assert type(first) is raftlib.CommandError and "cannot be recorded" in str(first)
     assert sm.apply(command_entry(sid, 1, 1, command.encode()), 3) == first
     b"".join(sm.snapshot().chunks())  # and the table still encodes
+
+
+class HeldNode:
+    """A stand-in RaftNode whose proposals are answered only when the test says so."""
+
+    id = "held"
+    running = True
+    is_leader = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []  # (seq, ack) of each command entry
+        self.answers: dict[int, asyncio.Future[Any]] = {}
+
+    async def propose(self, command: bytes, timeout: float | None = None) -> Any:
+        if command[1] == 1:  # REGISTER
+            return 1
+        seq, ack = struct.unpack_from("<QQ", command, 18)
+        self.sent.append((seq, ack))
+        fut = self.answers[seq] = asyncio.get_running_loop().create_future()
+        return await fut
+
+
+async def test_each_command_acknowledges_below_the_lowest_call_still_awaited() -> None:
+    # Thesis §6.3: a command carries the lowest sequence number its client still awaits, so the
+    # state machine may discard the results below it -- never one a pending call may still need.
+    node = HeldNode()
+    session = Session(node, keepalive=None)  # type: ignore[arg-type]
+    await session.open()
+    calls = [asyncio.create_task(session.call(b"x")) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert node.sent == [(1, 1), (2, 1), (3, 1)]
+    node.answers[2].set_result("two")  # answered out of order: 1 is still awaited
+    assert await calls[1] == "two"
+    calls.append(asyncio.create_task(session.call(b"x")))
+    await asyncio.sleep(0)
+    assert node.sent[-1] == (4, 1)
+    node.answers[1].set_result("one")
+    assert await calls[0] == "one"
+    calls.append(asyncio.create_task(session.call(b"x")))
+    await asyncio.sleep(0)
+    assert node.sent[-1] == (5, 3)  # 1 and 2 answered: 3 is the lowest awaited
+    for seq in (3, 4, 5):
+        node.answers[seq].set_result(seq)
+    assert await asyncio.gather(*calls[2:]) == [3, 4, 5]
+    calls.append(asyncio.create_task(session.call(b"x")))
+    await asyncio.sleep(0)
+    assert node.sent[-1] == (6, 6)  # nothing else awaited
+    node.answers[6].set_result(None)
+    await calls[-1]
 
 
 # -- a three-node cluster -----------------------------------------------------------------------------
