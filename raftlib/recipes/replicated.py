@@ -94,6 +94,8 @@ class ReplicatedCommand(Generic[S, P, R]):
 
         propose.__name__ = name
         propose.__doc__ = self.__doc__
+        # Made once per instance: it shadows this (non-data) descriptor from now on.
+        obj.__dict__[name] = propose
         return propose
 
     def apply(self, obj: S, args: list[Any], kwargs: dict[str, Any]) -> R:
@@ -165,8 +167,13 @@ class Replicated:
         """The log index of the entry being applied: unique and increasing, a good id or token."""
         return self.group.index
 
-    async def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await self.group.call(self.name, method, args, kwargs)
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """Encode and send ``self.method(*args, **kwargs)``; returns the awaitable of its result.
+
+        Not a coroutine, so a subclass's checks and the encoding add no coroutine per call; the
+        proposer awaits it, so what they raise still reaches the caller at its ``await``.
+        """
+        return self.group._send(self.name, method, args, kwargs)
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Linearizable read point: afterwards local reads see every write acknowledged before."""
