@@ -234,6 +234,11 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BYTES) -> 
             raw = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise CodecError(f"not a valid encoding: {exc}") from exc
+    if "{" not in text.replace("{}", "") and text.count("[") + text.count("{") <= MAX_DEPTH:
+        # No '{' opens a non-empty object, so there is no tag to undo, and there are too few
+        # containers to nest too deep: _untag would return an equal copy. (A brace or bracket
+        # inside a str only sends the text the long way.) Recipe commands take this path.
+        return raw
     return _untag(raw, 0)
 
 

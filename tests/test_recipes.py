@@ -110,6 +110,16 @@ def test_codec_parses_exactly_what_the_json_parser_accepts() -> None:
     with pytest.raises(CodecError, match="not valid Unicode"):
         encode(["ok", "\ud800"])  # UTF-8 has no lone surrogates: refused as a codec error
     assert encode({}) == b"\x01{}" and encode({"$x": 1}) == b'\x01{"$d":[["$x",1]]}'
+    # Tags and the depth bound are honoured however the text is written, and the untagged
+    # fast path (no non-empty object) gives the same values as the full walk.
+    assert decode(b'\x01{"\\u0024b":"AAE="}') == b"\x00\x01"
+    assert decode(b'\x01 {"$t":[1]}') == (1,)
+    assert decode(b'\x01["{\\"$t\\":[1]}",{},[]]') == ['{"$t":[1]}', {}, []]
+    deep = b"\x01" + b"[" * 33 + b"]" * 33
+    with pytest.raises(CodecError, match="deeper"):
+        decode(deep)
+    assert decode(b"\x01" + b"[" * 32 + b"]" * 32) == list(
+        itertools.accumulate(range(31), lambda acc, _: [acc], initial=[]))[-1]
 
 
 def test_recorded_errors_travel_as_their_own_class() -> None:
