@@ -321,6 +321,28 @@ def test_lease_deadlines_are_local_and_the_leader_proposes_expiry_when_due(
     assert locks.due_commands() == [("expire", ["k", token, 0])]
 
 
+def test_the_deadline_heap_of_a_member_that_never_leads_stays_bounded_and_still_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A follower applies every grant and refresh but never pops its heap (only the leader's
+    # due_commands does): stale entries are dropped, the live leases keep their deadlines.
+    import raftlib.recipes.lock as lock_module
+
+    now = [100.0]
+    monkeypatch.setattr(lock_module.time, "monotonic", lambda: now[0])
+    g, drive = fresh()
+    locks = g.objects["l"]
+    assert isinstance(locks, Locks)
+    kept = drive("l", "try_acquire", "kept", "carol", 2.0)
+    for _ in range(2000):
+        token = drive("l", "try_acquire", "k", "alice", 30.0)
+        drive("l", "refresh", "k", "alice", token)
+        drive("l", "release", "k", "alice", token)
+    assert len(locks._heap) <= 2 * len(locks.held()) + 64
+    now[0] = 102.5  # the one lease still held is due, whatever was dropped
+    assert locks.due_commands() == [("expire", ["kept", kept, 0])]
+
+
 def test_every_object_round_trips_through_a_snapshot() -> None:
     g, drive = fresh()
     drive("d", "update", {"a": 1, (1, 2): b"x", "nested": {"k": [1, 2.5, None]}})
