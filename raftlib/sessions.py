@@ -37,6 +37,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import struct
 import time
 from collections import OrderedDict
@@ -113,6 +114,34 @@ class SessionCallTimeout(TimeoutError):
         super().__init__(f"no answer after {attempts} attempt(s); last error: {last_error!r}")
 
 
+_MISSING = object()
+
+
+def _plain(result: Any) -> bool:
+    """Whether a session records ``result`` as it is rather than encoded: None, a bool, an int of
+    at most 1,000 bits, a finite float or an ASCII str -- immutable values that surely encode
+    (a huge int exceeds Python's int-to-str limit, a lone surrogate is not UTF-8, NaN is refused).
+    A snapshot writes the encoding either way (:func:`_encoded`)."""
+    t = type(result)
+    if result is None or t is bool:
+        return True
+    if t is int:
+        return bool(result.bit_length() <= 1000)
+    if t is str:
+        return bool(result.isascii())
+    return t is float and math.isfinite(result)
+
+
+def _recorded(entry: Any) -> Any:
+    """The result a recorded entry stands for (a duplicate's answer)."""
+    return decode(entry, _SNAP_TABLE_MAX) if type(entry) is bytes else entry
+
+
+def _encoded(entry: Any) -> bytes:
+    """A recorded entry as it is written to a snapshot: always the result's encoding."""
+    return entry if type(entry) is bytes else encode(entry, _SNAP_TABLE_MAX)
+
+
 class _Record:
     """One session's server-side state."""
 
@@ -122,7 +151,9 @@ class _Record:
         self.last_active = last_active
         self.watermark = 1
         """Every sequence number below this was acknowledged: its result is discarded."""
-        self.responses: dict[int, bytes] = {}
+        self.responses: dict[int, Any] = {}
+        """Recorded results by sequence number: the result itself when :func:`_plain`, else its
+        encoding (``bytes``)."""
 
 
 def stamp_for(node: RaftNode) -> float:
@@ -310,15 +341,18 @@ class SessionStateMachine(StateMachine):
             return SessionStale(
                 f"session {sid}: sequence {seq} is below the acknowledged {rec.watermark}", sid, seq
             )
-        cached = responses.get(seq)
-        if cached is not None:
-            return decode(cached, _SNAP_TABLE_MAX)
+        cached = responses.get(seq, _MISSING)
+        if cached is not _MISSING:
+            return _recorded(cached)
         if len(responses) >= self.max_responses:
             return TooManyPendingResponses(
                 f"session {sid} holds {len(responses)} unacknowledged results (limit {self.max_responses})",
                 self.max_responses,
             )
         result = self.apply_payload(payload, index)
+        if _plain(result):
+            responses[seq] = result  # immutable: a duplicate gets this very value
+            return result
         try:
             responses[seq] = encode(result, _SNAP_TABLE_MAX)
         except CodecError as exc:
@@ -340,7 +374,7 @@ class SessionStateMachine(StateMachine):
         sessions = [
             [sid, rec.last_active, rec.watermark, list(rec.responses.items())]
             for sid, rec in self._sessions.items()
-        ]
+        ]  # results recorded unencoded are encoded in the snapshot thread (_SessionSnapshot)
         return _SessionSnapshot({"time": self._log_time, "sessions": sessions}, self.capture_inner())
 
     def capture_inner(self) -> bytes | SnapshotWriter:
@@ -382,6 +416,8 @@ class _SessionSnapshot(SnapshotWriter):
         self.inner = inner
 
     def chunks(self) -> Iterator[bytes]:
+        for entry in self.table["sessions"]:
+            entry[3] = [(seq, _encoded(result)) for seq, result in entry[3]]
         table = encode(self.table, _SNAP_TABLE_MAX)
         yield _SNAP_HEAD.pack(_SNAP_MAGIC, len(table)) + table
         if isinstance(self.inner, SnapshotWriter):
@@ -529,6 +565,8 @@ class Session:
         self.session_id: int | None = None
         self._next_seq = 1
         self._outstanding: set[int] = set()
+        self._ack = 1
+        """The lowest sequence number still awaited: min(outstanding), or the next one if none."""
         self._slots = asyncio.Semaphore(max_outstanding)
         self._last_activity = 0.0
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -582,20 +620,28 @@ class Session:
         sid = self.session_id
         if sid is None:
             raise RuntimeError("the session is not open: await session.open() first")
-        async with self._slots:
-            seq = self._next_seq
-            self._next_seq += 1
-            self._outstanding.add(seq)
-            try:
+        slots = self._slots
+        await slots.acquire()
+        outstanding = self._outstanding
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        outstanding.add(seq)
+        try:
 
-                def entry(node: RaftNode) -> bytes:
-                    ack = min(self._outstanding)
-                    return _CMD.pack(ENVELOPE_VERSION, COMMAND, stamp_for(node), sid, seq, ack) + payload
+            def entry(node: RaftNode) -> bytes:
+                stamp = time.time() if node.is_leader else -time.time()
+                return _CMD.pack(ENVELOPE_VERSION, COMMAND, stamp, sid, seq, self._ack) + payload
 
-                return await self._submit(entry, timeout)
-            finally:
-                self._outstanding.discard(seq)
-                self._last_activity = time.monotonic()
+            return await self._submit(entry, timeout)
+        finally:
+            outstanding.discard(seq)
+            if seq == self._ack:  # the lowest awaited one is answered: find the next (amortized O(1))
+                ack, end = seq + 1, self._next_seq
+                while ack < end and ack not in outstanding:
+                    ack += 1
+                self._ack = ack
+            self._last_activity = time.monotonic()
+            slots.release()
 
     async def _submit(self, entry: Callable[[RaftNode], bytes], timeout: float | None = None) -> Any:
         loop = asyncio.get_running_loop()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import json
+import json.encoder
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from raftlib.errors import RaftError
@@ -42,6 +44,24 @@ def _reject_constant(name: str) -> Any:
 # One encoder and decoder for every call: json.dumps/loads with options build new ones each time.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _make_iterencode() -> Callable[[Any, int], Any] | None:
+    # JSONEncoder.encode builds a new C encoder on every call; build it once. No circular-reference
+    # markers: _tag builds fresh containers and refuses nesting beyond MAX_DEPTH, so there are none.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator: JSONEncoder.encode's pure-Python path
+        return None
+    e = _ENCODER
+    iterencode: Callable[[Any, int], Any] = make(
+        None, e.default, json.encoder.encode_basestring, e.indent, e.key_separator, e.item_separator,
+        e.sort_keys, e.skipkeys, e.allow_nan,
+    )
+    return iterencode
+
+
+_ITERENCODE = _make_iterencode()
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 class CodecError(RaftError, ValueError):
@@ -121,6 +141,8 @@ def _tag(v: Any, depth: int) -> Any:
     if t is list:
         return [x if type(x) in _SCALARS else _tag(x, d) for x in v]
     if t is dict:
+        if not v:
+            return {}
         if all(type(k) is str and not k.startswith("$") for k in v):
             return {k: _tag(x, d) for k, x in v.items()}
         return {"$d": [[_tag(k, d), _tag(x, d)] for k, x in v.items()]}
@@ -149,6 +171,8 @@ def _untag(v: Any, depth: int) -> Any:
         return [x if type(x) in _SCALARS else _untag(x, d) for x in v]
     if t is not dict:
         raise CodecError(f"unexpected JSON value of type {t.__name__}")
+    if not v:
+        return {}
     if len(v) != 1 or not next(iter(v)).startswith("$"):
         return {k: _untag(x, d) for k, x in v.items()}
     (tag, body), = v.items()
@@ -178,10 +202,12 @@ def encode(value: Any, max_bytes: int = MAX_BYTES) -> bytes:
     """Encode ``value``; raises :class:`CodecError` or :class:`PayloadTooLarge`."""
     tagged = _tag(value, 0)
     try:
-        text = _ENCODER.encode(tagged)
-    except ValueError as exc:  # NaN or an infinity
-        raise CodecError(f"cannot encode a non-finite float: {exc}") from exc
-    data = _VERSION_BYTE + text.encode()
+        text = "".join(_ITERENCODE(tagged, 0)) if _ITERENCODE is not None else _ENCODER.encode(tagged)
+        data = _VERSION_BYTE + text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, so not JSON text
+        raise CodecError(f"cannot encode a str that is not valid Unicode: {exc}") from exc
+    except ValueError as exc:  # NaN, an infinity, an int beyond the int-to-str limit
+        raise CodecError(f"cannot encode the value: {exc}") from exc
     if len(data) > max_bytes:
         raise PayloadTooLarge(len(data), max_bytes)
     return data
@@ -199,9 +225,20 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = MAX_BYTES) -> 
     if data[0] != VERSION:
         raise UnsupportedVersion(data[0])
     try:
-        raw = _DECODER.decode(bytes(data[1:]).decode("utf-8"))
+        text = bytes(data[1:]).decode("utf-8")
+        try:  # what encode writes: one value, no whitespace around it
+            raw, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # whitespace, trailing data or no value: the full parser decides
+            raw = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise CodecError(f"not a valid encoding: {exc}") from exc
+    if "{" not in text.replace("{}", "") and text.count("[") + text.count("{") <= MAX_DEPTH:
+        # No '{' opens a non-empty object, so there is no tag to undo, and there are too few
+        # containers to nest too deep: _untag would return an equal copy. (A brace or bracket
+        # inside a str only sends the text the long way.) Recipe commands take this path.
+        return raw
     return _untag(raw, 0)
 
 

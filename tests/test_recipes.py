@@ -99,6 +99,29 @@ def test_codec_refuses_unknown_versions_oversize_payloads_and_foreign_types() ->
         decode(b"\x01{not json")
 
 
+def test_codec_parses_exactly_what_the_json_parser_accepts() -> None:
+    # decode's one-value fast path must agree with the full parser: whitespace around the value
+    # is accepted, trailing data, a missing value, a truncated one and a lone surrogate are not.
+    assert decode(b'\x01 [1, {"a": []}] \n') == [1, {"a": []}]
+    assert decode(b"\x01{}") == {} and decode(b"\x01[{}]") == [{}]
+    for bad in (b"\x01[1] [2]", b"\x01[1]x", b"\x01", b"\x01 ", b"\x01[1,", b"\x01\xff"):
+        with pytest.raises(CodecError):
+            decode(bad)
+    with pytest.raises(CodecError, match="not valid Unicode"):
+        encode(["ok", "\ud800"])  # UTF-8 has no lone surrogates: refused as a codec error
+    assert encode({}) == b"\x01{}" and encode({"$x": 1}) == b'\x01{"$d":[["$x",1]]}'
+    # Tags and the depth bound are honoured however the text is written, and the untagged
+    # fast path (no non-empty object) gives the same values as the full walk.
+    assert decode(b'\x01{"\\u0024b":"AAE="}') == b"\x00\x01"
+    assert decode(b'\x01 {"$t":[1]}') == (1,)
+    assert decode(b'\x01["{\\"$t\\":[1]}",{},[]]') == ['{"$t":[1]}', {}, []]
+    deep = b"\x01" + b"[" * 33 + b"]" * 33
+    with pytest.raises(CodecError, match="deeper"):
+        decode(deep)
+    assert decode(b"\x01" + b"[" * 32 + b"]" * 32) == list(
+        itertools.accumulate(range(31), lambda acc, _: [acc], initial=[]))[-1]
+
+
 def test_recorded_errors_travel_as_their_own_class() -> None:
     err = decode(encode(LockNotHeld("nope", "k", "o", 3)))
     assert type(err) is LockNotHeld and err.details == ("k", "o", 3)
@@ -298,6 +321,28 @@ def test_lease_deadlines_are_local_and_the_leader_proposes_expiry_when_due(
     assert locks.due_commands() == [("expire", ["k", token, 0])]
 
 
+def test_the_deadline_heap_of_a_member_that_never_leads_stays_bounded_and_still_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A follower applies every grant and refresh but never pops its heap (only the leader's
+    # due_commands does): stale entries are dropped, the live leases keep their deadlines.
+    import raftlib.recipes.lock as lock_module
+
+    now = [100.0]
+    monkeypatch.setattr(lock_module.time, "monotonic", lambda: now[0])
+    g, drive = fresh()
+    locks = g.objects["l"]
+    assert isinstance(locks, Locks)
+    kept = drive("l", "try_acquire", "kept", "carol", 2.0)
+    for _ in range(2000):
+        token = drive("l", "try_acquire", "k", "alice", 30.0)
+        drive("l", "refresh", "k", "alice", token)
+        drive("l", "release", "k", "alice", token)
+    assert len(locks._heap) <= 2 * len(locks.held()) + 64
+    now[0] = 102.5  # the one lease still held is due, whatever was dropped
+    assert locks.due_commands() == [("expire", ["kept", kept, 0])]
+
+
 def test_every_object_round_trips_through_a_snapshot() -> None:
     g, drive = fresh()
     drive("d", "update", {"a": 1, (1, 2): b"x", "nested": {"k": [1, 2.5, None]}})
@@ -408,10 +453,14 @@ def test_decorated_methods_become_commands_and_failures_are_recorded() -> None:
 async def test_calling_a_command_checks_arguments_and_needs_a_connection() -> None:
     g = ReplicatedStateMachine()
     inv = g.add(Inventory("inv"))
-    with pytest.raises(TypeError, match="ship"):
-        await inv.ship()  # type: ignore[call-arg]
-    with pytest.raises(RecipeError, match="not connected"):
-        await inv.ship("apple")
+    # Arguments are checked against the signature before anything is sent: too few, too many,
+    # an unknown keyword; then valid calls (positional or keyword) get as far as the connection.
+    for args, kwargs in (((), {}), (("apple", 1, 2), {}), (("apple",), {"m": 1}), (("apple", 1), {"n": 1})):
+        with pytest.raises(TypeError, match=r"Inventory\.ship"):
+            await inv.ship(*args, **kwargs)
+    for args, kwargs in ((("apple",), {}), (("apple", 2), {}), ((), {"item": "apple", "n": 2})):
+        with pytest.raises(RecipeError, match="not connected"):
+            await inv.ship(*args, **kwargs)
     with pytest.raises(RecipeError, match="already registered"):
         g.add(Inventory("inv"))
 

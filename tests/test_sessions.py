@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from test_node import FAST
 
 import raftlib
-from raftlib import NodeConfig, RaftNode, StateMachine
+from raftlib import NodeConfig, RaftNode, StateMachine, valuecodec
 from raftlib.sessions import (
     InvalidCommand,
     LogClock,
@@ -255,6 +256,117 @@ def test_the_session_table_survives_a_snapshot_round_trip() -> None:
     assert twin.inner.items == ["a", "b"]  # type: ignore[union-attr]
     assert twin.apply(command_entry(sid, 2, 1, b"b"), 4) == 2  # duplicate after restore
     assert twin.inner.items == ["a", "b"]  # type: ignore[union-attr]
+
+
+class Returns(StateMachine):
+    """Returns the value its command names (a JSON text), to check how results are recorded."""
+
+    def apply(self, command: bytes, index: int) -> Any:
+        named = {"nan": float("nan"), "huge": 10**5000, "surrogate": "\ud800", "bytes": b"\x00\xff",
+                 "list": [1, "x"]}
+        text = command.decode()
+        return named[text] if text in named else json.loads(text)
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, data: bytes) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [("null", None), ("true", True), ("42", 42), ("1.5", 1.5), ('"ascii"', "ascii"),
+     ('"\u00e9t\u00e9"', "été"), ("bytes", b"\x00\xff"), ("list", [1, "x"])],
+)
+def test_a_duplicate_gets_the_recorded_result_of_any_type_and_so_does_a_restored_member(
+    command: str, expected: Any
+) -> None:
+    # Immutable scalars are recorded as they are, other results encoded: either way a duplicate,
+    # before or after a snapshot round trip, is answered with an equal value of the same type.
+    sm = SessionStateMachine(Returns())
+    sid = sm.apply(register_entry(T0), 1)
+    first = sm.apply(command_entry(sid, 1, 1, command.encode()), 2)
+    assert first == expected and type(first) is type(expected)
+    again = sm.apply(command_entry(sid, 1, 1, command.encode()), 3)
+    assert again == expected and type(again) is type(expected)
+    twin = SessionStateMachine(Returns())
+    twin.restore(b"".join(sm.snapshot().chunks()))
+    restored = twin.apply(command_entry(sid, 1, 1, command.encode()), 4)
+    assert restored == expected and type(restored) is type(expected)
+
+
+def test_a_snapshot_writes_every_recorded_result_encoded_as_before() -> None:
+    # The snapshot format is unchanged by recording scalars unencoded: each result is its encoding.
+    sm = SessionStateMachine(Returns())
+    sid = sm.apply(register_entry(T0), 1)
+    for seq, text in enumerate(["null", "7", '"s"', "list"], start=1):
+        sm.apply(command_entry(sid, seq, 1, text.encode()), 1 + seq)
+    data = b"".join(sm.snapshot().chunks())
+    size = int.from_bytes(data[4:12], "little")
+    table = valuecodec.decode(data[12 : 12 + size], 1 << 40)
+    (_, _, _, responses), = table["sessions"]
+    assert responses == [(1, valuecodec.encode(None)), (2, valuecodec.encode(7)), (3, valuecodec.encode("s")),
+                         (4, valuecodec.encode([1, "x"]))]
+
+
+@pytest.mark.parametrize("command", ["nan", "huge", "surrogate"])
+def test_a_result_that_cannot_be_encoded_is_recorded_as_a_command_error_on_every_member(command: str) -> None:
+    sm = SessionStateMachine(Returns())
+    sid = sm.apply(register_entry(T0), 1)
+    first = sm.apply(command_entry(sid, 1, 1, command.encode()), 2)
+    assert type(first) is raftlib.CommandError and "cannot be recorded" in str(first)
+    assert sm.apply(command_entry(sid, 1, 1, command.encode()), 3) == first
+    b"".join(sm.snapshot().chunks())  # and the table still encodes
+
+
+class HeldNode:
+    """A stand-in RaftNode whose proposals are answered only when the test says so."""
+
+    id = "held"
+    running = True
+    is_leader = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []  # (seq, ack) of each command entry
+        self.answers: dict[int, asyncio.Future[Any]] = {}
+
+    async def propose(self, command: bytes, timeout: float | None = None) -> Any:
+        if command[1] == 1:  # REGISTER
+            return 1
+        seq, ack = struct.unpack_from("<QQ", command, 18)
+        self.sent.append((seq, ack))
+        fut = self.answers[seq] = asyncio.get_running_loop().create_future()
+        return await fut
+
+
+async def test_each_command_acknowledges_below_the_lowest_call_still_awaited() -> None:
+    # Thesis §6.3: a command carries the lowest sequence number its client still awaits, so the
+    # state machine may discard the results below it -- never one a pending call may still need.
+    node = HeldNode()
+    session = Session(node, keepalive=None)  # type: ignore[arg-type]
+    await session.open()
+    calls = [asyncio.create_task(session.call(b"x")) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert node.sent == [(1, 1), (2, 1), (3, 1)]
+    node.answers[2].set_result("two")  # answered out of order: 1 is still awaited
+    assert await calls[1] == "two"
+    calls.append(asyncio.create_task(session.call(b"x")))
+    await asyncio.sleep(0)
+    assert node.sent[-1] == (4, 1)
+    node.answers[1].set_result("one")
+    assert await calls[0] == "one"
+    calls.append(asyncio.create_task(session.call(b"x")))
+    await asyncio.sleep(0)
+    assert node.sent[-1] == (5, 3)  # 1 and 2 answered: 3 is the lowest awaited
+    for seq in (3, 4, 5):
+        node.answers[seq].set_result(seq)
+    assert await asyncio.gather(*calls[2:]) == [3, 4, 5]
+    calls.append(asyncio.create_task(session.call(b"x")))
+    await asyncio.sleep(0)
+    assert node.sent[-1] == (6, 6)  # nothing else awaited
+    node.answers[6].set_result(None)
+    await calls[-1]
 
 
 # -- a three-node cluster -----------------------------------------------------------------------------

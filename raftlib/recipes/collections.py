@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Awaitable, Hashable, Iterator
 from typing import Any
 
 from raftlib.recipes.replicated import Replicated, replicated
@@ -126,7 +126,7 @@ class ReplDict(Replicated):
         self._data.clear()
         return n
 
-    async def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
         if method in ("put", "delete", "cas", "put_if_absent") and args:
             _check_key(args[0])
         elif method == "update" and args:
@@ -134,7 +134,7 @@ class ReplDict(Replicated):
                 raise TypeError("update() takes a dict")
             for key in args[0]:
                 _check_key(key)
-        return await super()._submit(method, args, kwargs)
+        return super()._submit(method, args, kwargs)
 
     # snapshots: a shallow copy on the loop, encoded in batches in the snapshot thread
     def capture(self) -> Any:
@@ -244,10 +244,10 @@ class ReplSet(Replicated):
         self._items.clear()
         return n
 
-    async def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
         if method in ("add", "discard") and args:
             _check_key(args[0])
-        return await super()._submit(method, args, kwargs)
+        return super()._submit(method, args, kwargs)
 
     def capture(self) -> Any:
         return list(self._items)

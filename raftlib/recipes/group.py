@@ -19,7 +19,7 @@ import asyncio
 import io
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any, BinaryIO, TypeVar
 
 from raftlib.errors import NodeStopped, NotLeader, ProposalDropped
@@ -237,8 +237,14 @@ class ReplicatedStateMachine(SessionStateMachine):
         self, name: str, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]
     ) -> Any:
         """Apply ``name.method(*args, **kwargs)`` exactly once; returns its result."""
+        return await self._send(name, method, args, kwargs)
+
+    def _send(
+        self, name: str, method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """Encode the command and return the session call that applies it (to be awaited)."""
         payload = encode([name, method, list(args), dict(kwargs)], self.max_command_bytes)
-        return await self.session.call(payload)
+        return self.session.call(payload)
 
     async def propose_idempotent(self, name: str, method: str, args: list[Any]) -> Any:
         """Propose a command without a session (no deduplication: it must be idempotent)."""

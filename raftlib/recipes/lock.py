@@ -142,7 +142,16 @@ class Locks(Replicated):
     def _set_deadline(self, key: str, holder: LockHolder, at_least: float = 0.0) -> None:
         deadline = max(time.monotonic() + holder.ttl, at_least)
         self._deadlines[key] = deadline
-        heapq.heappush(self._heap, (deadline, key, holder.token, holder.epoch))
+        heap = self._heap
+        heapq.heappush(heap, (deadline, key, holder.token, holder.epoch))
+        if len(heap) > 2 * len(self._held) + 64:
+            # Entries of released or refreshed leases leave the heap only when the leader's
+            # due_commands pops them, and never on a follower: rebuild it from the held locks
+            # (amortized O(1) per push), so it stays within twice their number.
+            deadlines = self._deadlines
+            heap = [(deadlines[k], k, h.token, h.epoch) for k, h in self._held.items() if k in deadlines]
+            heapq.heapify(heap)
+            self._heap = heap
 
     @replicated
     def try_acquire(self, key: str, owner: str, ttl: float = 10.0) -> int | None:

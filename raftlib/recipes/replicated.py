@@ -60,6 +60,12 @@ class ReplicatedCommand(Generic[S, P, R]):
         self.signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+        # Positional calls of a plain signature are checked by counting (inspect's bind costs
+        # microseconds per call); anything else -- keywords, *args, keyword-only -- by bind.
+        params = list(self.signature.parameters.values())[1:]
+        plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+        self._max_positional = len(params) if plain else -1
+        self._min_positional = sum(p.default is inspect.Parameter.empty for p in params) if plain else 0
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -74,17 +80,22 @@ class ReplicatedCommand(Generic[S, P, R]):
         if obj is None:
             return self
         command = self
+        name = self.name
+        low, high = self._min_positional, self._max_positional
 
         async def propose(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                command.signature.bind(obj, *args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{type(obj).__name__}.{command.name}: {exc}") from None
-            result: R = await obj._submit(command.name, args, kwargs)
+            if kwargs or not low <= len(args) <= high:
+                try:
+                    command.signature.bind(obj, *args, **kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"{type(obj).__name__}.{name}: {exc}") from None
+            result: R = await obj._submit(name, args, kwargs)
             return result
 
-        propose.__name__ = self.name
+        propose.__name__ = name
         propose.__doc__ = self.__doc__
+        # Made once per instance: it shadows this (non-data) descriptor from now on.
+        obj.__dict__[name] = propose
         return propose
 
     def apply(self, obj: S, args: list[Any], kwargs: dict[str, Any]) -> R:
@@ -156,8 +167,13 @@ class Replicated:
         """The log index of the entry being applied: unique and increasing, a good id or token."""
         return self.group.index
 
-    async def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await self.group.call(self.name, method, args, kwargs)
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        """Encode and send ``self.method(*args, **kwargs)``; returns the awaitable of its result.
+
+        Not a coroutine, so a subclass's checks and the encoding add no coroutine per call; the
+        proposer awaits it, so what they raise still reaches the caller at its ``await``.
+        """
+        return self.group._send(self.name, method, args, kwargs)
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Linearizable read point: afterwards local reads see every write acknowledged before."""
