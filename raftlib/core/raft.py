@@ -1190,10 +1190,27 @@ class Raft:
         leader already holds ``max_uncommitted_bytes`` of uncommitted entries,
         ProposalDropped("transfer_pending") while leadership is being transferred.
         """
-        return self.propose_batch([data], entry_type)[0]
+        # The per-proposal hot path: one entry, built once, already stamped (no batch lists).
+        self._admit(len(data), 1, entry_type)
+        index = self.log.last_index() + 1
+        term = self.term
+        self.log.append([Entry(index, term, data, entry_type)])
+        self._broadcast_pending = True
+        return index, term
 
     def propose_batch(self, datas: list[bytes], entry_type: int = 0) -> list[tuple[int, int]]:
         """Append several commands at once; they share AppendEntries and one persist."""
+        self._admit(sum(map(len, datas)), len(datas), entry_type)
+        if not datas:
+            return []
+        first = self.log.last_index() + 1
+        term = self.term
+        self.log.append([Entry(first + i, term, d, entry_type) for i, d in enumerate(datas)])
+        self._broadcast_pending = True
+        return [(first + i, term) for i in range(len(datas))]
+
+    def _admit(self, nbytes: int, count: int, entry_type: int) -> None:
+        """Raise unless the leader may take ``count`` new entries of ``nbytes`` bytes of data."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.lead)
         if self.lead_transferee is not None:
@@ -1201,20 +1218,12 @@ class Raft:
             raise ProposalDropped("transfer_pending", f"leadership is moving to {self.lead_transferee}")
         if entry_type == ENTRY_CONF_CHANGE:
             raise ValueError("use propose_conf_change for configuration changes")
-        if not datas:
-            return []
         limit = self.config.max_uncommitted_bytes
-        if limit:
+        if limit and count:
             pending = self.log.uncommitted_bytes()
             # An idle leader always takes one batch, however large, so progress is possible.
-            if pending and pending + sum(map(len, datas)) + ENTRY_OVERHEAD * len(datas) > limit:
+            if pending and pending + nbytes + ENTRY_OVERHEAD * count > limit:
                 raise UncommittedLimitExceeded(limit, pending)
-        # The per-proposal hot path: build each entry once, already stamped.
-        first = self.log.last_index() + 1
-        term = self.term
-        self.log.append([Entry(first + i, term, d, entry_type) for i, d in enumerate(datas)])
-        self._broadcast_pending = True
-        return [(first + i, term) for i in range(len(datas))]
 
     def propose_with_context(self, data: bytes, ctx: bytes) -> None:
         """Propose from any node; the outcome comes back as a ProposalResult with ``ctx``.

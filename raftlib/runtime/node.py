@@ -966,25 +966,36 @@ class RaftNode:
 
     def _apply(self, entries: list[Entry]) -> None:
         """§5.3: apply committed entries in log order, once each, and answer their proposers."""
+        if not entries:
+            return
         requests = self._requests
         by_index = requests.by_index
-        for e in entries:
-            result: Any = None
-            if e.type == ENTRY_CONF_CHANGE:
-                self._apply_addresses(e)
-            elif e.type == ENTRY_NORMAL and e.data:
-                try:
-                    result = self._sm.apply(e.data, e.index)
-                except Exception as exc:
-                    raise StateMachineError(e.index, exc) from exc
-                self.metrics["proposals_applied"] += 1
-            self._applied = e.index
-            if by_index and requests.applied(e, result):
-                self.metrics["proposals_committed"] += 1
-        if entries:
-            requests.waiters.release(self._applied)
-            if self._observer is not None:
-                self._observer.on_apply(self.id, self._applied, len(entries))
+        apply = self._sm.apply
+        applied = committed = 0
+        try:
+            for e in entries:
+                result: Any = None
+                etype = e.type
+                if etype == ENTRY_NORMAL:
+                    data = e.data
+                    if data:
+                        try:
+                            result = apply(data, e.index)
+                        except Exception as exc:
+                            raise StateMachineError(e.index, exc) from exc
+                        applied += 1
+                elif etype == ENTRY_CONF_CHANGE:
+                    self._apply_addresses(e)
+                self._applied = e.index
+                if by_index and requests.applied(e, result):
+                    committed += 1
+        finally:
+            metrics = self.metrics
+            metrics["proposals_applied"] += applied
+            metrics["proposals_committed"] += committed
+        requests.waiters.release(self._applied)
+        if self._observer is not None:
+            self._observer.on_apply(self.id, self._applied, len(entries))
 
     def _apply_addresses(self, e: Entry) -> None:
         try:
