@@ -1214,6 +1214,9 @@ cdef object _encode_fast(object msg):
     entries = msg.entries
     if type(entries) is not list:
         return None
+    # A snapshot of the list: nothing can change it between the sizing and the writing passes
+    # (an allocation may run arbitrary finalizers).
+    cdef tuple ents = tuple(<list>entries)
     for f in (_flag(msg.reject, F_REJECT), _flag(msg.done, F_DONE), _flag(msg.force, F_FORCE),
               _flag(msg.quiet, F_QUIET)):
         if f < 0:
@@ -1223,7 +1226,7 @@ cdef object _encode_fast(object msg):
             and _nonneg_i64(msg.index, &index) and _nonneg_i64(msg.commit, &commit)
             and _nonneg_i64(msg.reject_hint, &reject_hint) and _nonneg_i64(msg.offset, &offset)):
         return None
-    n = len(<list>entries)
+    n = len(ents)
     if PyBytes_GET_SIZE(data) > C_MAX_U32 or PyBytes_GET_SIZE(context) > C_MAX_U32 or n > C_MAX_U32:
         return None
     body = FIXED_SIZE + frm_len + to_len + PyBytes_GET_SIZE(data) + PyBytes_GET_SIZE(context)
@@ -1245,7 +1248,7 @@ cdef object _encode_fast(object msg):
         if voters is None or outgoing is None or learners is None or promoting is None:
             return None
     body += n * ENTRY_HEADER_SIZE
-    for item in <list>entries:
+    for item in ents:
         if type(item) is not Entry:
             return None
         ln = PyBytes_GET_SIZE((<Entry>item).data)
@@ -1293,14 +1296,14 @@ cdef object _encode_fast(object msg):
         w = _write_ids(w, learners)
         w = _write_ids(w, promoting)
     for i in range(n):
-        e = <Entry>(<list>entries)[i]
+        e = <Entry>ents[i]
         _wr64(w, e.index)
         _wr64(w + 8, e.term)
         w[16] = <unsigned char>e.type
         _wr32(w + 17, <uint64_t>PyBytes_GET_SIZE(e.data))
         w += ENTRY_HEADER_SIZE
     for i in range(n):
-        e = <Entry>(<list>entries)[i]
+        e = <Entry>ents[i]
         ln = PyBytes_GET_SIZE(e.data)
         memcpy(w, PyBytes_AS_STRING(e.data), ln)
         w += ln
