@@ -30,9 +30,16 @@ __all__ = [
     "LogIndexError",
     "QuorumTracker",
     "committed_index",
+    "decode_group_frame",
+    "decode_message",
+    "encode_group_frame",
+    "encode_message",
+    "group_tag",
     "impl",
     "joint_committed_index",
     "joint_vote_result",
+    "scan_frames",
+    "scan_group_frames",
     "vote_result",
 ]
 
@@ -69,8 +76,15 @@ if TYPE_CHECKING:
         LogIndexError,
         QuorumTracker,
         committed_index,
+        decode_group_frame,
+        decode_message,
+        encode_group_frame,
+        encode_message,
+        group_tag,
         joint_committed_index,
         joint_vote_result,
+        scan_frames,
+        scan_group_frames,
         vote_result,
     )
 else:
@@ -89,3 +103,10 @@ else:
     joint_committed_index = impl.joint_committed_index
     vote_result = impl.vote_result
     joint_vote_result = impl.joint_vote_result
+    encode_message = impl.encode_message
+    decode_message = impl.decode_message
+    scan_frames = impl.scan_frames
+    group_tag = impl.group_tag
+    encode_group_frame = impl.encode_group_frame
+    decode_group_frame = impl.decode_group_frame
+    scan_group_frames = impl.scan_group_frames

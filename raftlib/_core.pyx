@@ -17,6 +17,10 @@ the data lives:
   be handed back.
 * :class:`QuorumTracker` keeps match indexes and votes in C arrays and computes
   the committed index with a small insertion sort on a scratch buffer.
+* The wire codec's hot paths (message encode/decode, the stream scans, group
+  frames) read and write the frame bytes directly, building :class:`Entry`
+  objects without going through their Python constructor; unusual inputs are
+  handed to ``_pycore``'s reference codec (see the section's comment).
 
 Integers crossing the API are C ``int64_t`` (``Py_ssize_t`` for slots): values
 outside that range raise :class:`OverflowError` here where the pure module
@@ -24,11 +28,13 @@ would accept them.  Indexes and terms of a Raft log never get near it.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport int64_t
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
-from libc.string cimport memmove, memset
+from libc.string cimport memcpy, memmove, memset
 
 import operator
 
@@ -1000,3 +1006,741 @@ cdef class QuorumTracker:
                 elif self._votes[i] == 0:
                     rejected += 1
         return (granted, rejected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire codec (raftlib.codec's hot paths)
+# ---------------------------------------------------------------------------------------------
+#
+# Same functions, results and errors (same messages) as the wire codec section of
+# raftlib._pycore, which documents the byte layout; the test-suite checks the two against each
+# other on random messages and random, mutated and truncated byte strings.  Frames are read and
+# written with explicit little-endian byte arithmetic on the buffer; every length read from the
+# input is checked against the buffer before use.  Inputs off the usual path (buffers that are
+# not flat bytes, a non-int bound, a message holding anything but the exact expected types or
+# any value the format cannot carry) are handed to the reference implementation, which then
+# gives the reference answer: every encoding error comes from there.
+
+from raftlib import _pycore
+from raftlib.errors import CodecError
+
+cdef enum:
+    HEADER_SIZE = 8
+    FIXED_SIZE = 66
+    ENTRY_HEADER_SIZE = 21
+    SNAP_SIZE = 32
+    F_REJECT = 0x01
+    F_DONE = 0x02
+    F_FORCE = 0x04
+    F_SNAPSHOT = 0x08
+    F_QUIET = 0x10
+    F_ALL = 0x1F
+    WIRE_VERSION = 1
+    FLAG_HANDSHAKE = 0x01
+    FLAG_GROUP = 0x02
+    MAX_GROUP_ID_BYTES = 255
+    GROUP_FRAME_OVERHEAD = 1 + 255 + 8
+
+cdef int64_t C_MAX_U16 = 0xFFFF
+cdef int64_t C_MAX_U32 = 0xFFFFFFFF
+# Bounds outside which a max_frame_bytes is handed to the reference (int64 arithmetic stays exact).
+cdef int64_t C_MAX_BOUND = 1 << 62
+
+cdef tuple _DECODE_ERRORS = _pycore._DECODE_ERRORS
+
+# The message classes, imported on first use (raftlib.core imports this module).
+cdef object _Message = None
+cdef object _MessageType = None
+cdef object _SnapshotMeta = None
+cdef object _Membership = None
+cdef list _TYPE_BY_CODE = None      # 256 items: the MessageType of each code, or None
+
+
+cdef int _load_types() except -1:
+    global _Message, _MessageType, _SnapshotMeta, _Membership, _TYPE_BY_CODE
+    message, types, snapshot_meta, membership = _pycore._wire_types()
+    by_code = [None] * 256
+    for code, t in types.items():
+        if 0 <= code <= 255:
+            by_code[code] = t
+    _TYPE_BY_CODE = by_code
+    _MessageType = type(next(iter(types.values())))
+    _SnapshotMeta = snapshot_meta
+    _Membership = membership
+    _Message = message
+    return 0
+
+
+cdef inline uint16_t _rd16(const unsigned char* p) noexcept nogil:
+    return <uint16_t>(p[0] | (<uint16_t>p[1] << 8))
+
+
+cdef inline uint32_t _rd32(const unsigned char* p) noexcept nogil:
+    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+            | (<uint32_t>p[3] << 24))
+
+
+cdef inline int64_t _rdi64(const unsigned char* p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(7, -1, -1):
+        v = (v << 8) | p[i]
+    return <int64_t>v
+
+
+cdef inline void _wr16(unsigned char* p, uint64_t v) noexcept nogil:
+    p[0] = <unsigned char>(v & 0xFF)
+    p[1] = <unsigned char>((v >> 8) & 0xFF)
+
+
+cdef inline void _wr32(unsigned char* p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(4):
+        p[i] = <unsigned char>((v >> (8 * i)) & 0xFF)
+
+
+cdef inline void _wr64(unsigned char* p, int64_t sv) noexcept nogil:
+    cdef uint64_t v = <uint64_t>sv
+    cdef int i
+    for i in range(8):
+        p[i] = <unsigned char>((v >> (8 * i)) & 0xFF)
+
+
+cdef inline void _wr_header(unsigned char* p, int flags, uint64_t length) noexcept nogil:
+    p[0] = 82  # "R"
+    p[1] = 70  # "F"
+    p[2] = WIRE_VERSION
+    p[3] = <unsigned char>flags
+    _wr32(p + 4, length)
+
+
+cdef inline bint _is_flat(object data):
+    """Whether ``data`` is a flat, contiguous byte buffer this module reads directly."""
+    cdef type t = type(data)
+    if t is bytes or t is bytearray:
+        return True
+    if t is memoryview:
+        try:
+            return data.format == "B" and data.ndim == 1 and data.c_contiguous
+        except ValueError:  # a released view: the reference says what to do
+            return False
+    return False
+
+
+cdef inline bint _is_bound(object max_frame_bytes):
+    return type(max_frame_bytes) is int and -C_MAX_BOUND < max_frame_bytes < C_MAX_BOUND
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+cdef inline bint _nonneg_i64(object x, int64_t* out):
+    """Store ``x`` in ``out`` if it is an exact int in [0, 2**63); False otherwise (or raises)."""
+    if type(x) is not int:
+        return False
+    cdef int64_t v = x  # OverflowError beyond int64: the caller hands the message to the reference
+    if v < 0:
+        return False
+    out[0] = v
+    return True
+
+
+cdef inline int _flag(object x, int bit) except -2:
+    """``bit`` if ``x`` is True, 0 if False, -1 for anything else (handed to the reference)."""
+    if x is True:
+        return bit
+    if x is False:
+        return 0
+    return -1
+
+
+cdef list _sorted_ids(object ids, int64_t* size):
+    """The ids of a membership set sorted, adding their wire size to ``size``; None if unusual."""
+    if type(ids) is not frozenset:
+        return None
+    cdef list out = sorted(ids)
+    cdef Py_ssize_t ln
+    for node_id in out:
+        if type(node_id) is not str:
+            return None
+        PyUnicode_AsUTF8AndSize(node_id, &ln)
+        if ln > C_MAX_U16:
+            return None
+        size[0] += 2 + ln
+    return out
+
+
+cdef unsigned char* _write_ids(unsigned char* w, list ids):
+    cdef Py_ssize_t ln
+    cdef const char* s
+    for node_id in ids:
+        s = PyUnicode_AsUTF8AndSize(node_id, &ln)
+        _wr16(w, <uint64_t>ln)
+        memcpy(w + 2, s, ln)
+        w += 2 + ln
+    return w
+
+
+cdef object _encode_fast(object msg):
+    """The frame of ``msg``, or None when it holds anything unusual (the reference decides)."""
+    if type(msg) is not _Message:
+        return None
+    cdef int64_t term, log_term, index, commit, reject_hint, offset, s_index = 0, s_term = 0
+    cdef int64_t body, n, i, v
+    cdef Py_ssize_t frm_len, to_len, ln
+    cdef const char* frm_p
+    cdef const char* to_p
+    cdef int flags = 0, f, mt
+    cdef Entry e
+    cdef unsigned char* w
+    cdef list voters = None, outgoing = None, learners = None, promoting = None
+    t = msg.type
+    if type(t) is not _MessageType and type(t) is not int:
+        return None
+    if not 0 <= t <= 255:
+        return None
+    mt = t
+    frm = msg.frm
+    to = msg.to
+    if type(frm) is not str or type(to) is not str:
+        return None
+    frm_p = PyUnicode_AsUTF8AndSize(frm, &frm_len)
+    to_p = PyUnicode_AsUTF8AndSize(to, &to_len)
+    if frm_len > C_MAX_U16 or to_len > C_MAX_U16:
+        return None
+    data = msg.data
+    context = msg.context
+    if type(data) is not bytes or type(context) is not bytes:
+        return None
+    entries = msg.entries
+    if type(entries) is not list:
+        return None
+    # A snapshot of the list: nothing can change it between the sizing and the writing passes
+    # (an allocation may run arbitrary finalizers).
+    cdef tuple ents = tuple(<list>entries)
+    for f in (_flag(msg.reject, F_REJECT), _flag(msg.done, F_DONE), _flag(msg.force, F_FORCE),
+              _flag(msg.quiet, F_QUIET)):
+        if f < 0:
+            return None
+        flags |= f
+    if not (_nonneg_i64(msg.term, &term) and _nonneg_i64(msg.log_term, &log_term)
+            and _nonneg_i64(msg.index, &index) and _nonneg_i64(msg.commit, &commit)
+            and _nonneg_i64(msg.reject_hint, &reject_hint) and _nonneg_i64(msg.offset, &offset)):
+        return None
+    n = len(ents)
+    if PyBytes_GET_SIZE(data) > C_MAX_U32 or PyBytes_GET_SIZE(context) > C_MAX_U32 or n > C_MAX_U32:
+        return None
+    body = FIXED_SIZE + frm_len + to_len + PyBytes_GET_SIZE(data) + PyBytes_GET_SIZE(context)
+    snap = msg.snapshot
+    if snap is not None:
+        if type(snap) is not _SnapshotMeta:
+            return None
+        if not (_nonneg_i64(snap.index, &s_index) and _nonneg_i64(snap.term, &s_term)):
+            return None
+        mem = snap.membership
+        if type(mem) is not _Membership:
+            return None
+        flags |= F_SNAPSHOT
+        body += SNAP_SIZE
+        voters = _sorted_ids(mem.voters, &body)
+        outgoing = _sorted_ids(mem.outgoing, &body)
+        learners = _sorted_ids(mem.learners, &body)
+        promoting = _sorted_ids(mem.promoting, &body)
+        if voters is None or outgoing is None or learners is None or promoting is None:
+            return None
+    body += n * ENTRY_HEADER_SIZE
+    for item in ents:
+        if type(item) is not Entry:
+            return None
+        ln = PyBytes_GET_SIZE((<Entry>item).data)
+        if ln > C_MAX_U32:
+            return None
+        body += ln
+    if body > C_MAX_U32:
+        return None
+    out = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + body)
+    w = <unsigned char*>PyBytes_AS_STRING(out)
+    _wr_header(w, 0, <uint64_t>body)
+    w += HEADER_SIZE
+    w[0] = <unsigned char>mt
+    w[1] = <unsigned char>flags
+    _wr64(w + 2, term)
+    _wr64(w + 10, log_term)
+    _wr64(w + 18, index)
+    _wr64(w + 26, commit)
+    _wr64(w + 34, reject_hint)
+    _wr64(w + 42, offset)
+    _wr16(w + 50, <uint64_t>frm_len)
+    _wr16(w + 52, <uint64_t>to_len)
+    _wr32(w + 54, <uint64_t>PyBytes_GET_SIZE(data))
+    _wr32(w + 58, <uint64_t>PyBytes_GET_SIZE(context))
+    _wr32(w + 62, <uint64_t>n)
+    w += FIXED_SIZE
+    memcpy(w, frm_p, frm_len)
+    w += frm_len
+    memcpy(w, to_p, to_len)
+    w += to_len
+    memcpy(w, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    w += PyBytes_GET_SIZE(data)
+    memcpy(w, PyBytes_AS_STRING(context), PyBytes_GET_SIZE(context))
+    w += PyBytes_GET_SIZE(context)
+    if snap is not None:
+        _wr64(w, s_index)
+        _wr64(w + 8, s_term)
+        _wr32(w + 16, <uint64_t>len(voters))
+        _wr32(w + 20, <uint64_t>len(outgoing))
+        _wr32(w + 24, <uint64_t>len(learners))
+        _wr32(w + 28, <uint64_t>len(promoting))
+        w += SNAP_SIZE
+        w = _write_ids(w, voters)
+        w = _write_ids(w, outgoing)
+        w = _write_ids(w, learners)
+        w = _write_ids(w, promoting)
+    for i in range(n):
+        e = <Entry>ents[i]
+        _wr64(w, e.index)
+        _wr64(w + 8, e.term)
+        w[16] = <unsigned char>e.type
+        _wr32(w + 17, <uint64_t>PyBytes_GET_SIZE(e.data))
+        w += ENTRY_HEADER_SIZE
+    for i in range(n):
+        e = <Entry>ents[i]
+        ln = PyBytes_GET_SIZE(e.data)
+        memcpy(w, PyBytes_AS_STRING(e.data), ln)
+        w += ln
+    return out
+
+
+def encode_message(msg):
+    """Encode ``msg`` as one complete frame (header + body).
+
+    Raises :class:`CodecError` if the message cannot be represented (a
+    negative or too large integer, a non-``str`` node id, non-bytes payloads,
+    snapshot meta without a membership...).
+    """
+    if _Message is None:
+        _load_types()
+    try:
+        frame = _encode_fast(msg)
+    except Exception:
+        frame = None  # e.g. an id that is not valid UTF-8, an int beyond int64: see the reference
+    if frame is None:
+        return _pycore.encode_message(msg)
+    return frame
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+cdef inline str _utf8(const unsigned char* p, Py_ssize_t n):
+    return PyUnicode_DecodeUTF8(<char*>p, n, NULL)
+
+
+cdef frozenset _decode_ids(const unsigned char* p, Py_ssize_t* pos, int64_t count, Py_ssize_t end):
+    cdef list ids = []
+    cdef Py_ssize_t q = pos[0], ln
+    cdef int64_t k
+    for k in range(count):
+        if q + 2 > end:
+            raise CodecError("truncated membership")
+        ln = _rd16(p + q)
+        q += 2
+        if q + ln > end:
+            raise CodecError("truncated membership node id")
+        ids.append(_utf8(p + q, ln))
+        q += ln
+    cdef frozenset s = frozenset(ids)
+    if len(s) != count:
+        raise CodecError("duplicate node id in membership")
+    pos[0] = q
+    return s
+
+
+cdef object _decode_body(const unsigned char* p, Py_ssize_t end):
+    """Decode the message body ``p[0:end]``; CodecError, or an error the caller wraps in one."""
+    cdef int mtype, flags
+    cdef int64_t term, log_term, index, commit, reject_hint, offset, s_index, s_term
+    cdef int64_t frm_len, to_len, data_len, ctx_len, n, nv, no, nl, np_, acc, i
+    cdef int64_t e_index, e_term
+    cdef Py_ssize_t pos, hdr, dpos, ln
+    cdef const unsigned char* q
+    cdef Entry e
+    if end < FIXED_SIZE:
+        raise CodecError(f"message body too short ({end} bytes)")
+    mtype = p[0]
+    flags = p[1]
+    term = _rdi64(p + 2)
+    log_term = _rdi64(p + 10)
+    index = _rdi64(p + 18)
+    commit = _rdi64(p + 26)
+    reject_hint = _rdi64(p + 34)
+    offset = _rdi64(p + 42)
+    frm_len = _rd16(p + 50)
+    to_len = _rd16(p + 52)
+    data_len = _rd32(p + 54)
+    ctx_len = _rd32(p + 58)
+    n = _rd32(p + 62)
+    typ = _TYPE_BY_CODE[mtype]
+    if typ is None:
+        raise CodecError(f"unknown message type {mtype}")
+    if flags & ~F_ALL:
+        raise CodecError(f"unknown message flags 0x{flags:02x}")
+    if term < 0 or log_term < 0 or index < 0 or commit < 0 or reject_hint < 0 or offset < 0:
+        raise CodecError("negative integer field")
+    pos = FIXED_SIZE
+    if pos + frm_len + to_len + data_len + ctx_len + n * ENTRY_HEADER_SIZE > end:
+        raise CodecError("message body truncated")
+    frm = _utf8(p + pos, frm_len)
+    pos += frm_len
+    to = _utf8(p + pos, to_len)
+    pos += to_len
+    data = PyBytes_FromStringAndSize(<char*>p + pos, data_len)
+    pos += data_len
+    context = PyBytes_FromStringAndSize(<char*>p + pos, ctx_len)
+    pos += ctx_len
+    snapshot = None
+    if flags & F_SNAPSHOT:
+        if pos + SNAP_SIZE > end:
+            raise CodecError("truncated snapshot meta")
+        s_index = _rdi64(p + pos)
+        s_term = _rdi64(p + pos + 8)
+        nv = _rd32(p + pos + 16)
+        no = _rd32(p + pos + 20)
+        nl = _rd32(p + pos + 24)
+        np_ = _rd32(p + pos + 28)
+        if s_index < 0 or s_term < 0:
+            raise CodecError("negative snapshot index or term")
+        pos += SNAP_SIZE
+        if pos + 2 * (nv + no + nl + np_) > end:
+            raise CodecError("truncated membership")
+        voters = _decode_ids(p, &pos, nv, end)
+        outgoing = _decode_ids(p, &pos, no, end)
+        learners = _decode_ids(p, &pos, nl, end)
+        promoting = _decode_ids(p, &pos, np_, end)
+        snapshot = _SnapshotMeta(s_index, s_term, _Membership(voters, outgoing, learners, promoting))
+    cdef list entries = []
+    if n:
+        hdr = pos
+        if hdr + n * ENTRY_HEADER_SIZE > end:
+            raise CodecError("truncated entry headers")
+        # The payloads must fill the body exactly (a running total past the end cannot come back).
+        acc = hdr + n * ENTRY_HEADER_SIZE
+        for i in range(n):
+            acc += _rd32(p + hdr + i * ENTRY_HEADER_SIZE + 17)
+            if acc > end:
+                break
+        if acc != end:
+            raise CodecError("entry payload lengths do not match the body size")
+        dpos = hdr + n * ENTRY_HEADER_SIZE
+        for i in range(n):
+            q = p + hdr + i * ENTRY_HEADER_SIZE
+            e_index = _rdi64(q)
+            e_term = _rdi64(q + 8)
+            ln = _rd32(q + 17)
+            # The checks (and messages) of Entry(): they cannot be skipped, indexes are signed.
+            if e_index < 0:
+                raise ValueError(f"Entry index must be >= 0, got {e_index}")
+            if e_term < 0:
+                raise ValueError(f"Entry term must be >= 0, got {e_term}")
+            e = Entry.__new__(Entry)
+            e.index = e_index
+            e.term = e_term
+            e.type = q[16]
+            e.data = PyBytes_FromStringAndSize(<char*>p + dpos, ln)
+            dpos += ln
+            entries.append(e)
+    elif pos != end:
+        raise CodecError(f"{end - pos} unexpected trailing bytes in message body")
+    return _Message(
+        typ,
+        frm,
+        to,
+        term,
+        log_term,
+        index,
+        entries,
+        commit,
+        (flags & F_REJECT) != 0,
+        reject_hint,
+        snapshot,
+        offset,
+        data,
+        (flags & F_DONE) != 0,
+        context,
+        (flags & F_FORCE) != 0,
+        (flags & F_QUIET) != 0,
+    )
+
+
+def decode_message(frame_body):
+    """Decode one message body (the bytes after the frame header).
+
+    Raises :class:`CodecError`, and nothing else, for any malformed input.
+    """
+    cdef Py_buffer view
+    if not _is_flat(frame_body):
+        return _pycore.decode_message(frame_body)
+    if _Message is None:
+        _load_types()
+    PyObject_GetBuffer(frame_body, &view, PyBUF_SIMPLE)
+    try:
+        return _decode_body(<const unsigned char*>view.buf, view.len)
+    except CodecError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise CodecError(f"malformed message body: {exc}") from exc
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef int _bad_message_header(const unsigned char* h, int64_t max_frame_bytes) except -1:
+    """Raise the CodecError of a message frame header that is not a message's within bounds."""
+    cdef int64_t length = _rd32(h + 4)
+    if h[0] != 82 or h[1] != 70:
+        magic = PyBytes_FromStringAndSize(<char*>h, 2)
+        raise CodecError(f"bad magic {magic!r}")
+    if h[2] != WIRE_VERSION:
+        raise CodecError(f"unknown wire version {h[2]}")
+    if h[3] & ~FLAG_HANDSHAKE:
+        raise CodecError(f"unknown frame flags 0x{h[3]:02x}")
+    if length > max_frame_bytes:
+        raise CodecError(f"frame of {length} bytes exceeds the limit of {max_frame_bytes}")
+    raise CodecError("unexpected handshake frame in a message stream")
+
+
+def scan_frames(data, max_frame_bytes):
+    """Decode the complete message frames at the start of ``data``: ``(messages, bytes used)``.
+
+    The stream scan of :class:`raftlib.codec.FrameDecoder`: stops at the first
+    incomplete frame; a bad header (checked as soon as its 8 bytes are there,
+    so an oversized frame is refused before its body arrives), a handshake frame
+    or a malformed body raises :class:`CodecError` with ``messages`` set to the
+    messages decoded before it.
+    """
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef Py_ssize_t pos = 0, start, total
+    cdef int64_t length, limit
+    cdef list out = []
+    if not (_is_flat(data) and _is_bound(max_frame_bytes)):
+        return _pycore.scan_frames(data, max_frame_bytes)
+    if _Message is None:
+        _load_types()
+    limit = max_frame_bytes
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        total = view.len
+        try:
+            while total - pos >= HEADER_SIZE:
+                length = _rd32(p + pos + 4)
+                if (p[pos] != 82 or p[pos + 1] != 70 or p[pos + 2] != WIRE_VERSION or p[pos + 3]
+                        or length > limit):
+                    _bad_message_header(p + pos, limit)
+                start = pos + HEADER_SIZE
+                if total - start < length:
+                    break
+                out.append(_decode_body(p + start, length))
+                pos = start + length
+        except CodecError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise CodecError(f"malformed message body: {exc}") from exc
+    except CodecError as exc:
+        exc.messages = tuple(out)
+        raise
+    finally:
+        PyBuffer_Release(&view)
+    return out, pos
+
+
+# -- group frames ------------------------------------------------------------------------------
+
+def group_tag(group_id):
+    """The wire form of a group id in a group frame: u8 length + UTF-8 (``""`` is ``b"\\x00"``).
+
+    Raises :class:`CodecError` for a non-``str`` id, one that cannot be encoded in
+    UTF-8 (lone surrogates) or one longer than 255 bytes (``MAX_GROUP_ID_BYTES``).
+    Transports compute it once per group and reuse it for every frame.
+    """
+    cdef Py_ssize_t ln
+    cdef const char* s
+    if type(group_id) is not str:
+        return _pycore.group_tag(group_id)
+    try:
+        s = PyUnicode_AsUTF8AndSize(group_id, &ln)
+    except UnicodeEncodeError:
+        return _pycore.group_tag(group_id)
+    if ln > MAX_GROUP_ID_BYTES:
+        return _pycore.group_tag(group_id)
+    out = PyBytes_FromStringAndSize(NULL, 1 + ln)
+    cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(out)
+    w[0] = <unsigned char>ln
+    memcpy(w + 1, s, ln)
+    return out
+
+
+def encode_group_frame(tag, frames):
+    """One group frame: header (flag ``FLAG_GROUP``), ``tag`` (from :func:`group_tag`),
+    then ``frames`` (message frames from ``encode``, at least one) back to back.
+
+    The caller keeps the body within the receiver's bound (``max_frame_bytes`` +
+    ``GROUP_FRAME_OVERHEAD``); nothing is re-encoded here, only joined.
+    """
+    cdef int64_t body
+    cdef Py_ssize_t ln
+    cdef unsigned char* w
+    cdef type ft = type(frames)
+    if type(tag) is not bytes or (ft is not list and ft is not tuple) or not frames:
+        return _pycore.encode_group_frame(tag, frames)
+    body = PyBytes_GET_SIZE(tag)
+    for f in frames:
+        if type(f) is not bytes:
+            return _pycore.encode_group_frame(tag, frames)
+        body += PyBytes_GET_SIZE(f)
+    if body > C_MAX_U32:
+        return _pycore.encode_group_frame(tag, frames)
+    out = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + body)
+    w = <unsigned char*>PyBytes_AS_STRING(out)
+    _wr_header(w, FLAG_GROUP, <uint64_t>body)
+    w += HEADER_SIZE
+    memcpy(w, PyBytes_AS_STRING(tag), PyBytes_GET_SIZE(tag))
+    w += PyBytes_GET_SIZE(tag)
+    for f in frames:
+        ln = PyBytes_GET_SIZE(f)
+        memcpy(w, PyBytes_AS_STRING(f), ln)
+        w += ln
+    return out
+
+
+cdef tuple _decode_group_body(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                              int64_t max_frame_bytes):
+    """Decode the group frame body ``p[pos:end]``: the group id, then message frames up to its exact end."""
+    cdef Py_ssize_t gend, start
+    cdef int64_t length
+    if pos >= end:
+        raise CodecError("empty group frame body")
+    gend = pos + 1 + p[pos]
+    if gend > end:
+        raise CodecError("truncated group id")
+    group = _utf8(p + pos + 1, gend - pos - 1)
+    if gend == end:
+        raise CodecError(f"group frame for {group!r} carries no message")
+    pos = gend
+    cdef list out = []
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            raise CodecError("truncated message header in a group frame")
+        length = _rd32(p + pos + 4)
+        if p[pos] != 82 or p[pos + 1] != 70 or p[pos + 2] != WIRE_VERSION or p[pos + 3]:
+            magic = PyBytes_FromStringAndSize(<char*>p + pos, 2)
+            raise CodecError(
+                f"bad message header in a group frame (magic {magic!r}, version {p[pos + 2]}, "
+                f"flags 0x{p[pos + 3]:02x})"
+            )
+        if length > max_frame_bytes:
+            raise CodecError(
+                f"message of {length} bytes in a group frame exceeds the limit {max_frame_bytes}"
+            )
+        start = pos + HEADER_SIZE
+        pos = start + length
+        if pos > end:
+            raise CodecError("message runs past the end of its group frame")
+        out.append(_decode_body(p + start, length))
+    return group, out
+
+
+cdef int _bad_group_header(const unsigned char* h, int64_t max_frame_bytes) except -1:
+    """Raise the CodecError of a header that is not a group frame's within bounds."""
+    cdef int64_t length = _rd32(h + 4)
+    if h[0] != 82 or h[1] != 70:
+        magic = PyBytes_FromStringAndSize(<char*>h, 2)
+        raise CodecError(f"bad magic {magic!r}")
+    if h[2] != WIRE_VERSION:
+        raise CodecError(f"unknown wire version {h[2]}")
+    if h[3] != FLAG_GROUP:
+        raise CodecError(f"frame flags 0x{h[3]:02x} where a group frame was expected")
+    if length > max_frame_bytes + GROUP_FRAME_OVERHEAD:
+        raise CodecError(
+            f"group frame of {length} bytes exceeds the limit of {max_frame_bytes + GROUP_FRAME_OVERHEAD}"
+        )
+    return 0
+
+
+cdef inline bint _is_group_header(const unsigned char* h, int64_t max_frame_bytes) noexcept:
+    return (h[0] == 82 and h[1] == 70 and h[2] == WIRE_VERSION and h[3] == FLAG_GROUP
+            and _rd32(h + 4) <= max_frame_bytes + GROUP_FRAME_OVERHEAD)
+
+
+def decode_group_frame(frame, max_frame_bytes):
+    """Decode one complete group frame (header + body, nothing more) into ``(group id, messages)``.
+
+    Raises :class:`CodecError`, and nothing else, for any malformed input.
+    """
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef int64_t limit, length
+    if not (_is_flat(frame) and _is_bound(max_frame_bytes)):
+        return _pycore.decode_group_frame(frame, max_frame_bytes)
+    if _Message is None:
+        _load_types()
+    limit = max_frame_bytes
+    PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        if view.len < HEADER_SIZE:
+            raise CodecError("truncated frame header")
+        if not _is_group_header(p, limit):
+            _bad_group_header(p, limit)
+        length = _rd32(p + 4)
+        if view.len != HEADER_SIZE + length:
+            raise CodecError(f"frame length {view.len} does not match its header ({HEADER_SIZE + length})")
+        return _decode_group_body(p, HEADER_SIZE, view.len, limit)
+    except CodecError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise CodecError(f"malformed group frame: {exc}") from exc
+    finally:
+        PyBuffer_Release(&view)
+
+
+def scan_group_frames(data, max_frame_bytes):
+    """Decode the complete group frames at the start of ``data``: ``(groups, bytes used)``.
+
+    The stream scan of :class:`raftlib.codec.GroupFrameDecoder`: stops at the
+    first incomplete frame; a bad header (checked as soon as it is there) or a
+    malformed body raises :class:`CodecError` with ``groups`` set to the
+    ``(group id, messages)`` pairs decoded before it.
+    """
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef Py_ssize_t pos = 0, start, end, total
+    cdef int64_t limit
+    cdef list out = []
+    if not (_is_flat(data) and _is_bound(max_frame_bytes)):
+        return _pycore.scan_group_frames(data, max_frame_bytes)
+    if _Message is None:
+        _load_types()
+    limit = max_frame_bytes
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        total = view.len
+        try:
+            while total - pos >= HEADER_SIZE:
+                if not _is_group_header(p + pos, limit):
+                    _bad_group_header(p + pos, limit)
+                start = pos + HEADER_SIZE
+                end = start + _rd32(p + pos + 4)
+                if end > total:
+                    break
+                out.append(_decode_group_body(p, start, end, limit))
+                pos = end
+        except CodecError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise CodecError(f"malformed group frame: {exc}") from exc
+    except CodecError as exc:
+        exc.groups = tuple(out)
+        raise
+    finally:
+        PyBuffer_Release(&view)
+    return out, pos

@@ -21,16 +21,28 @@ Contents:
   (C_old,new) configurations.
 * :class:`QuorumTracker` -- slot-addressed match indexes and votes kept by a
   leader or candidate.
+* the wire codec's hot paths (:func:`encode_message`, :func:`decode_message`,
+  :func:`scan_frames`, :func:`group_tag`, :func:`encode_group_frame`,
+  :func:`decode_group_frame`, :func:`scan_group_frames`), which
+  :mod:`raftlib.codec` re-exports under its public names.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import operator
+import struct
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import accumulate
-from typing import Any, NoReturn
+from itertools import accumulate, pairwise
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from raftlib.errors import CodecError
+
+if TYPE_CHECKING:
+    from raftlib.core.membership import Membership
+    from raftlib.core.messages import Message, MessageType, SnapshotMeta
 
 __all__ = [
     "ENTRY_CONF_CHANGE",
@@ -45,8 +57,15 @@ __all__ = [
     "LogIndexError",
     "QuorumTracker",
     "committed_index",
+    "decode_group_frame",
+    "decode_message",
+    "encode_group_frame",
+    "encode_message",
+    "group_tag",
     "joint_committed_index",
     "joint_vote_result",
+    "scan_frames",
+    "scan_group_frames",
     "vote_result",
 ]
 
@@ -601,3 +620,488 @@ class QuorumTracker:
         granted = sum(1 for s in voters if self._votes[s] == 1)
         rejected = sum(1 for s in voters if self._votes[s] == 0)
         return granted, rejected
+
+
+# -- wire codec ---------------------------------------------------------------------------------
+#
+# The hot paths of raftlib.codec: encoding a Message as one frame, decoding message bodies,
+# scanning streams of message frames and of group frames, and the group frame helpers.
+# raftlib.codec documents the wire format and re-exports these (through raftlib._accel) under
+# its public names; the constants below are copies of the codec's (a test checks they agree),
+# because this module cannot import raftlib.codec, which imports it.
+
+_MAGIC = b"RF"
+_WIRE_VERSION = 1
+_FLAG_GROUP = 0x02
+_MAX_GROUP_ID_BYTES = 255
+_GROUP_FRAME_OVERHEAD = 1 + _MAX_GROUP_ID_BYTES + 8
+
+_HEADER = struct.Struct("<2sBBI")  # magic, version, frame flags, body length
+_HEADER_SIZE = _HEADER.size
+# type, msg flags, term, log_term, index, commit, reject_hint, offset,
+# len(frm), len(to), len(data), len(context), number of entries
+_FIXED = struct.Struct("<BBqqqqqqHHIII")
+_ENTRY = struct.Struct("<qqBI")  # index, term, type, len(data)
+_SNAP = struct.Struct("<qqIIII")  # index, term, |voters|, |outgoing|, |learners|, |promoting|
+_U16 = struct.Struct("<H")
+
+_F_REJECT = 0x01
+_F_DONE = 0x02
+_F_FORCE = 0x04
+_F_SNAPSHOT = 0x08
+_F_QUIET = 0x10
+_F_ALL = _F_REJECT | _F_DONE | _F_FORCE | _F_SNAPSHOT | _F_QUIET
+
+# What a malformed input may raise below besides CodecError; the public entry points turn
+# these into CodecError (so that a decoder raises CodecError and nothing else).
+_DECODE_ERRORS = (struct.error, ValueError, TypeError, UnicodeDecodeError, IndexError, OverflowError)
+
+_entry_structs: dict[int, struct.Struct] = {}
+_ENTRY_STRUCT_CACHE_MAX = 512
+
+
+@functools.cache
+def _wire_types() -> tuple[type[Message], dict[int, MessageType], type[SnapshotMeta], type[Membership]]:
+    """The message classes, imported on first use (raftlib.core imports this module)."""
+    from raftlib.core.membership import Membership
+    from raftlib.core.messages import Message, MessageType, SnapshotMeta
+
+    return Message, {int(t): t for t in MessageType}, SnapshotMeta, Membership
+
+
+def _entries_struct(n: int) -> struct.Struct:
+    """A Struct packing ``n`` entry headers in one call (cached for the usual batch sizes)."""
+    s = _entry_structs.get(n)
+    if s is None:
+        s = struct.Struct("<" + "qqBI" * n)
+        if len(_entry_structs) < _ENTRY_STRUCT_CACHE_MAX:
+            _entry_structs[n] = s
+    return s
+
+
+def _id_bytes(node_id: object, what: str) -> bytes:
+    if type(node_id) is not str:
+        raise CodecError(f"{what} must be a str node id, not {type(node_id).__name__}")
+    b = node_id.encode("utf-8")
+    if len(b) > 0xFFFF:
+        raise CodecError(f"{what} is longer than 65535 bytes")
+    return b
+
+
+def _encode_ids(ids: frozenset[str], parts: list[bytes]) -> None:
+    for node_id in sorted(ids):
+        b = _id_bytes(node_id, "membership node id")
+        parts.append(_U16.pack(len(b)))
+        parts.append(b)
+
+
+def encode_message(msg: Message) -> bytes:
+    """Encode ``msg`` as one complete frame (header + body).
+
+    Raises :class:`CodecError` if the message cannot be represented (a
+    negative or too large integer, a non-``str`` node id, non-bytes payloads,
+    snapshot meta without a membership...).
+    """
+    try:
+        frm = _id_bytes(msg.frm, "frm")
+        to = _id_bytes(msg.to, "to")
+        data = msg.data
+        context = msg.context
+        if not isinstance(data, bytes) or not isinstance(context, bytes):
+            raise CodecError("data and context must be bytes")
+        entries = msg.entries
+        n = len(entries)
+        flags = 0
+        if msg.reject:
+            flags |= _F_REJECT
+        if msg.done:
+            flags |= _F_DONE
+        if msg.force:
+            flags |= _F_FORCE
+        if msg.quiet:
+            flags |= _F_QUIET
+        if min(msg.term, msg.log_term, msg.index, msg.commit, msg.reject_hint, msg.offset) < 0:
+            raise CodecError("negative integer field")
+        snap = msg.snapshot
+        if snap is not None:
+            flags |= _F_SNAPSHOT
+            if snap.index < 0 or snap.term < 0:
+                raise CodecError("negative snapshot index or term")
+        parts: list[bytes] = [
+            b"",  # frame header, filled in below
+            _FIXED.pack(
+                int(msg.type),
+                flags,
+                msg.term,
+                msg.log_term,
+                msg.index,
+                msg.commit,
+                msg.reject_hint,
+                msg.offset,
+                len(frm),
+                len(to),
+                len(data),
+                len(context),
+                n,
+            ),
+            frm,
+            to,
+            data,
+            context,
+        ]
+        if snap is not None:
+            mem = snap.membership
+            if not isinstance(mem, _wire_types()[3]):
+                raise CodecError("snapshot meta without a membership")
+            parts.append(
+                _SNAP.pack(
+                    snap.index,
+                    snap.term,
+                    len(mem.voters),
+                    len(mem.outgoing),
+                    len(mem.learners),
+                    len(mem.promoting),
+                )
+            )
+            _encode_ids(mem.voters, parts)
+            _encode_ids(mem.outgoing, parts)
+            _encode_ids(mem.learners, parts)
+            _encode_ids(mem.promoting, parts)
+        if n:
+            datas = [e.data for e in entries]
+            flat: list[int] = [0] * (4 * n)
+            flat[0::4] = [e.index for e in entries]
+            flat[1::4] = [e.term for e in entries]
+            flat[2::4] = [e.type for e in entries]
+            flat[3::4] = map(len, datas)
+            parts.append(_entries_struct(n).pack(*flat))
+            parts.extend(datas)
+        body_len = sum(map(len, parts))
+        parts[0] = _HEADER.pack(_MAGIC, _WIRE_VERSION, 0, body_len)
+        return b"".join(parts)
+    except CodecError:
+        raise
+    except (struct.error, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {_message_repr(msg)}: {exc}") from exc
+
+
+def _message_repr(msg: object) -> str:
+    """``repr(msg)`` for an error message, even when the message is too broken to print itself."""
+    try:
+        return repr(msg)
+    except Exception:  # e.g. Message.__repr__ of a message whose type is a plain int
+        return object.__repr__(msg)
+
+
+def _decode_ids(mv: memoryview, pos: int, count: int, end: int) -> tuple[frozenset[str], int]:
+    ids: list[str] = []
+    for _ in range(count):
+        if pos + 2 > end:
+            raise CodecError("truncated membership")
+        (ln,) = _U16.unpack_from(mv, pos)
+        pos += 2
+        if pos + ln > end:
+            raise CodecError("truncated membership node id")
+        ids.append(str(mv[pos : pos + ln], "utf-8"))
+        pos += ln
+    s = frozenset(ids)
+    if len(s) != count:
+        raise CodecError("duplicate node id in membership")
+    return s, pos
+
+
+def _decode(mv: memoryview) -> Message:
+    """Decode the message body ``mv`` (a flat byte buffer, exactly one body)."""
+    end = len(mv)
+    if end < _FIXED.size:
+        raise CodecError(f"message body too short ({end} bytes)")
+    (
+        mtype,
+        flags,
+        term,
+        log_term,
+        index,
+        commit,
+        reject_hint,
+        offset,
+        frm_len,
+        to_len,
+        data_len,
+        ctx_len,
+        n,
+    ) = _FIXED.unpack_from(mv, 0)
+    message, types, snapshot_meta, membership = _wire_types()
+    typ = types.get(mtype)
+    if typ is None:
+        raise CodecError(f"unknown message type {mtype}")
+    if flags & ~_F_ALL:
+        raise CodecError(f"unknown message flags 0x{flags:02x}")
+    if min(term, log_term, index, commit, reject_hint, offset) < 0:
+        raise CodecError("negative integer field")
+    pos = _FIXED.size
+    if pos + frm_len + to_len + data_len + ctx_len + n * _ENTRY.size > end:
+        raise CodecError("message body truncated")
+    frm = str(mv[pos : pos + frm_len], "utf-8")
+    pos += frm_len
+    to = str(mv[pos : pos + to_len], "utf-8")
+    pos += to_len
+    data = mv[pos : pos + data_len].tobytes()
+    pos += data_len
+    context = mv[pos : pos + ctx_len].tobytes()
+    pos += ctx_len
+    snapshot = None
+    if flags & _F_SNAPSHOT:
+        if pos + _SNAP.size > end:
+            raise CodecError("truncated snapshot meta")
+        s_index, s_term, nv, no, nl, np_ = _SNAP.unpack_from(mv, pos)
+        if s_index < 0 or s_term < 0:
+            raise CodecError("negative snapshot index or term")
+        pos += _SNAP.size
+        if pos + 2 * (nv + no + nl + np_) > end:
+            raise CodecError("truncated membership")
+        voters, pos = _decode_ids(mv, pos, nv, end)
+        outgoing, pos = _decode_ids(mv, pos, no, end)
+        learners, pos = _decode_ids(mv, pos, nl, end)
+        promoting, pos = _decode_ids(mv, pos, np_, end)
+        snapshot = snapshot_meta(s_index, s_term, membership(voters, outgoing, learners, promoting))
+    entries: list[Entry] = []
+    if n:
+        hdr_end = pos + n * _ENTRY.size
+        if hdr_end > end:
+            raise CodecError("truncated entry headers")
+        v = _entries_struct(n).unpack_from(mv, pos)
+        ends = list(accumulate(v[3::4], initial=hdr_end))
+        if ends[-1] != end:
+            raise CodecError("entry payload lengths do not match the body size")
+        datas = [mv[a:b].tobytes() for a, b in pairwise(ends)]
+        entries = list(map(Entry, v[0::4], v[1::4], datas, v[2::4]))
+    elif pos != end:
+        raise CodecError(f"{end - pos} unexpected trailing bytes in message body")
+    return message(
+        typ,
+        frm,
+        to,
+        term,
+        log_term,
+        index,
+        entries,
+        commit,
+        bool(flags & _F_REJECT),
+        reject_hint,
+        snapshot,
+        offset,
+        data,
+        bool(flags & _F_DONE),
+        context,
+        bool(flags & _F_FORCE),
+        bool(flags & _F_QUIET),
+    )
+
+
+def _flat(mv: memoryview, what: str) -> memoryview:
+    """``mv`` itself if it is a flat, contiguous byte buffer; :class:`CodecError` otherwise."""
+    if mv.format != "B" or mv.ndim != 1 or not mv.c_contiguous:
+        raise CodecError(f"{what} must be a flat byte buffer")
+    return mv
+
+
+def decode_message(frame_body: bytes | bytearray | memoryview) -> Message:
+    """Decode one message body (the bytes after the frame header).
+
+    Raises :class:`CodecError`, and nothing else, for any malformed input.
+    """
+    try:
+        with memoryview(frame_body) as mv:
+            return _decode(_flat(mv, "message body"))
+    except CodecError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise CodecError(f"malformed message body: {exc}") from exc
+
+
+def _check_header(magic: bytes, version: int, flags: int, length: int, max_frame_bytes: int) -> NoReturn:
+    """Refuse a message frame's header (one that is not a message's within bounds), naming why."""
+    if magic != _MAGIC:
+        raise CodecError(f"bad magic {bytes(magic)!r}")
+    if version != _WIRE_VERSION:
+        raise CodecError(f"unknown wire version {version}")
+    if flags & ~0x01:
+        raise CodecError(f"unknown frame flags 0x{flags:02x}")
+    if length > max_frame_bytes:
+        raise CodecError(f"frame of {length} bytes exceeds the limit of {max_frame_bytes}")
+    raise CodecError("unexpected handshake frame in a message stream")
+
+
+def scan_frames(data: bytes | bytearray | memoryview, max_frame_bytes: int) -> tuple[list[Message], int]:
+    """Decode the complete message frames at the start of ``data``: ``(messages, bytes used)``.
+
+    The stream scan of :class:`raftlib.codec.FrameDecoder`: stops at the first
+    incomplete frame; a bad header (checked as soon as its 8 bytes are there,
+    so an oversized frame is refused before its body arrives), a handshake frame
+    or a malformed body raises :class:`CodecError` with ``messages`` set to the
+    messages decoded before it.
+    """
+    out: list[Message] = []
+    pos = 0
+    try:
+        with memoryview(data) as mv:
+            total = len(mv)
+            unpack = _HEADER.unpack_from
+            while total - pos >= _HEADER_SIZE:
+                magic, version, flags, length = unpack(mv, pos)
+                if magic != _MAGIC or version != _WIRE_VERSION or flags or length > max_frame_bytes:
+                    _check_header(magic, version, flags, length, max_frame_bytes)
+                start = pos + _HEADER_SIZE
+                if total - start < length:
+                    break
+                out.append(decode_message(mv[start : start + length]))
+                pos = start + length
+    except CodecError as exc:
+        exc.messages = tuple(out)
+        raise
+    return out, pos
+
+
+def group_tag(group_id: str) -> bytes:
+    """The wire form of a group id in a group frame: u8 length + UTF-8 (``""`` is ``b"\\x00"``).
+
+    Raises :class:`CodecError` for a non-``str`` id, one that cannot be encoded in
+    UTF-8 (lone surrogates) or one longer than 255 bytes (``MAX_GROUP_ID_BYTES``).
+    Transports compute it once per group and reuse it for every frame.
+    """
+    if type(group_id) is not str:
+        raise CodecError(f"group id must be a str, not {type(group_id).__name__}")
+    try:
+        b = group_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodecError(f"group id {group_id!r} is not valid UTF-8: {exc}") from None
+    if len(b) > _MAX_GROUP_ID_BYTES:
+        raise CodecError(f"group id is {len(b)} bytes; at most {_MAX_GROUP_ID_BYTES} are allowed")
+    return bytes((len(b),)) + b
+
+
+def encode_group_frame(tag: bytes, frames: Sequence[bytes]) -> bytes:
+    """One group frame: header (flag ``FLAG_GROUP``), ``tag`` (from :func:`group_tag`),
+    then ``frames`` (message frames from ``encode``, at least one) back to back.
+
+    The caller keeps the body within the receiver's bound (``max_frame_bytes`` +
+    ``GROUP_FRAME_OVERHEAD``); nothing is re-encoded here, only joined.
+    """
+    if len(frames) == 1:
+        f = frames[0]
+        return b"".join((_HEADER.pack(_MAGIC, _WIRE_VERSION, _FLAG_GROUP, len(tag) + len(f)), tag, f))
+    if not frames:
+        raise CodecError("a group frame carries at least one message")
+    body_len = len(tag) + sum(map(len, frames))
+    return b"".join([_HEADER.pack(_MAGIC, _WIRE_VERSION, _FLAG_GROUP, body_len), tag, *frames])
+
+
+def _decode_group_body(mv: memoryview, pos: int, end: int, max_frame_bytes: int) -> tuple[str, list[Message]]:
+    """Decode the group frame body ``mv[pos:end]``: the group id, then message frames up to its exact end."""
+    if pos >= end:
+        raise CodecError("empty group frame body")
+    gend = pos + 1 + mv[pos]
+    if gend > end:
+        raise CodecError("truncated group id")
+    group = str(mv[pos + 1 : gend], "utf-8")
+    if gend == end:
+        raise CodecError(f"group frame for {group!r} carries no message")
+    pos = gend
+    out: list[Message] = []
+    unpack = _HEADER.unpack_from
+    while pos < end:
+        if end - pos < _HEADER_SIZE:
+            raise CodecError("truncated message header in a group frame")
+        magic, version, flags, length = unpack(mv, pos)
+        if magic != _MAGIC or version != _WIRE_VERSION or flags:
+            raise CodecError(
+                f"bad message header in a group frame (magic {bytes(magic)!r}, version {version}, "
+                f"flags 0x{flags:02x})"
+            )
+        if length > max_frame_bytes:
+            raise CodecError(
+                f"message of {length} bytes in a group frame exceeds the limit {max_frame_bytes}"
+            )
+        start = pos + _HEADER_SIZE
+        pos = start + length
+        if pos > end:
+            raise CodecError("message runs past the end of its group frame")
+        out.append(_decode(mv[start:pos]))
+    return group, out
+
+
+def _parse_group_header(mv: memoryview, pos: int, max_frame_bytes: int) -> int:
+    """Check the header at ``pos`` is a group frame's within bounds; return its body length."""
+    if len(mv) - pos < _HEADER_SIZE:
+        raise CodecError("truncated frame header")
+    magic, version, flags, length = _HEADER.unpack_from(mv, pos)
+    if magic != _MAGIC:
+        raise CodecError(f"bad magic {bytes(magic)!r}")
+    if version != _WIRE_VERSION:
+        raise CodecError(f"unknown wire version {version}")
+    if flags != _FLAG_GROUP:
+        raise CodecError(f"frame flags 0x{flags:02x} where a group frame was expected")
+    if length > max_frame_bytes + _GROUP_FRAME_OVERHEAD:
+        raise CodecError(
+            f"group frame of {length} bytes exceeds the limit of {max_frame_bytes + _GROUP_FRAME_OVERHEAD}"
+        )
+    return int(length)
+
+
+def decode_group_frame(
+    frame: bytes | bytearray | memoryview, max_frame_bytes: int
+) -> tuple[str, list[Message]]:
+    """Decode one complete group frame (header + body, nothing more) into ``(group id, messages)``.
+
+    Raises :class:`CodecError`, and nothing else, for any malformed input.
+    """
+    try:
+        with memoryview(frame) as mv:
+            _flat(mv, "a frame")
+            length = _parse_group_header(mv, 0, max_frame_bytes)
+            if len(mv) != _HEADER_SIZE + length:
+                expected = _HEADER_SIZE + length
+                raise CodecError(f"frame length {len(mv)} does not match its header ({expected})")
+            return _decode_group_body(mv, _HEADER_SIZE, len(mv), max_frame_bytes)
+    except CodecError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise CodecError(f"malformed group frame: {exc}") from exc
+
+
+def scan_group_frames(
+    data: bytes | bytearray | memoryview, max_frame_bytes: int
+) -> tuple[list[tuple[str, list[Message]]], int]:
+    """Decode the complete group frames at the start of ``data``: ``(groups, bytes used)``.
+
+    The stream scan of :class:`raftlib.codec.GroupFrameDecoder`: stops at the
+    first incomplete frame; a bad header (checked as soon as it is there) or a
+    malformed body raises :class:`CodecError` with ``groups`` set to the
+    ``(group id, messages)`` pairs decoded before it.
+    """
+    out: list[tuple[str, list[Message]]] = []
+    pos = 0
+    try:
+        try:
+            with memoryview(data) as mv:
+                total = len(mv)
+                unpack = _HEADER.unpack_from
+                limit = max_frame_bytes + _GROUP_FRAME_OVERHEAD
+                while total - pos >= _HEADER_SIZE:
+                    magic, version, flags, length = unpack(mv, pos)
+                    if magic != _MAGIC or version != _WIRE_VERSION or flags != _FLAG_GROUP or length > limit:
+                        _parse_group_header(mv, pos, max_frame_bytes)  # raises, naming what is wrong
+                    start = pos + _HEADER_SIZE
+                    end = start + length
+                    if end > total:
+                        break
+                    out.append(_decode_group_body(mv, start, end, max_frame_bytes))
+                    pos = end
+        except CodecError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise CodecError(f"malformed group frame: {exc}") from exc
+    except CodecError as exc:
+        exc.groups = tuple(out)
+        raise
+    return out, pos

@@ -25,19 +25,33 @@ Decoding is strict: any deviation (bad magic, unknown version or flags, a frame
 larger than the configured bound, lengths that do not add up to the body size,
 negative integers, invalid UTF-8, duplicate node ids, an unknown message type)
 raises :class:`CodecError` and nothing else, whatever the input bytes.
+
+The hot paths (:func:`encode`, :func:`decode`, the stream scans of :class:`FrameDecoder`
+and :class:`GroupFrameDecoder`, :func:`group_tag`, :func:`encode_group_frame`,
+:func:`decode_group_frame`) come from :mod:`raftlib._accel`: compiled in ``raftlib._core``
+when it is built, else the pure reference in ``raftlib._pycore``. Both produce the same bytes
+and raise the same :class:`CodecError` (same message) for the same input.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from itertools import accumulate, pairwise
 from typing import Generic, TypeVar
 
-from raftlib._accel import Entry
-from raftlib.core.membership import Membership
-from raftlib.core.messages import Message, MessageType, SnapshotMeta
-from raftlib.errors import RaftError
+from raftlib._accel import (
+    decode_group_frame as _decode_group_frame,
+)
+from raftlib._accel import (
+    decode_message,
+    encode_group_frame,
+    encode_message,
+    group_tag,
+    scan_frames,
+    scan_group_frames,
+)
+from raftlib.core.messages import Message
+from raftlib.errors import CodecError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -108,12 +122,6 @@ _HEADER = struct.Struct("<2sBBI")
 HEADER_SIZE = _HEADER.size
 """Size of the frame header (8 bytes)."""
 
-# type, msg flags, term, log_term, index, commit, reject_hint, offset,
-# len(frm), len(to), len(data), len(context), number of entries
-_FIXED = struct.Struct("<BBqqqqqqHHIII")
-_ENTRY = struct.Struct("<qqBI")  # index, term, type, len(data)
-_SNAP = struct.Struct("<qqIIII")  # index, term, |voters|, |outgoing|, |learners|, |promoting|
-_U16 = struct.Struct("<H")
 _HANDSHAKE = struct.Struct("<HHHH")  # protocol version, len(cluster id), len(sender), len(receiver)
 _ACK = struct.Struct("<BH")  # status (0 ok), len(reason)
 _AUTH = struct.Struct("<BB")  # hello's optional auth extension: scheme, len(nonce)
@@ -144,43 +152,7 @@ _ANSWER_SIZES = {
     ANSWER_ACCEPT_PROVEN: AUTH_MAC_BYTES,
 }
 
-_F_REJECT = 0x01
-_F_DONE = 0x02
-_F_FORCE = 0x04
-_F_SNAPSHOT = 0x08
-_F_QUIET = 0x10
-_F_ALL = _F_REJECT | _F_DONE | _F_FORCE | _F_SNAPSHOT | _F_QUIET
-
 _Item = TypeVar("_Item")
-
-_TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
-
-_entry_structs: dict[int, struct.Struct] = {}
-_ENTRY_STRUCT_CACHE_MAX = 512
-
-
-class CodecError(RaftError, ValueError):
-    """A frame or message cannot be encoded or decoded (malformed, oversized, unknown version...).
-
-    When raised by :meth:`FrameDecoder.feed`, ``messages`` holds the valid
-    messages that preceded the bad frame in the same call (a receiver may still
-    deliver them before closing the stream); when raised by
-    :meth:`GroupFrameDecoder.feed`, ``groups`` holds the valid ``(group id,
-    messages)`` pairs that preceded it.
-    """
-
-    messages: tuple[Message, ...] = ()
-    groups: tuple[tuple[str, list[Message]], ...] = ()
-
-
-def _entries_struct(n: int) -> struct.Struct:
-    """A Struct packing ``n`` entry headers in one call (cached for the usual batch sizes)."""
-    s = _entry_structs.get(n)
-    if s is None:
-        s = struct.Struct("<" + "qqBI" * n)
-        if len(_entry_structs) < _ENTRY_STRUCT_CACHE_MAX:
-            _entry_structs[n] = s
-    return s
 
 
 def _id_bytes(node_id: object, what: str) -> bytes:
@@ -192,220 +164,19 @@ def _id_bytes(node_id: object, what: str) -> bytes:
     return b
 
 
-def _encode_ids(ids: frozenset[str], parts: list[bytes]) -> None:
-    for node_id in sorted(ids):
-        b = _id_bytes(node_id, "membership node id")
-        parts.append(_U16.pack(len(b)))
-        parts.append(b)
+encode = encode_message
+"""Encode a message as one complete frame (header + body); see :func:`raftlib._pycore.encode_message`.
 
+Raises :class:`CodecError` if the message cannot be represented (a negative or too large
+integer, a non-``str`` node id, non-bytes payloads, snapshot meta without a membership...).
+Compiled when the hot path is (:mod:`raftlib._accel`); the output is the same bytes either way.
+"""
 
-def encode(msg: Message) -> bytes:
-    """Encode ``msg`` as one complete frame (header + body).
+decode = decode_message
+"""Decode one message body (the bytes after the frame header) into a :class:`Message`.
 
-    Raises :class:`CodecError` if the message cannot be represented (a
-    negative or too large integer, a non-``str`` node id, non-bytes payloads,
-    snapshot meta without a membership...).
-    """
-    try:
-        frm = _id_bytes(msg.frm, "frm")
-        to = _id_bytes(msg.to, "to")
-        data = msg.data
-        context = msg.context
-        if not isinstance(data, bytes) or not isinstance(context, bytes):
-            raise CodecError("data and context must be bytes")
-        entries = msg.entries
-        n = len(entries)
-        flags = 0
-        if msg.reject:
-            flags |= _F_REJECT
-        if msg.done:
-            flags |= _F_DONE
-        if msg.force:
-            flags |= _F_FORCE
-        if msg.quiet:
-            flags |= _F_QUIET
-        if min(msg.term, msg.log_term, msg.index, msg.commit, msg.reject_hint, msg.offset) < 0:
-            raise CodecError("negative integer field")
-        snap = msg.snapshot
-        if snap is not None:
-            flags |= _F_SNAPSHOT
-            if snap.index < 0 or snap.term < 0:
-                raise CodecError("negative snapshot index or term")
-        parts: list[bytes] = [
-            b"",  # frame header, filled in below
-            _FIXED.pack(
-                int(msg.type),
-                flags,
-                msg.term,
-                msg.log_term,
-                msg.index,
-                msg.commit,
-                msg.reject_hint,
-                msg.offset,
-                len(frm),
-                len(to),
-                len(data),
-                len(context),
-                n,
-            ),
-            frm,
-            to,
-            data,
-            context,
-        ]
-        if snap is not None:
-            mem = snap.membership
-            if not isinstance(mem, Membership):
-                raise CodecError("snapshot meta without a membership")
-            parts.append(
-                _SNAP.pack(
-                    snap.index,
-                    snap.term,
-                    len(mem.voters),
-                    len(mem.outgoing),
-                    len(mem.learners),
-                    len(mem.promoting),
-                )
-            )
-            _encode_ids(mem.voters, parts)
-            _encode_ids(mem.outgoing, parts)
-            _encode_ids(mem.learners, parts)
-            _encode_ids(mem.promoting, parts)
-        if n:
-            datas = [e.data for e in entries]
-            flat: list[int] = [0] * (4 * n)
-            flat[0::4] = [e.index for e in entries]
-            flat[1::4] = [e.term for e in entries]
-            flat[2::4] = [e.type for e in entries]
-            flat[3::4] = map(len, datas)
-            parts.append(_entries_struct(n).pack(*flat))
-            parts.extend(datas)
-        body_len = sum(map(len, parts))
-        parts[0] = _HEADER.pack(MAGIC, WIRE_VERSION, 0, body_len)
-        return b"".join(parts)
-    except CodecError:
-        raise
-    except (struct.error, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise CodecError(f"cannot encode {msg!r}: {exc}") from exc
-
-
-def _decode_ids(mv: memoryview, pos: int, count: int, end: int) -> tuple[frozenset[str], int]:
-    ids: list[str] = []
-    for _ in range(count):
-        if pos + 2 > end:
-            raise CodecError("truncated membership")
-        (ln,) = _U16.unpack_from(mv, pos)
-        pos += 2
-        if pos + ln > end:
-            raise CodecError("truncated membership node id")
-        ids.append(str(mv[pos : pos + ln], "utf-8"))
-        pos += ln
-    s = frozenset(ids)
-    if len(s) != count:
-        raise CodecError("duplicate node id in membership")
-    return s, pos
-
-
-def _decode(mv: memoryview) -> Message:
-    end = len(mv)
-    if end < _FIXED.size:
-        raise CodecError(f"message body too short ({end} bytes)")
-    (
-        mtype,
-        flags,
-        term,
-        log_term,
-        index,
-        commit,
-        reject_hint,
-        offset,
-        frm_len,
-        to_len,
-        data_len,
-        ctx_len,
-        n,
-    ) = _FIXED.unpack_from(mv, 0)
-    typ = _TYPES.get(mtype)
-    if typ is None:
-        raise CodecError(f"unknown message type {mtype}")
-    if flags & ~_F_ALL:
-        raise CodecError(f"unknown message flags 0x{flags:02x}")
-    if min(term, log_term, index, commit, reject_hint, offset) < 0:
-        raise CodecError("negative integer field")
-    pos = _FIXED.size
-    if pos + frm_len + to_len + data_len + ctx_len + n * _ENTRY.size > end:
-        raise CodecError("message body truncated")
-    frm = str(mv[pos : pos + frm_len], "utf-8")
-    pos += frm_len
-    to = str(mv[pos : pos + to_len], "utf-8")
-    pos += to_len
-    data = mv[pos : pos + data_len].tobytes()
-    pos += data_len
-    context = mv[pos : pos + ctx_len].tobytes()
-    pos += ctx_len
-    snapshot = None
-    if flags & _F_SNAPSHOT:
-        if pos + _SNAP.size > end:
-            raise CodecError("truncated snapshot meta")
-        s_index, s_term, nv, no, nl, np_ = _SNAP.unpack_from(mv, pos)
-        if s_index < 0 or s_term < 0:
-            raise CodecError("negative snapshot index or term")
-        pos += _SNAP.size
-        if pos + 2 * (nv + no + nl + np_) > end:
-            raise CodecError("truncated membership")
-        voters, pos = _decode_ids(mv, pos, nv, end)
-        outgoing, pos = _decode_ids(mv, pos, no, end)
-        learners, pos = _decode_ids(mv, pos, nl, end)
-        promoting, pos = _decode_ids(mv, pos, np_, end)
-        snapshot = SnapshotMeta(s_index, s_term, Membership(voters, outgoing, learners, promoting))
-    entries: list[Entry] = []
-    if n:
-        hdr_end = pos + n * _ENTRY.size
-        if hdr_end > end:
-            raise CodecError("truncated entry headers")
-        v = _entries_struct(n).unpack_from(mv, pos)
-        ends = list(accumulate(v[3::4], initial=hdr_end))
-        if ends[-1] != end:
-            raise CodecError("entry payload lengths do not match the body size")
-        datas = [mv[a:b].tobytes() for a, b in pairwise(ends)]
-        entries = list(map(Entry, v[0::4], v[1::4], datas, v[2::4]))
-    elif pos != end:
-        raise CodecError(f"{end - pos} unexpected trailing bytes in message body")
-    return Message(
-        typ,
-        frm,
-        to,
-        term,
-        log_term,
-        index,
-        entries,
-        commit,
-        bool(flags & _F_REJECT),
-        reject_hint,
-        snapshot,
-        offset,
-        data,
-        bool(flags & _F_DONE),
-        context,
-        bool(flags & _F_FORCE),
-        bool(flags & _F_QUIET),
-    )
-
-
-def decode(frame_body: bytes | bytearray | memoryview) -> Message:
-    """Decode one message body (the bytes after the frame header).
-
-    Raises :class:`CodecError`, and nothing else, for any malformed input.
-    """
-    try:
-        with memoryview(frame_body) as mv:
-            if mv.format != "B" or mv.ndim != 1:
-                raise CodecError("message body must be a flat byte buffer")
-            return _decode(mv)
-    except CodecError:
-        raise
-    except (struct.error, ValueError, TypeError, UnicodeDecodeError, IndexError, OverflowError) as exc:
-        raise CodecError(f"malformed message body: {exc}") from exc
+Raises :class:`CodecError`, and nothing else, for any malformed input.
+"""
 
 
 def parse_header(header: bytes | bytearray | memoryview, max_frame_bytes: int) -> tuple[int, int]:
@@ -496,58 +267,7 @@ class FrameDecoder(_StreamDecoder[Message]):
     __slots__ = ()
 
     def _scan(self, data: bytes | bytearray | memoryview) -> tuple[list[Message], int]:
-        out: list[Message] = []
-        pos = 0
-        total = len(data)
-        max_bytes = self.max_frame_bytes
-        with memoryview(data) as mv:
-            try:
-                while total - pos >= HEADER_SIZE:
-                    flags, length = parse_header(mv[pos : pos + HEADER_SIZE], max_bytes)
-                    if flags:
-                        raise CodecError("unexpected handshake frame in a message stream")
-                    start = pos + HEADER_SIZE
-                    if total - start < length:
-                        break
-                    out.append(decode(mv[start : start + length]))
-                    pos = start + length
-            except CodecError as exc:
-                exc.messages = tuple(out)
-                raise
-        return out, pos
-
-
-def group_tag(group_id: str) -> bytes:
-    """The wire form of a group id in a group frame: u8 length + UTF-8 (``""`` is ``b"\\x00"``).
-
-    Raises :class:`CodecError` for a non-``str`` id, one that cannot be encoded in
-    UTF-8 (lone surrogates) or one longer than :data:`MAX_GROUP_ID_BYTES` bytes.
-    Transports compute it once per group and reuse it for every frame.
-    """
-    if type(group_id) is not str:
-        raise CodecError(f"group id must be a str, not {type(group_id).__name__}")
-    try:
-        b = group_id.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CodecError(f"group id {group_id!r} is not valid UTF-8: {exc}") from None
-    if len(b) > MAX_GROUP_ID_BYTES:
-        raise CodecError(f"group id is {len(b)} bytes; at most {MAX_GROUP_ID_BYTES} are allowed")
-    return bytes((len(b),)) + b
-
-
-def encode_group_frame(tag: bytes, frames: Sequence[bytes]) -> bytes:
-    """One group frame: header (flag :data:`FLAG_GROUP`), ``tag`` (from :func:`group_tag`),
-    then ``frames`` (message frames from :func:`encode`, at least one) back to back.
-
-    The caller keeps the body within the receiver's bound (``max_frame_bytes`` +
-    :data:`GROUP_FRAME_OVERHEAD`); nothing is re-encoded here, only joined.
-    """
-    if len(frames) == 1:
-        f = frames[0]
-        return b"".join((_HEADER.pack(MAGIC, WIRE_VERSION, FLAG_GROUP, len(tag) + len(f)), tag, f))
-    if not frames:
-        raise CodecError("a group frame carries at least one message")
-    return b"".join([group_header(len(tag) + sum(map(len, frames))), tag, *frames])
+        return scan_frames(data, self.max_frame_bytes)
 
 
 def group_header(body_len: int) -> bytes:
@@ -564,40 +284,6 @@ def encode_group(group_id: str, messages: Sequence[Message]) -> bytes:
     return encode_group_frame(group_tag(group_id), [encode(m) for m in messages])
 
 
-def _decode_group_body(mv: memoryview, pos: int, end: int, max_frame_bytes: int) -> tuple[str, list[Message]]:
-    """Decode the group frame body ``mv[pos:end]``: the group id, then message frames up to its exact end."""
-    if pos >= end:
-        raise CodecError("empty group frame body")
-    gend = pos + 1 + mv[pos]
-    if gend > end:
-        raise CodecError("truncated group id")
-    group = str(mv[pos + 1 : gend], "utf-8")
-    if gend == end:
-        raise CodecError(f"group frame for {group!r} carries no message")
-    pos = gend
-    out: list[Message] = []
-    unpack = _HEADER.unpack_from
-    while pos < end:
-        if end - pos < HEADER_SIZE:
-            raise CodecError("truncated message header in a group frame")
-        magic, version, flags, length = unpack(mv, pos)
-        if magic != MAGIC or version != WIRE_VERSION or flags:
-            raise CodecError(
-                f"bad message header in a group frame (magic {bytes(magic)!r}, version {version}, "
-                f"flags 0x{flags:02x})"
-            )
-        if length > max_frame_bytes:
-            raise CodecError(
-                f"message of {length} bytes in a group frame exceeds the limit {max_frame_bytes}"
-            )
-        start = pos + HEADER_SIZE
-        pos = start + length
-        if pos > end:
-            raise CodecError("message runs past the end of its group frame")
-        out.append(_decode(mv[start:pos]))
-    return group, out
-
-
 def decode_group_frame(
     frame: bytes | bytearray | memoryview, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> tuple[str, list[Message]]:
@@ -605,36 +291,7 @@ def decode_group_frame(
 
     Raises :class:`CodecError`, and nothing else, for any malformed input.
     """
-    try:
-        with memoryview(frame) as mv:
-            if mv.format != "B" or mv.ndim != 1:
-                raise CodecError("a frame must be a flat byte buffer")
-            length = _parse_group_header(mv, 0, max_frame_bytes)
-            if len(mv) != HEADER_SIZE + length:
-                raise CodecError(f"frame length {len(mv)} does not match its header ({HEADER_SIZE + length})")
-            return _decode_group_body(mv, HEADER_SIZE, len(mv), max_frame_bytes)
-    except CodecError:
-        raise
-    except (struct.error, ValueError, TypeError, UnicodeDecodeError, IndexError, OverflowError) as exc:
-        raise CodecError(f"malformed group frame: {exc}") from exc
-
-
-def _parse_group_header(mv: memoryview, pos: int, max_frame_bytes: int) -> int:
-    """Check the header at ``pos`` is a group frame's within bounds; return its body length."""
-    if len(mv) - pos < HEADER_SIZE:
-        raise CodecError("truncated frame header")
-    magic, version, flags, length = _HEADER.unpack_from(mv, pos)
-    if magic != MAGIC:
-        raise CodecError(f"bad magic {bytes(magic)!r}")
-    if version != WIRE_VERSION:
-        raise CodecError(f"unknown wire version {version}")
-    if flags != FLAG_GROUP:
-        raise CodecError(f"frame flags 0x{flags:02x} where a group frame was expected")
-    if length > max_frame_bytes + GROUP_FRAME_OVERHEAD:
-        raise CodecError(
-            f"group frame of {length} bytes exceeds the limit of {max_frame_bytes + GROUP_FRAME_OVERHEAD}"
-        )
-    return int(length)
+    return _decode_group_frame(frame, max_frame_bytes)
 
 
 class GroupFrameDecoder(_StreamDecoder[tuple[str, list[Message]]]):
@@ -652,40 +309,7 @@ class GroupFrameDecoder(_StreamDecoder[tuple[str, list[Message]]]):
     __slots__ = ()
 
     def _scan(self, data: bytes | bytearray | memoryview) -> tuple[list[tuple[str, list[Message]]], int]:
-        out: list[tuple[str, list[Message]]] = []
-        pos = 0
-        total = len(data)
-        max_bytes = self.max_frame_bytes
-        with memoryview(data) as mv:
-            try:
-                try:
-                    unpack = _HEADER.unpack_from
-                    limit = max_bytes + GROUP_FRAME_OVERHEAD
-                    while total - pos >= HEADER_SIZE:
-                        magic, version, flags, length = unpack(mv, pos)
-                        if magic != MAGIC or version != WIRE_VERSION or flags != FLAG_GROUP or length > limit:
-                            _parse_group_header(mv, pos, max_bytes)  # raises, naming what is wrong
-                        start = pos + HEADER_SIZE
-                        end = start + length
-                        if end > total:
-                            break
-                        out.append(_decode_group_body(mv, start, end, max_bytes))
-                        pos = end
-                except CodecError:
-                    raise
-                except (
-                    struct.error,
-                    ValueError,
-                    TypeError,
-                    UnicodeDecodeError,
-                    IndexError,
-                    OverflowError,
-                ) as exc:
-                    raise CodecError(f"malformed group frame: {exc}") from exc
-            except CodecError as exc:
-                exc.groups = tuple(out)
-                raise
-        return out, pos
+        return scan_group_frames(data, self.max_frame_bytes)
 
 
 class Handshake:

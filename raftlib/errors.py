@@ -7,6 +7,11 @@ says why the proposal was not accepted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raftlib.core.messages import Message
+
 
 class RaftError(Exception):
     """Base class of every error raised by raftlib."""
@@ -182,3 +187,19 @@ class NodeStopped(RaftError):
     def __init__(self, reason: str = "stopped") -> None:
         self.reason = reason
         super().__init__(f"raft node is not running ({reason})")
+
+
+class CodecError(RaftError, ValueError):
+    """A frame or message cannot be encoded or decoded (malformed, oversized, unknown version...).
+
+    Raised by the wire codec (:mod:`raftlib.codec`, which re-exports it; the
+    class lives here so that both hot-path implementations can raise it).  When
+    raised by :meth:`~raftlib.codec.FrameDecoder.feed`, ``messages`` holds the
+    valid messages that preceded the bad frame in the same call (a receiver may
+    still deliver them before closing the stream); when raised by
+    :meth:`~raftlib.codec.GroupFrameDecoder.feed`, ``groups`` holds the valid
+    ``(group id, messages)`` pairs that preceded it.
+    """
+
+    messages: tuple[Message, ...] = ()
+    groups: tuple[tuple[str, list[Message]], ...] = ()

@@ -27,6 +27,13 @@ PUBLIC = [
     "VOTE_LOST",
     "VOTE_WON",
     "MAX_INDEX",
+    "encode_message",
+    "decode_message",
+    "scan_frames",
+    "group_tag",
+    "encode_group_frame",
+    "decode_group_frame",
+    "scan_group_frames",
 ]
 
 
