@@ -248,6 +248,13 @@ def check_replicas(c: HostCluster, acked: int, failed: int, timeout: float) -> i
         if time.monotonic() > deadline:
             g = differ[0]
             example = ", ".join(f"{h}={dumps[h][g]}" for h in HOST_IDS)
+            same_data = all(dumps[h][d][1:] == ref[d][1:] for d in differ for h in HOST_IDS[1:])
+            if c.system == "pysyncobj" and same_data:
+                # PySyncObj tells an idle follower the commit index only with the next append:
+                # a replica may stay an entry behind with identical data. Not a divergence.
+                print(f"  note: pysyncobj: {len(differ)} idle group(s) with a replica behind in applied "
+                      f"index but identical data after {timeout:.0f} s, e.g. {g}: {example}", file=sys.stderr)
+                break
             _check(False, f"{c.system}: {len(differ)} group(s) differ between replicas after "
                           f"{timeout:.0f} s, e.g. {g}: {example}")
         time.sleep(0.2)
