@@ -679,7 +679,8 @@ def _entries_struct(n: int) -> struct.Struct:
     return s
 
 
-def _id_bytes(node_id: object, what: str) -> bytes:
+def id_bytes(node_id: object, what: str) -> bytes:
+    """A node id's UTF-8 bytes for the wire (at most 65,535); CodecError otherwise."""
     if type(node_id) is not str:
         raise CodecError(f"{what} must be a str node id, not {type(node_id).__name__}")
     b = node_id.encode("utf-8")
@@ -690,7 +691,7 @@ def _id_bytes(node_id: object, what: str) -> bytes:
 
 def _encode_ids(ids: frozenset[str], parts: list[bytes]) -> None:
     for node_id in sorted(ids):
-        b = _id_bytes(node_id, "membership node id")
+        b = id_bytes(node_id, "membership node id")
         parts.append(_U16.pack(len(b)))
         parts.append(b)
 
@@ -703,8 +704,8 @@ def encode_message(msg: Message) -> bytes:
     snapshot meta without a membership...).
     """
     try:
-        frm = _id_bytes(msg.frm, "frm")
-        to = _id_bytes(msg.to, "to")
+        frm = id_bytes(msg.frm, "frm")
+        to = id_bytes(msg.to, "to")
         data = msg.data
         context = msg.context
         if not isinstance(data, bytes) or not isinstance(context, bytes):

@@ -50,6 +50,7 @@ from raftlib._accel import (
     scan_frames,
     scan_group_frames,
 )
+from raftlib._pycore import id_bytes
 from raftlib.core.messages import Message
 from raftlib.errors import CodecError
 
@@ -153,15 +154,6 @@ _ANSWER_SIZES = {
 }
 
 _Item = TypeVar("_Item")
-
-
-def _id_bytes(node_id: object, what: str) -> bytes:
-    if type(node_id) is not str:
-        raise CodecError(f"{what} must be a str node id, not {type(node_id).__name__}")
-    b = node_id.encode("utf-8")
-    if len(b) > 0xFFFF:
-        raise CodecError(f"{what} is longer than 65535 bytes")
-    return b
 
 
 encode = encode_message
@@ -366,9 +358,9 @@ def encode_handshake(hs: Handshake) -> bytes:
     Without authentication the body is exactly the version-1 hello; with it, the
     auth extension (scheme u8, len(nonce) u8, nonce) follows the three ids.
     """
-    c = _id_bytes(hs.cluster_id, "cluster id")
-    s = _id_bytes(hs.sender, "sender")
-    r = _id_bytes(hs.receiver, "receiver")
+    c = id_bytes(hs.cluster_id, "cluster id")
+    s = id_bytes(hs.sender, "sender")
+    r = id_bytes(hs.receiver, "receiver")
     body = _HANDSHAKE.pack(hs.protocol, len(c), len(s), len(r)) + c + s + r
     if hs.auth != AUTH_NONE or hs.nonce:
         if not 0 < hs.auth <= 0xFF:

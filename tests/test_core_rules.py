@@ -224,24 +224,6 @@ def test_5_3_follower_commit_is_min_of_leader_commit_and_last_new_entry() -> Non
     assert n.commit_index == 1
 
 
-def test_heartbeat_never_commits_beyond_what_the_follower_matches() -> None:
-    h = Harness(ABC, skip_redundant_heartbeats=False)  # etcd's rule: every follower, every interval
-    a = h.elect("a")
-    h.down = {"c"}
-    for i in range(3):
-        a.propose(b"v%d" % i)
-    h.run()
-    assert a.commit_index == 4
-    h.down = set()
-    # c missed everything; the heartbeat it receives carries commit <= its match.
-    hb = []
-    a.tick()
-    rd = a.ready()
-    hb = [m for m in rd.messages if m.type is MessageType.HEARTBEAT]
-    a.advance(rd)
-    assert {m.to: m.commit for m in hb} == {"b": 4, "c": 1}
-
-
 def _heartbeats_after_tick(a: RawNode) -> dict[str, int]:
     a.tick()
     rd = a.ready()
@@ -249,20 +231,32 @@ def _heartbeats_after_tick(a: RawNode) -> dict[str, int]:
     return {m.to: m.commit for m in rd.messages if m.type is MessageType.HEARTBEAT}
 
 
-def test_5_2_no_periodic_heartbeat_to_a_follower_just_sent_an_append() -> None:
-    """§5.2: any AppendEntries maintains the leader's authority. A follower in steady
-    replication that was sent one since the last heartbeat, carrying the commit index a
-    heartbeat would, gets no heartbeat. The appends to c were lost: c gets its heartbeat one
-    interval later, with commit <= its match, as after any lost heartbeat."""
-    h = Harness(ABC)
+def _leader_while_c_missed_three_entries(h: Harness, settle: bool) -> RawNode:
     a = h.elect("a")
-    h.run()
+    if settle:
+        h.run()
     h.down = {"c"}
     for i in range(3):
         a.propose(b"v%d" % i)
     h.run()
     assert a.commit_index == 4
     h.down = set()
+    return a
+
+
+def test_heartbeat_never_commits_beyond_what_the_follower_matches() -> None:
+    h = Harness(ABC, skip_redundant_heartbeats=False)  # etcd's rule: every follower, every interval
+    a = _leader_while_c_missed_three_entries(h, settle=False)
+    # c missed everything; the heartbeat it receives carries commit <= its match.
+    assert _heartbeats_after_tick(a) == {"b": 4, "c": 1}
+
+
+def test_5_2_no_periodic_heartbeat_to_a_follower_just_sent_an_append() -> None:
+    """§5.2: any AppendEntries maintains the leader's authority. A follower in steady
+    replication that was sent one since the last heartbeat, carrying the commit index a
+    heartbeat would, gets no heartbeat. The appends to c were lost: c gets its heartbeat one
+    interval later, with commit <= its match, as after any lost heartbeat."""
+    a = _leader_while_c_missed_three_entries(Harness(ABC), settle=True)
     assert _heartbeats_after_tick(a) == {}
     assert _heartbeats_after_tick(a) == {"b": 4, "c": 1}
 
