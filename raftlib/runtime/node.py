@@ -18,6 +18,11 @@ One Ready at a time (docs/core.md, docs/runtime.md):
    state machine in order, and the futures of ``propose()`` resolve with ``apply``'s
    return value.
 
+Who handles a Ready: one ``_drain()`` callback per loop turn (``_kick()``) handles every
+Ready that needs no await (asynchronous writes, no snapshot) on the spot; the others go to
+the ready-loop task. Exactly one of the two handles Readies at any time (``_drain()`` runs
+only while the task is parked).
+
 Invariants: only durable entries are acknowledged (step 3 follows step 2); entries are
 applied once each, in log order; every task the node starts is cancelled and awaited in
 :meth:`RaftNode.stop`; every public coroutine has a deadline.
