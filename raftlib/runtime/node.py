@@ -223,6 +223,7 @@ class RaftNode:
         if self._running:
             return
         self._wake = asyncio.Event()
+        self._kick_scheduled = self._loop_busy = False  # a drain of an earlier loop never ran
         self._snapshot_lock = asyncio.Lock()
         services = self._services
         if services is None:
