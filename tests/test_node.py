@@ -87,10 +87,13 @@ class Cluster:
         for node in self.nodes.values():
             await node.stop()
 
-    async def leader(self, timeout: float = 5.0) -> RaftNode:
+    async def leader(self, timeout: float = 5.0, among: list[RaftNode] | None = None) -> RaftNode:
+        """The one running leader (of ``among`` only, when given: a partition's majority side)."""
+
         async def find() -> RaftNode:
             while True:
-                leaders = [n for n in self.nodes.values() if n.running and n.is_leader]
+                nodes = self.nodes.values() if among is None else among
+                leaders = [n for n in nodes if n.running and n.is_leader]
                 if len(leaders) == 1:
                     return leaders[0]
                 await asyncio.sleep(0.01)

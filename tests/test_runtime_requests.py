@@ -133,11 +133,11 @@ async def test_check_quorum_step_down_fails_held_proposals_at_once_as_may_still_
         assert err.value.may_still_commit is True and err.value.index > 0
         assert isinstance(err.value, ProposalDropped) and err.value.reason == "leadership_lost"
         assert pending(leader) == 0
-        # The others elected a leader without the entry; once healed it is overwritten (§5.3).
+        # The others elect a leader without the entry; once healed it is overwritten (§5.3).
+        # Heal only after they have: healed first, the old leader's longer log could win
+        # the election (§5.4.1) and commit the entry instead.
+        new = await c.leader(among=[n for n in c.nodes.values() if n is not leader])
         c.net.heal()
-        others = [n for n in c.nodes.values() if n is not leader]
-        new = await c.leader()
-        assert new in others
         await new.propose(put("b", "2"))
         await leader.wait_applied(new.status()["commit"], timeout=5)
         assert c.sms[leader.id].data == {"b": "2"}
@@ -168,16 +168,7 @@ async def test_a_higher_term_makes_the_old_leader_fail_its_uncommitted_proposals
         await leader.propose(put("before", "1"))
         c.net.isolate(leader.id)
         call = asyncio.ensure_future(leader.propose(put("during", "2")))
-        others = [n for n in c.nodes.values() if n is not leader]
-
-        async def new_leader() -> RaftNode:
-            while True:
-                for n in others:
-                    if n.is_leader:
-                        return n
-                await asyncio.sleep(0.01)
-
-        new = await asyncio.wait_for(new_leader(), 5)
+        new = await c.leader(among=[n for n in c.nodes.values() if n is not leader])
         assert not call.done(), "isolated, without check-quorum, the old leader still holds it"
         c.net.heal()
         await new.propose(put("after", "3"))  # its appends carry the higher term
