@@ -47,6 +47,9 @@ from raftlib.runtime.node import GroupServices, RaftNode
 from raftlib.runtime.persist import WriteQueue
 from raftlib.runtime.tasks import cancel_and_wait
 from raftlib.statemachine import StateMachine
+from raftlib.storage.base import HostLog
+from raftlib.storage.memory import MemoryStorage
+from raftlib.transport.mux import HostTransportBase
 
 log = logging.getLogger("raftlib.host")
 
@@ -66,10 +69,7 @@ class _MemoryLog:
     """The shared log's stand-in without a data directory: one MemoryStorage per group."""
 
     def __init__(self) -> None:
-        from raftlib.storage import MemoryStorage
-
-        self._make = MemoryStorage
-        self._groups: dict[str, Any] = {}
+        self._groups: dict[str, MemoryStorage] = {}
         self.stats: dict[str, int] = {"fsyncs": 0, "writes": 0}
 
     def open(self) -> None:
@@ -78,9 +78,9 @@ class _MemoryLog:
     def groups(self) -> list[str]:
         return list(self._groups)
 
-    def group(self, group_id: str) -> Any:
+    def group(self, group_id: str) -> MemoryStorage:
         if group_id not in self._groups:
-            self._groups[group_id] = self._make()
+            self._groups[group_id] = MemoryStorage()
         return self._groups[group_id]
 
     def write(self, batch: Iterable[tuple[str, HardState | None, list[Entry]]]) -> None:
@@ -119,8 +119,8 @@ class RaftHost:
         data_dir: str | os.PathLike[str] | None = None,
         config: NodeConfig | None = None,
         *,
-        transport: Any = None,
-        storage: Any = None,
+        transport: HostTransportBase | None = None,
+        storage: HostLog | None = None,
         quiesce: bool = True,
         balance_interval: float | None = 2.0,
     ) -> None:
@@ -133,8 +133,8 @@ class RaftHost:
         self.config = config or NodeConfig()
         self.config.validate()
         self._data_dir = os.fspath(data_dir) if data_dir is not None else None
-        self._transport = transport
-        self._log = storage
+        self._transport: HostTransportBase | None = transport
+        self._log: HostLog | None = storage
         self.quiesce = quiesce
         self.balance_interval = balance_interval
         self._groups: dict[str, RaftNode] = {}
@@ -280,6 +280,7 @@ class RaftHost:
         if not join and self.id not in ids:
             raise ConfigError(f"group {group_id!r}: this host {self.id!r} is not among its members {ids}")
         assert self._queue is not None and self._reader is not None and self._snapshotter is not None
+        assert self._transport is not None and self._log is not None  # set by start()
         services = GroupServices(group_id, self._queue, self._reader, self._snapshotter, self._wake_node)
         node = RaftNode(
             self.id,
@@ -389,6 +390,7 @@ class RaftHost:
         for replies this host has not had the time to read (a false alarm would wake every
         group at once and make the loop slower still)."""
         transport = self._transport
+        assert transport is not None  # ticks run only between start() and stop()
         peers = [h for h in self.hosts if h != self.id]
         transport.send(CONTROL, [Message(MessageType.HEARTBEAT, self.id, h, 0) for h in peers])
         ticks = self.metrics["ticks"]
@@ -440,6 +442,7 @@ class RaftHost:
             Message(MessageType.HEARTBEAT, self.id, p, core.term, commit=core.commit_index, context=ctx)
             for p in followers
         ]
+        assert self._transport is not None
         self._transport.send(CONTROL, msgs)
 
     def _wake_node(self, node: RaftNode) -> None:
@@ -480,6 +483,7 @@ class RaftHost:
                     self.metrics["quiesce_count"] += 1
             else:
                 refusal = Message(MessageType.HEARTBEAT_RESP, self.id, m.frm, core.term, context=m.context)
+                assert self._transport is not None  # it delivered m
                 self._transport.send(CONTROL, [refusal])
         elif m.type is MessageType.HEARTBEAT_RESP and node.quiesced and core.role is Role.LEADER:
             self._wake_node(node)  # a follower could not quiesce: keep heartbeating

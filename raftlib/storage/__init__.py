@@ -5,12 +5,13 @@
   group commit, and snapshot files (see ``docs/storage.md``).
 * :class:`MemoryStorage` behaves the same in memory, for tests.
 * :class:`SharedLog` keeps many groups in one WAL (one fsync per write for
-  all of them); :class:`GroupStorage` is one group's ``Storage`` in it.
+  all of them); :class:`GroupStorage` is one group's ``Storage`` in it;
+  :class:`HostLog` is the interface a ``RaftHost`` persists through.
 * :class:`FileOps` is the file-operations layer ``DiskStorage`` goes through,
   replaceable for fault injection.
 """
 
-from raftlib.storage.base import Storage, StorageError
+from raftlib.storage.base import HostLog, Storage, StorageError
 from raftlib.storage.files import FileOps
 from raftlib.storage.memory import MemoryStorage
 from raftlib.storage.shared import GroupRemoved, GroupStorage, SharedLog
@@ -21,6 +22,7 @@ __all__ = [
     "FileOps",
     "GroupRemoved",
     "GroupStorage",
+    "HostLog",
     "MemoryStorage",
     "SharedLog",
     "Storage",

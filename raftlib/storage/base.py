@@ -20,7 +20,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from raftlib.core import Entry, HardState, PersistentState, SnapshotMeta
 from raftlib.errors import RaftError
 
-__all__ = ["Storage", "StorageError"]
+__all__ = ["HostLog", "Storage", "StorageError"]
 
 
 class StorageError(RaftError):
@@ -132,6 +132,47 @@ class Storage(Protocol):
 
     def compact(self, first_index: int) -> None:
         """The core's log now starts at ``first_index``: release storage holding only older entries."""
+        ...
+
+    def close(self) -> None:
+        """Release files; further calls are errors."""
+        ...
+
+
+@runtime_checkable
+class HostLog(Protocol):
+    """Durable state of every group of one :class:`raftlib.RaftHost`: one log shared by them all.
+
+    :class:`raftlib.storage.SharedLog` is the disk implementation (one WAL of group-tagged
+    records, one fsync per :meth:`write`); a host without a data directory keeps one
+    :class:`raftlib.storage.MemoryStorage` per group. The host calls :meth:`open` once,
+    then :meth:`write` from its one write thread with every group's records of a loop turn,
+    and hands each group's :meth:`group` view to that group's node as its :class:`Storage`.
+    """
+
+    stats: dict[str, int]
+    """Counters; at least ``writes`` and ``fsyncs``."""
+
+    def open(self) -> None:
+        """Recover what is durable (blocking; called once, in a worker thread)."""
+        ...
+
+    def groups(self) -> list[str]:
+        """Ids of the groups with durable state."""
+        ...
+
+    def group(self, group_id: str) -> Storage:
+        """The single-group :class:`Storage` view of ``group_id`` (created when new)."""
+        ...
+
+    def write(self, batch: Iterable[tuple[str, HardState | None, list[Entry]]]) -> None:
+        """Durably record every ``(group id, hard state, entries)`` of ``batch``: one write, one fsync.
+
+        Returns only when all of it is durable; raises :class:`StorageError` otherwise."""
+        ...
+
+    def remove_group(self, group_id: str) -> None:
+        """Delete ``group_id``'s state (entries, hard state, snapshots) for good."""
         ...
 
     def close(self) -> None:

@@ -137,6 +137,20 @@ class HostTransportBase:
 
     # ------------------------------------------------------------------ to subclasses
 
+    async def start(self, on_message: HostOnMessage) -> None:
+        """Begin receiving; host-level messages go to ``on_message(group_id, message)``
+        (overridden by each host transport)."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Close every connection and await every task this transport started; idempotent
+        (overridden by each host transport)."""
+        raise NotImplementedError
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Replace the peer hosts, ``{host id: "host:port"}`` (overridden by each host transport)."""
+        raise NotImplementedError
+
     def known_hosts(self) -> frozenset[str]:
         """Ids of the peer hosts messages can be sent to (overridden by each host transport)."""
         raise NotImplementedError
