@@ -90,9 +90,10 @@ class Cluster:
     async def leader(self, timeout: float = 5.0, among: list[RaftNode] | None = None) -> RaftNode:
         """The one running leader (of ``among`` only, when given: a partition's majority side)."""
 
+        nodes = self.nodes.values() if among is None else among
+
         async def find() -> RaftNode:
             while True:
-                nodes = self.nodes.values() if among is None else among
                 leaders = [n for n in nodes if n.running and n.is_leader]
                 if len(leaders) == 1:
                     return leaders[0]
