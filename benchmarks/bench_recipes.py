@@ -19,7 +19,8 @@ a difference fails the run loudly.
 
 Output: a table on stderr; one JSON object per line on stdout with ``recipe``, ``system``,
 ``concurrency``, ``ops_per_s``, ``p50_ms``, ``p99_ms``, and on raftlib's lines ``ratio`` =
-raftlib ops/s / the best PySyncObj ops/s.
+raftlib ops/s / the best PySyncObj ops/s and ``compiled`` (whether the nodes ran raftlib's
+compiled core; a pure-Python run is warned about on stderr).
 
     .venv/bin/python benchmarks/bench_recipes.py [--seconds 3] [--rounds 1] [--concurrency 1,64]
 
@@ -132,7 +133,8 @@ def raft_node(argv: list[str]) -> None:
                 st = node.status()
                 return {"ok": True, "status": {"role": str(st["role"]).rsplit(".", 1)[-1].lower(),
                                                "leader": st["leader"], "applied": st["applied"],
-                                               "commit": st["commit"], "pid": os.getpid()}}
+                                               "commit": st["commit"], "pid": os.getpid(),
+                                               "compiled": raftlib.COMPILED}}
             if op == "connect":
                 await group.connect(node)
                 return {"ok": True}
@@ -402,6 +404,7 @@ def run(system: str, extra: list[str], base: Path, recipe: str, concurrency: int
         if recipe == "dict" and system == "raftlib" and keys < res["ops"]:
             raise SystemExit(f"CONSISTENCY CHECK FAILED: {keys} keys for {res['ops']} acknowledged puts")
         res["checked_keys"] = keys
+        res["compiled"] = c.request(leader, op="status")["status"].get("compiled")
         return res
 
 
@@ -478,12 +481,18 @@ def main(argv: list[str] | None = None) -> int:
                 common = {"recipe": recipe, "concurrency": conc}
                 lines.append({**common, "system": "raftlib", "ops_per_s": round(rb["ops_per_s"], 1),
                               "p50_ms": round(rb["p50_ms"], 3), "p99_ms": round(rb["p99_ms"], 3),
-                              "ratio": round(ratio, 3), "durable": True})
+                              "ratio": round(ratio, 3), "durable": True,
+                              "compiled": all(x["compiled"] for x in raft_runs)})
                 lines.append({**common, "system": "pysyncobj", "ops_per_s": round(pb["ops_per_s"], 1),
                               "p50_ms": round(pb["p50_ms"], 3), "p99_ms": round(pb["p99_ms"], 3),
                               "config": bv, "durable": False})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    compiled = all(x["compiled"] for x in lines if x["system"] == "raftlib")
+    print(f"raftlib compiled core: {compiled}", file=err)
+    if not compiled:
+        print("!" * 78 + "\nWARNING: raftlib's compiled core is NOT in use (pure Python): these are not "
+              "the figures to compare (run `make build` first)\n" + "!" * 78, file=err)
     for line in lines:
         print(json.dumps(line), flush=True)
     return 0

@@ -34,3 +34,4 @@ def test_bench_recipes_runs_both_recipes_and_reports_json_lines() -> None:
         assert x["ops_per_s"] > 0 and 0 < x["p50_ms"] <= x["p99_ms"]
     for raft, pso in (lines[0:2], lines[2:4]):
         assert raft["ratio"] == pytest.approx(raft["ops_per_s"] / pso["ops_per_s"], rel=0.01)
+        assert isinstance(raft["compiled"], bool)
